@@ -1,0 +1,91 @@
+"""Start the Ledger server: read settings, migrate, open the pool, serve.
+
+Request path: client -> TThreadPoolServer (thread_pool_server.py) -> a worker
+thread -> LedgerHandler (handlers.py) -> the DBUtils pool (db.py) -> MySQL.
+SIGTERM or SIGINT drains: no new requests, in-flight ones finish, exit 0.
+"""
+
+import logging
+import signal
+import sys
+
+import MySQLdb
+
+import db
+import settings as settings_module
+from handlers import LedgerHandler, ledger_thrift
+from thread_pool_server import GuardedProcessor, TThreadPoolServer
+
+logger = logging.getLogger("ledger")
+
+
+def build_server(settings: settings_module.Settings) -> TThreadPoolServer:
+    """The Ledger service on a thread-pool server, not yet listening."""
+
+    def is_serving() -> bool:
+        return server.serving
+
+    server = TThreadPoolServer(
+        GuardedProcessor(ledger_thrift.Ledger, LedgerHandler(is_serving)),
+        host=settings.thrift_host,
+        port=settings.thrift_port,
+        workers=settings.thrift_workers,
+        idle_timeout=settings.thrift_idle_timeout,
+        drain_timeout=settings.thrift_drain_timeout,
+        max_message_bytes=settings.thrift_max_message_bytes,
+    )
+    return server
+
+
+def main() -> int:
+    try:
+        settings = settings_module.load()
+    except settings_module.SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        applied = db.migrate(settings)
+    except (MySQLdb.Error, db.DatabaseUnavailable) as error:
+        logger.error(
+            "cannot migrate %s on %s:%s: %s",
+            settings.mysql_database,
+            settings.mysql_host,
+            settings.mysql_port,
+            error.args[-1],
+        )
+        return 1
+    if applied:
+        logger.info("applied migrations: %s", ", ".join(applied))
+    server = build_server(settings)
+    try:
+        server.listen()
+    except OSError as error:
+        logger.error("cannot listen on %s:%s: %s", settings.thrift_host, settings.thrift_port, error.strerror)
+        return 1
+    db.init_pool(settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.close())
+    logger.info(
+        "serving Ledger on %s:%s (framed binary protocol), %d workers, %s pool, database %s on %s:%s",
+        settings.thrift_host,
+        settings.thrift_port,
+        settings.thrift_workers,
+        settings.db_pool,
+        settings.mysql_database,
+        settings.mysql_host,
+        settings.mysql_port,
+    )
+    try:
+        server.serve()
+    finally:
+        db.close_pool()
+    logger.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Fixtures: a real database, real server processes and the real client.
+
+The database is the one named by MYSQL_HOST (and the other MYSQL_*
+variables) when the caller sets it; otherwise a throwaway MariaDB/MySQL
+server is started from the installed binaries in a temporary directory.
+Servers run as `python -W error server.py` on a fresh free port each.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import MySQLdb
+import pytest
+
+from client import LedgerClient, ServerUnreachable
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE = "ledger_test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class ThrowawayDatabase:
+    """A MariaDB (or MySQL) server in a temporary directory, root without password."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        datadir = directory / "data"
+        install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+        subprocess.run(
+            [
+                install,
+                "--no-defaults",
+                f"--datadir={datadir}",
+                "--auth-root-authentication-method=normal",
+                *self._user(),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def _user(self) -> list[str]:
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def start(self) -> None:
+        server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+        self.process = subprocess.Popen(
+            [
+                server,
+                "--no-defaults",
+                f"--datadir={self.directory / 'data'}",
+                f"--socket={self.directory / 'mysqld.sock'}",
+                f"--pid-file={self.directory / 'mysqld.pid'}",
+                f"--log-error={self.directory / 'error.log'}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-log-file-size=32M",
+                "--max-connections=500",
+                *self._user(),
+            ],
+        )
+        wait_for(self._answers, 60, "the test database to start")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError((self.directory / "error.log").read_text())
+        try:
+            MySQLdb.connect(host="127.0.0.1", port=self.port, user="root", password="").close()
+            return True
+        except MySQLdb.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory) -> dict[str, str]:
+    """MYSQL_* variables of an empty, migrated-on-first-use test database."""
+    if os.environ.get("MYSQL_HOST"):
+        env = {name: value for name, value in os.environ.items() if name.startswith("MYSQL_")}
+        env.setdefault("MYSQL_DATABASE", TEST_DATABASE)
+        yield env
+        return
+    throwaway = ThrowawayDatabase(tmp_path_factory.mktemp("mariadb"))
+    throwaway.start()
+    connection = MySQLdb.connect(host="127.0.0.1", port=throwaway.port, user="root", password="")
+    connection.cursor().execute(f"CREATE DATABASE {TEST_DATABASE} CHARACTER SET utf8mb4")
+    connection.close()
+    yield {
+        "MYSQL_HOST": "127.0.0.1",
+        "MYSQL_PORT": str(throwaway.port),
+        "MYSQL_USER": "root",
+        "MYSQL_PASSWORD": "",
+        "MYSQL_DATABASE": TEST_DATABASE,
+    }
+    throwaway.stop()
+
+
+def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement straight against the test database (autocommit)."""
+    connection = MySQLdb.connect(
+        host=database["MYSQL_HOST"],
+        port=int(database["MYSQL_PORT"]),
+        user=database["MYSQL_USER"],
+        password=database["MYSQL_PASSWORD"],
+        database=database["MYSQL_DATABASE"],
+        charset="utf8mb4",
+        autocommit=True,
+    )
+    try:
+        cursor = connection.cursor()
+        cursor.execute(query, params)
+        return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+class LedgerProcess:
+    """`python -W error server.py` in a child process on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {**os.environ, **env, "THRIFT_HOST": "127.0.0.1", "THRIFT_PORT": str(self.port)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-W", "error", "server.py"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._answers, 30, "the Ledger server to start")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with self.client(timeout=1) as client:
+                return client.ping() == "pong"
+        except ServerUnreachable:
+            return False
+
+    def client(self, timeout: float = 10) -> LedgerClient:
+        return LedgerClient("127.0.0.1", self.port, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+
+@pytest.fixture
+def start_ledger(database, tmp_path):
+    """Start a dedicated server: start_ledger(THRIFT_WORKERS="2", ...)."""
+    started = []
+
+    def start(**env: str) -> LedgerProcess:
+        process = LedgerProcess({**database, **env}, tmp_path / f"server-{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def ledger(database, tmp_path_factory):
+    """One server shared by the tests that do not stop or reconfigure it."""
+    process = LedgerProcess(database, tmp_path_factory.mktemp("ledger") / "server.log")
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def client(ledger):
+    with ledger.client() as client:
+        yield client

@@ -1,0 +1,222 @@
+"""Deposits, withdrawals and transfers: rules, idempotency and concurrency."""
+
+import random
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from thriftpy2.protocol import TCyBinaryProtocol
+from thriftpy2.thrift import TMessageType
+from thriftpy2.transport import TCyMemoryBuffer
+
+from client import ledger_thrift, new_request_id
+from conftest import sql, wait_for
+
+
+def funded_account(client, amount: int = 1000) -> int:
+    account_id = client.create_account("funded").id
+    if amount:
+        client.deposit(account_id, amount)
+    return account_id
+
+
+def assert_ledger_invariant(database) -> None:
+    """Every balance equals its ledger entries; money in minus money out equals all balances."""
+    mismatched = sql(
+        database,
+        "SELECT a.id, a.balance,"
+        " COALESCE((SELECT SUM(amount) FROM transfers WHERE to_account_id = a.id), 0)"
+        " - COALESCE((SELECT SUM(amount) FROM transfers WHERE from_account_id = a.id), 0) AS ledger"
+        " FROM accounts a HAVING a.balance <> ledger",
+    )
+    assert mismatched == []
+    ((total_balance, negative),) = sql(database, "SELECT SUM(balance), SUM(balance < 0) FROM accounts")
+    ((net_inflow,),) = sql(
+        database,
+        "SELECT COALESCE(SUM(CASE WHEN from_account_id = 0 THEN amount ELSE -amount END), 0)"
+        " FROM transfers WHERE from_account_id = 0 OR to_account_id = 0",
+    )
+    assert total_balance == net_inflow
+    assert negative == 0
+
+
+def test_deposit_withdraw_transfer_move_balances_and_record_entries(client):
+    alice, bob = funded_account(client, 0), funded_account(client, 0)
+    deposit = client.deposit(alice, 1000)
+    assert (deposit.from_account_id, deposit.to_account_id, deposit.amount) == (0, alice, 1000)
+    transfer = client.transfer(alice, bob, 300)
+    assert (transfer.from_account_id, transfer.to_account_id) == (alice, bob)
+    withdrawal = client.withdraw(bob, 100)
+    assert (withdrawal.from_account_id, withdrawal.to_account_id) == (bob, 0)
+    assert client.get_account(alice).balance == 700
+    assert client.get_account(bob).balance == 200
+    entries = client.list_transfers(bob, limit=10).transfers
+    assert [entry.id for entry in entries] == [withdrawal.id, transfer.id]
+
+
+def test_insufficient_funds_reports_available_and_changes_nothing(client):
+    account = funded_account(client, 250)
+    other = funded_account(client, 0)
+    with pytest.raises(ledger_thrift.InsufficientFunds) as error:
+        client.withdraw(account, 251)
+    assert error.value.available == 250
+    with pytest.raises(ledger_thrift.InsufficientFunds):
+        client.transfer(account, other, 1000)
+    assert client.get_account(account).balance == 250
+    assert len(client.list_transfers(account, limit=10).transfers) == 1
+
+
+@pytest.mark.parametrize("amount", [0, -5, 10**15 + 1])
+def test_amount_out_of_range_is_invalid(client, amount):
+    account = funded_account(client)
+    for call in (
+        lambda: client.deposit(account, amount),
+        lambda: client.withdraw(account, amount),
+        lambda: client.transfer(account, account + 1, amount),
+    ):
+        with pytest.raises(ledger_thrift.InvalidArgument) as error:
+            call()
+        assert error.value.field == "amount"
+
+
+def test_largest_amount_is_accepted(client):
+    account = funded_account(client, 0)
+    assert client.deposit(account, 10**15).amount == 10**15
+
+
+def test_transfer_to_same_account_is_invalid(client):
+    account = funded_account(client)
+    with pytest.raises(ledger_thrift.InvalidArgument):
+        client.transfer(account, account, 1)
+
+
+def test_money_to_or_from_unknown_accounts_is_not_found(client):
+    account = funded_account(client)
+    for call in (
+        lambda: client.deposit(10**12, 1),
+        lambda: client.withdraw(10**12, 1),
+        lambda: client.transfer(account, 10**12, 1),
+        lambda: client.transfer(10**12, account, 1),
+        lambda: client.transfer(0, account, 1),
+        lambda: client.list_transfers(10**12, limit=10),
+    ):
+        with pytest.raises(ledger_thrift.NotFound):
+            call()
+    assert client.get_account(account).balance == 1000
+
+
+def test_repeated_write_returns_original_and_applies_once(client):
+    account, other = funded_account(client), funded_account(client, 0)
+    request_id = new_request_id()
+    first = client.transfer(account, other, 10, request_id)
+    assert client.transfer(account, other, 10, request_id) == first
+    assert client.get_account(other).balance == 10
+    with pytest.raises(ledger_thrift.Conflict):
+        client.transfer(account, other, 11, request_id)
+    with pytest.raises(ledger_thrift.Conflict):
+        client.deposit(other, 10, request_id)
+
+
+def send_and_hang_up(port: int, method: str, *args: object) -> None:
+    """Send one call and close the socket without reading the reply."""
+    buffer = TCyMemoryBuffer()
+    protocol = TCyBinaryProtocol(buffer)
+    protocol.write_message_begin(method, TMessageType.CALL, 1)
+    getattr(ledger_thrift.Ledger, method + "_args")(*args).write(protocol)
+    payload = buffer.getvalue()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(struct.pack("!i", len(payload)) + payload)
+
+
+def test_retry_after_lost_reply_is_applied_once(ledger, client):
+    account = funded_account(client, 0)
+    request_id = new_request_id()
+    send_and_hang_up(ledger.port, "deposit", account, 500, request_id)
+    wait_for(lambda: client.get_account(account).balance == 500, 10, "the first deposit to commit")
+    retried = client.deposit(account, 500, request_id)
+    assert retried.request_id == request_id
+    assert client.get_account(account).balance == 500
+    assert [t.id for t in client.list_transfers(account, limit=10).transfers] == [retried.id]
+
+
+def test_concurrent_duplicate_requests_apply_once(ledger):
+    with ledger.client() as setup:
+        account = funded_account(setup, 0)
+    request_id = new_request_id()
+    results = []
+
+    def deposit() -> None:
+        with ledger.client() as own:
+            results.append(own.deposit(account, 7, request_id).id)
+
+    threads = [threading.Thread(target=deposit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and len(set(results)) == 1
+    with ledger.client() as check:
+        assert check.get_account(account).balance == 7
+
+
+def test_list_transfers_pages_newest_first_to_the_end(client):
+    account = funded_account(client, 0)
+    ids = [client.deposit(account, n + 1).id for n in range(5)]
+    seen, cursor = [], ""
+    while True:
+        page = client.list_transfers(account, limit=2, cursor=cursor)
+        seen += [t.id for t in page.transfers]
+        if not page.next_cursor:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(ids))
+    other = funded_account(client)
+    with pytest.raises(ledger_thrift.InvalidArgument) as error:
+        client.list_transfers(other, limit=2, cursor=client.list_transfers(account, limit=2).next_cursor)
+    assert error.value.field == "cursor"
+
+
+def test_concurrent_random_transfers_keep_the_ledger_consistent(ledger, database):
+    with ledger.client() as setup:
+        accounts = [funded_account(setup, 10_000) for _ in range(8)]
+    acknowledged: list[str] = []
+    errors: list[Exception] = []
+    stop_at = time.monotonic() + 4
+
+    def trade(seed: int) -> None:
+        rng = random.Random(seed)
+        with ledger.client() as own:
+            while time.monotonic() < stop_at:
+                request_id = new_request_id()
+                source, target = rng.sample(accounts, 2)
+                try:
+                    kind = rng.random()
+                    if kind < 0.8:
+                        own.transfer(source, target, rng.randint(1, 3000), request_id)
+                    elif kind < 0.9:
+                        own.deposit(target, rng.randint(1, 500), request_id)
+                    else:
+                        own.withdraw(source, rng.randint(1, 3000), request_id)
+                    acknowledged.append(request_id)
+                except ledger_thrift.InsufficientFunds:
+                    pass
+                except Exception as error:  # noqa: BLE001 - reported below
+                    errors.append(error)
+
+    threads = [threading.Thread(target=trade, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(acknowledged) > 100
+    first, last = min(accounts), max(accounts)  # created one after another above
+    stored = sql(
+        database,
+        "SELECT COUNT(*) FROM transfers WHERE from_account_id BETWEEN %s AND %s OR to_account_id BETWEEN %s AND %s",
+        (first, last, first, last),
+    )
+    assert stored == [(len(acknowledged) + len(accounts),)]  # plus the opening deposits
+    assert_ledger_invariant(database)

@@ -1,0 +1,281 @@
+"""TThreadPoolServer: a fixed pool of worker threads behind one I/O thread.
+
+thriftpy2 ships only a single-threaded and a thread-per-connection server.
+Here one I/O thread (the caller of `serve()`) accepts connections and waits on
+all of them with `selectors`; it reads framed messages (a 4-byte length, then
+the message) and, once a whole message has arrived, hands that connection to
+the worker queue. A worker decodes the message from memory, runs the handler,
+writes the reply and hands the connection back to the I/O thread. So an idle
+connection costs a file descriptor, never a worker, and a slow sender cannot
+stall a worker halfway through a message.
+
+Frames give exact message boundaries, which is what lets the I/O thread know
+a request is complete without decoding it, and where the maximum message size
+is enforced before its bytes are read. `close()` stops accepting and reading;
+`serve()` then lets queued and running requests finish (up to the drain
+timeout), closes every connection and returns.
+"""
+
+import logging
+import queue
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from contextlib import suppress
+
+from thriftpy2.protocol import TCyBinaryProtocolFactory
+from thriftpy2.server import TServer
+from thriftpy2.thrift import TApplicationException, TProcessor
+from thriftpy2.transport import TCyMemoryBuffer
+
+logger = logging.getLogger(__name__)
+FRAME_HEADER = struct.Struct("!i")
+RECV_SIZE = 65536
+
+
+class GuardedProcessor(TProcessor):
+    """A TProcessor that answers an unexpected handler error with INTERNAL_ERROR.
+
+    thriftpy2's TProcessor re-raises exceptions the IDL does not declare,
+    which drops the client's connection; this logs the traceback once and
+    sends TApplicationException(INTERNAL_ERROR), keeping the connection usable.
+    """
+
+    def process_in(self, iprot):
+        api, seqid, result, call = super().process_in(iprot)
+        if call is None:
+            return api, seqid, result, call
+        declared = tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
+
+        def guarded_call():
+            try:
+                return call()
+            except declared:
+                raise
+            except TApplicationException:
+                raise
+            except Exception:
+                logger.exception("unexpected error in %s", api)
+                raise TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error") from None
+
+        return api, seqid, result, guarded_call
+
+
+class _Connection:
+    """A client socket and the bytes received from it that are not yet handled."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.received = bytearray()
+        self.last_active = time.monotonic()
+        self.closed = False
+
+    def take_frame(self, max_size: int) -> bytes | None:
+        """Remove and return the next whole message, None if it is incomplete."""
+        if len(self.received) < FRAME_HEADER.size:
+            return None
+        (size,) = FRAME_HEADER.unpack_from(self.received)
+        if not 0 < size <= max_size:
+            raise ValueError(f"frame of {size} bytes (maximum {max_size})")
+        end = FRAME_HEADER.size + size
+        if len(self.received) < end:
+            return None
+        frame = bytes(self.received[FRAME_HEADER.size : end])
+        del self.received[:end]
+        return frame
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+class TThreadPoolServer(TServer):
+    """Serves framed binary-protocol Thrift with `workers` threads; see module docstring."""
+
+    def __init__(
+        self,
+        processor: TProcessor,
+        host: str,
+        port: int,
+        workers: int,
+        idle_timeout: float,
+        drain_timeout: float,
+        max_message_bytes: int,
+    ) -> None:
+        # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
+        # server bind the same port silently; this server owns a plain socket.
+        super().__init__(processor, trans=None, iprot_factory=TCyBinaryProtocolFactory())
+        self.address = (host, port)
+        self.workers = workers
+        self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self.max_message_bytes = max_message_bytes
+        self.serving = False
+        self._closing = threading.Event()
+        self._ready = queue.SimpleQueue()  # connections holding a whole message
+        self._handed_back = deque()  # connections workers have finished with
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._selector = selectors.DefaultSelector()
+        self._connections: set[_Connection] = set()
+        self._listener: socket.socket | None = None
+
+    def listen(self) -> None:
+        """Bind the listening socket; raises OSError if the address is taken."""
+        self._listener = socket.create_server(self.address, backlog=1024)
+        self._listener.setblocking(False)
+
+    def serve(self) -> None:
+        """Accept and serve until close() is called, then drain and return."""
+        if self._listener is None:
+            self.listen()
+        listener = self._listener
+        self._selector.register(listener, selectors.EVENT_READ)
+        self._wake_reader.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        self.serving = True
+        try:
+            while not self._closing.is_set():
+                self._poll(listener)
+        finally:
+            self.serving = False
+            self._selector.unregister(listener)
+            listener.close()
+            self._drain(threads)
+
+    def close(self) -> None:
+        """Begin a graceful stop; safe to call from a signal handler or another thread."""
+        self.serving = False
+        self._closing.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except BlockingIOError:
+            pass  # the I/O thread already has a wake-up pending
+
+    def _poll(self, listener: socket.socket) -> None:
+        for key, _ in self._selector.select(timeout=1.0):
+            if key.fileobj is listener:
+                self._accept(listener)
+            elif key.fileobj is self._wake_reader:
+                self._wake_reader.recv(4096)
+            else:
+                self._receive(key.data)
+        while self._handed_back:
+            self._resume(self._handed_back.popleft())
+        self._close_idle()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # e.g. out of file descriptors; keep serving the others
+                logger.warning("accept failed: %s", error)
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Reads happen only when the selector reports data; the timeout
+            # bounds how long a worker's reply may wait on a client that does
+            # not read.
+            sock.settimeout(self.idle_timeout)
+            connection = _Connection(sock, f"{address[0]}:{address[1]}")
+            self._connections.add(connection)
+            self._selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _receive(self, connection: _Connection) -> None:
+        try:
+            data = connection.sock.recv(RECV_SIZE)
+        except OSError:
+            data = b""  # a reset is an ordinary way for a client to leave
+        if not data:
+            self._forget(connection)
+            return
+        connection.received += data
+        connection.last_active = time.monotonic()
+        self._dispatch_if_ready(connection)
+
+    def _dispatch_if_ready(self, connection: _Connection) -> bool:
+        try:
+            frame = connection.take_frame(self.max_message_bytes)
+        except ValueError as error:
+            logger.warning("closing %s: %s", connection.peer, error)
+            self._forget(connection)
+            return True
+        if frame is None:
+            return False
+        # One request at a time per connection keeps replies in order.
+        self._selector.unregister(connection.sock)
+        self._ready.put((connection, frame))
+        return True
+
+    def _resume(self, connection: _Connection) -> None:
+        if connection.closed:
+            self._connections.discard(connection)
+        elif self._closing.is_set():
+            self._forget(connection)
+        elif not self._dispatch_if_ready(connection):
+            self._selector.register(connection.sock, selectors.EVENT_READ, connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        with suppress(KeyError, ValueError):  # not registered while a worker holds it
+            self._selector.unregister(connection.sock)
+        connection.close()
+        self._connections.discard(connection)
+
+    def _close_idle(self) -> None:
+        deadline = time.monotonic() - self.idle_timeout
+        for key in list(self._selector.get_map().values()):
+            connection = key.data
+            if connection is not None and connection.last_active < deadline:
+                logger.debug("closing idle connection %s", connection.peer)
+                self._forget(connection)
+
+    def _work(self) -> None:
+        while True:
+            item = self._ready.get()
+            if item is None:
+                return
+            connection, frame = item
+            try:
+                reply = self._process(frame)
+                if reply:
+                    connection.sock.sendall(FRAME_HEADER.pack(len(reply)) + reply)
+                connection.last_active = time.monotonic()
+            except OSError as error:
+                logger.info("closing %s: %s", connection.peer, error)
+                connection.close()
+            except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
+                logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
+                connection.close()
+            self._handed_back.append(connection)
+            self._wake()
+
+    def _process(self, frame: bytes) -> bytes:
+        itrans = TCyMemoryBuffer(frame)
+        otrans = TCyMemoryBuffer()
+        self.processor.process(self.iprot_factory.get_protocol(itrans), self.oprot_factory.get_protocol(otrans))
+        return otrans.getvalue()
+
+    def _drain(self, threads: list[threading.Thread]) -> None:
+        for _ in threads:
+            self._ready.put(None)  # after every request already queued
+        deadline = time.monotonic() + self.drain_timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        unfinished = sum(thread.is_alive() for thread in threads)
+        if unfinished:
+            logger.warning("drain timeout: %d requests still running are abandoned", unfinished)
+        for connection in list(self._connections):
+            connection.close()
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
