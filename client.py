@@ -205,7 +205,7 @@ def _parser(settings: settings_module.Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Call the Ledger service.",
         epilog="exit status: 0 ok, 1 internal error, 2 usage, 3 invalid argument, 4 not found, "
-        "5 conflict, 6 insufficient funds, 7 unavailable, 8 server unreachable",
+        "5 conflict, 6 insufficient funds, 7 unavailable (or health not ok), 8 server unreachable",
     )
     parser.add_argument("--host", default=host, help="server host (THRIFT_HOST; default %(default)s)")
     parser.add_argument("--port", type=int, default=settings.thrift_port, help="server port (default %(default)s)")
@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the server failed: {error}", file=sys.stderr)
         return EXIT_INTERNAL
     print(json.dumps(_as_dict(result), ensure_ascii=False) if as_json else _human(result))
+    if method == "health" and not (result.serving and result.database):
+        return EXIT_STATUS[ledger_thrift.Unavailable]  # lets a container healthcheck use this command
     return 0
 
 

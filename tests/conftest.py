@@ -45,6 +45,13 @@ class ThrowawayDatabase:
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self.env = {
+            "MYSQL_HOST": "127.0.0.1",
+            "MYSQL_PORT": str(self.port),
+            "MYSQL_USER": "root",
+            "MYSQL_PASSWORD": "",
+            "MYSQL_DATABASE": TEST_DATABASE,
+        }
         datadir = directory / "data"
         install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
         subprocess.run(
@@ -82,6 +89,9 @@ class ThrowawayDatabase:
             ],
         )
         wait_for(self._answers, 60, "the test database to start")
+        connection = MySQLdb.connect(host="127.0.0.1", port=self.port, user="root", password="")
+        connection.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {TEST_DATABASE} CHARACTER SET utf8mb4")
+        connection.close()
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
@@ -101,36 +111,56 @@ class ThrowawayDatabase:
 def database(tmp_path_factory) -> dict[str, str]:
     """MYSQL_* variables of an empty, migrated-on-first-use test database."""
     if os.environ.get("MYSQL_HOST"):
-        env = {name: value for name, value in os.environ.items() if name.startswith("MYSQL_")}
-        env.setdefault("MYSQL_DATABASE", TEST_DATABASE)
+        env = {
+            "MYSQL_HOST": os.environ["MYSQL_HOST"],
+            "MYSQL_PORT": os.environ.get("MYSQL_PORT", "3306"),
+            "MYSQL_USER": os.environ.get("MYSQL_USER", "root"),
+            "MYSQL_PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
+            "MYSQL_DATABASE": os.environ.get("MYSQL_DATABASE", TEST_DATABASE),
+        }
+        connection = MySQLdb.connect(**{**connect_kwargs(env), "database": ""})
+        connection.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{env['MYSQL_DATABASE']}` CHARACTER SET utf8mb4")
+        connection.close()
         yield env
         return
     throwaway = ThrowawayDatabase(tmp_path_factory.mktemp("mariadb"))
     throwaway.start()
-    connection = MySQLdb.connect(host="127.0.0.1", port=throwaway.port, user="root", password="")
-    connection.cursor().execute(f"CREATE DATABASE {TEST_DATABASE} CHARACTER SET utf8mb4")
-    connection.close()
-    yield {
-        "MYSQL_HOST": "127.0.0.1",
-        "MYSQL_PORT": str(throwaway.port),
-        "MYSQL_USER": "root",
-        "MYSQL_PASSWORD": "",
-        "MYSQL_DATABASE": TEST_DATABASE,
-    }
+    yield throwaway.env
     throwaway.stop()
+
+
+@pytest.fixture
+def own_database(tmp_path) -> ThrowawayDatabase:
+    """A database server for one test, which may stop, restart or reconfigure it."""
+    own = ThrowawayDatabase(tmp_path / "own-database")
+    own.start()
+    yield own
+    if own.process.poll() is None:
+        own.stop()
+
+
+def run_python(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `python ARGS` in the project directory with extra environment variables."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+def connect_kwargs(database: dict[str, str]) -> dict:
+    """MySQLdb.connect arguments for the database described by MYSQL_* variables."""
+    return {
+        "host": database["MYSQL_HOST"],
+        "port": int(database["MYSQL_PORT"]),
+        "user": database["MYSQL_USER"],
+        "password": database["MYSQL_PASSWORD"],
+        "database": database["MYSQL_DATABASE"],
+        "charset": "utf8mb4",
+    }
 
 
 def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]:
     """Run one statement straight against the test database (autocommit)."""
-    connection = MySQLdb.connect(
-        host=database["MYSQL_HOST"],
-        port=int(database["MYSQL_PORT"]),
-        user=database["MYSQL_USER"],
-        password=database["MYSQL_PASSWORD"],
-        database=database["MYSQL_DATABASE"],
-        charset="utf8mb4",
-        autocommit=True,
-    )
+    connection = MySQLdb.connect(**connect_kwargs(database), autocommit=True)
     try:
         cursor = connection.cursor()
         cursor.execute(query, params)
@@ -140,19 +170,20 @@ def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]
 
 
 class LedgerProcess:
-    """`python -W error server.py` in a child process on a free port."""
+    """A server process (by default `python -W error server.py`) on a free port."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: list[str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
-        self.env = {**os.environ, **env, "THRIFT_HOST": "127.0.0.1", "THRIFT_PORT": str(self.port)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-W", "error", "server.py"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        self.env = {"THRIFT_HOST": "127.0.0.1", **os.environ, **env, "THRIFT_PORT": str(self.port)}
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command or [sys.executable, "-W", "error", "server.py"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(self._answers, 30, "the Ledger server to start")
 
     def _answers(self) -> bool:

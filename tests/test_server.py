@@ -1,11 +1,8 @@
 """The server process: errors, draining, pooling, timeouts, configuration."""
 
-import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +11,7 @@ import pytest
 from thriftpy2.thrift import TApplicationException
 
 from client import ServerUnreachable, ledger_thrift
-from conftest import ROOT, ThrowawayDatabase, sql, wait_for
+from conftest import ROOT, connect_kwargs, run_python, sql, wait_for
 
 
 def connections_opened(database) -> int:
@@ -25,13 +22,7 @@ def connections_opened(database) -> int:
 def locked_account(database, client):
     """An account whose row a separate transaction holds locked until release()."""
     account = client.create_account("locked").id
-    connection = MySQLdb.connect(
-        host=database["MYSQL_HOST"],
-        port=int(database["MYSQL_PORT"]),
-        user=database["MYSQL_USER"],
-        password=database["MYSQL_PASSWORD"],
-        database=database["MYSQL_DATABASE"],
-    )
+    connection = MySQLdb.connect(**connect_kwargs(database))
     cursor = connection.cursor()
     cursor.execute("BEGIN")
     cursor.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (account,))
@@ -178,34 +169,38 @@ def test_oversized_message_closes_only_that_connection(ledger, client):
     assert "frame of 2147483647 bytes" in ledger.log()
 
 
-def test_database_outage_is_unavailable_then_recovers(start_ledger, tmp_path):
-    own = ThrowawayDatabase(tmp_path / "outage")
-    own.start()
-    try:
-        MySQLdb.connect(host="127.0.0.1", port=own.port, user="root").cursor().execute("CREATE DATABASE outage")
-        server = start_ledger(MYSQL_PORT=str(own.port), MYSQL_DATABASE="outage", MYSQL_CONNECT_TIMEOUT="2")
-        with server.client() as client:
-            account = client.create_account("outage").id
-            client.deposit(account, 100)
-            own.stop()
-            with pytest.raises(ledger_thrift.Unavailable):
-                client.get_account(account)
-            with pytest.raises(ledger_thrift.Unavailable):
-                client.deposit(account, 1, "retry-after-outage")
-            assert client.health().database is False
-            own.start()
-            wait_for(lambda: client.health().database, 10, "the service to reconnect")
-            assert client.deposit(account, 1, "retry-after-outage").amount == 1
-            assert client.get_account(account).balance == 101
-    finally:
-        if own.process.poll() is None:
-            own.stop()
+def test_database_outage_is_unavailable_then_recovers(start_ledger, own_database):
+    server = start_ledger(**own_database.env, MYSQL_CONNECT_TIMEOUT="2")
+    with server.client() as client:
+        account = client.create_account("outage").id
+        client.deposit(account, 100)
+        own_database.stop()
+        with pytest.raises(ledger_thrift.Unavailable):
+            client.get_account(account)
+        with pytest.raises(ledger_thrift.Unavailable):
+            client.deposit(account, 1, "retry-after-outage")
+        assert client.health().database is False
+        assert run_python("client.py", "--port", str(server.port), "get-account", str(account)).returncode == 7
+        own_database.start()
+        wait_for(lambda: client.health().database, 10, "the service to reconnect")
+        assert client.deposit(account, 1, "retry-after-outage").amount == 1
+        assert client.get_account(account).balance == 101
 
 
-def run_program(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
-    )
+def test_lock_wait_timeouts_are_retried_then_unavailable(start_ledger, own_database):
+    sql(own_database.env, "SET GLOBAL innodb_lock_wait_timeout = 1")
+    server = start_ledger(**own_database.env, DB_DEADLOCK_RETRIES="2")
+    with server.client() as client:
+        account = client.create_account("contended").id
+        blocker = MySQLdb.connect(**connect_kwargs(own_database.env))
+        blocker.cursor().execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (account,))
+        started = time.monotonic()
+        with pytest.raises(ledger_thrift.Unavailable):
+            client.deposit(account, 1)
+        assert time.monotonic() - started >= 3  # three attempts of one second each
+        blocker.rollback()
+        assert client.deposit(account, 1).amount == 1
+    assert server.log().count("retrying transaction after error 1205") == 2
 
 
 @pytest.mark.parametrize(
@@ -213,14 +208,14 @@ def run_program(*args: str, **env: str) -> subprocess.CompletedProcess:
     [("THRIFT_PORT", "http"), ("THRIFT_WORKERS", "0"), ("DB_POOL", "magic"), ("MYSQL_READ_TIMEOUT", "-1")],
 )
 def test_bad_setting_stops_with_one_line_and_status_2(variable, value):
-    result = run_program("server.py", **{variable: value})
+    result = run_python("server.py", **{variable: value})
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and variable in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_wrong_database_password_is_one_line_without_the_password(database):
-    result = run_program("server.py", **{**database, "MYSQL_PASSWORD": "s3cret-Pa55"})
+    result = run_python("server.py", **{**database, "MYSQL_PASSWORD": "s3cret-Pa55"})
     assert result.returncode == 1
     assert "cannot migrate" in result.stdout + result.stderr
     assert "s3cret-Pa55" not in result.stdout + result.stderr
@@ -228,7 +223,7 @@ def test_wrong_database_password_is_one_line_without_the_password(database):
 
 
 def test_migrate_command_applies_each_migration_once(ledger, database):
-    result = run_program("db.py", "migrate", **database)
+    result = run_python("db.py", "migrate", **database)
     assert (result.returncode, result.stdout.strip()) == (0, "schema is up to date")
     applied = sql(database, "SELECT name FROM schema_migrations ORDER BY version")
     assert applied == [(path.name,) for path in sorted((ROOT / "migrations").glob("[0-9]*.sql"))]

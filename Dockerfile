@@ -1,0 +1,30 @@
+# The Ledger server image. Build stage compiles mysqlclient's C extension into
+# a wheel; the runtime stage has only the client library, the wheels and the
+# code, and runs as an unprivileged user.
+FROM python:3.12-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libmariadb-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY requirements.txt /build/requirements.txt
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /build/requirements.txt
+
+FROM python:3.12-slim-bookworm
+# libmariadb3 speaks MySQL 8.4's caching_sha2_password (its plugin ships in the package).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libmariadb3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ledger \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home ledger
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+WORKDIR /app
+COPY service.thrift settings.py db.py handlers.py thread_pool_server.py server.py client.py config.env ./
+COPY migrations ./migrations
+USER 10001:10001
+ENV PYTHONUNBUFFERED=1
+EXPOSE 9090
+# Calls the health RPC: fails while draining or when the database does not answer.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "client.py", "--timeout", "3", "health"]
+# Exec form: python is PID 1 and receives SIGTERM, so the server drains.
+CMD ["python", "server.py"]

@@ -1,0 +1,90 @@
+"""client.py as a person or a script uses it: output, errors, exit statuses."""
+
+import json
+import subprocess
+
+import pytest
+
+from client import new_request_id
+from conftest import free_port, run_python
+
+
+def cli(port: int, *args: str) -> subprocess.CompletedProcess:
+    return run_python("client.py", "--port", str(port), *args)
+
+
+def cli_json(port: int, *args: str) -> dict:
+    result = cli(port, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_every_command_succeeds_against_the_server(ledger):
+    port = ledger.port
+    assert cli(port, "ping").stdout == "pong\n"
+    assert cli_json(port, "health") == {"serving": True, "database": True, "version": "1.0.0"}
+    alice = cli_json(port, "create-account", "Alice 🦊")
+    bob = cli_json(port, "create-account", "Bob")
+    assert alice["owner"] == "Alice 🦊" and alice["balance"] == 0
+    assert cli_json(port, "deposit", str(alice["id"]), "900")["amount"] == 900
+    assert cli_json(port, "withdraw", str(alice["id"]), "100")["to_account_id"] == 0
+    assert cli_json(port, "transfer", str(alice["id"]), str(bob["id"]), "300")["from_account_id"] == alice["id"]
+    assert cli_json(port, "get-account", str(alice["id"]))["balance"] == 500
+    transfers = cli_json(port, "list-transfers", str(alice["id"]), "--limit", "2")
+    assert [t["amount"] for t in transfers["transfers"]] == [300, 100] and transfers["next_cursor"]
+    rest = cli_json(port, "list-transfers", str(alice["id"]), "--cursor", transfers["next_cursor"])
+    assert [t["amount"] for t in rest["transfers"]] == [900] and rest["next_cursor"] == ""
+    assert cli_json(port, "list-accounts", "--limit", "1000")["next_cursor"] == ""
+    cli_json(port, "withdraw", str(bob["id"]), "300")
+    assert cli_json(port, "close-account", str(bob["id"]))["status"] == 2
+
+
+def test_human_output_is_a_table(ledger):
+    created = cli(ledger.port, "create-account", "Table Person")
+    assert created.returncode == 0
+    header, row = created.stdout.splitlines()
+    assert header.split() == ["ID", "OWNER", "BALANCE", "STATUS", "CREATED", "(UTC)"]
+    assert "Table Person" in row and " OPEN " in row
+    page = cli(ledger.port, "list-accounts", "--limit", "1").stdout
+    assert page.splitlines()[0].startswith("ID") and "next cursor: " in page
+
+
+def test_request_id_flag_makes_a_write_repeatable(ledger):
+    account = cli_json(ledger.port, "create-account", "repeat")["id"]
+    first = cli_json(ledger.port, "deposit", str(account), "5", "--request-id", f"cli-repeat-{account}")
+    again = cli_json(ledger.port, "deposit", str(account), "5", "--request-id", f"cli-repeat-{account}")
+    assert first == again
+    assert cli_json(ledger.port, "get-account", str(account))["balance"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("get-account", "999999999"), 4, "NotFound: account 999999999 does not exist"),
+        (("create-account", "   "), 3, "InvalidArgument: owner must be"),
+        (("list-accounts", "--cursor", "forged"), 3, "InvalidArgument: cursor"),
+        (("deposit", "1", "0"), 3, "InvalidArgument: amount"),
+        (("withdraw", "{account}", "1"), 6, "InsufficientFunds: account {account} has only 0"),
+        (("close-account", "{account}", "--request-id", "{creating_request_id}"), 5, "Conflict: request_id"),
+    ],
+)
+def test_service_errors_are_one_line_on_stderr_with_a_distinct_status(ledger, args, status, message):
+    request_id = new_request_id()
+    account = str(cli_json(ledger.port, "create-account", "errors", "--request-id", request_id)["id"])
+    args = [arg.format(account=account, creating_request_id=request_id) for arg in args]
+    result = cli(ledger.port, *args)
+    assert result.returncode == status, result.stderr
+    assert result.stderr.startswith("error: " + message.format(account=account))
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_unreachable_server_is_one_line_and_status_8():
+    result = cli(free_port(), "--timeout", "2", "ping")
+    assert result.returncode == 8
+    assert result.stderr.startswith("error: cannot reach the Ledger server at 127.0.0.1:")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2():
+    assert cli(9, "deposit", "not-a-number", "5").returncode == 2
+    assert cli(9, "no-such-command").returncode == 2
