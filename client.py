@@ -1,25 +1,27 @@
-"""Client for the Ledger service: a small library and a command line.
+"""Client for the Ledger service: a library other services import, and a command line.
 
-Library: `LedgerClient(host, port, timeout)` has one typed method per RPC.
-Command line: `python client.py create-account alice`, `python client.py
---help`. It speaks the server's framed binary protocol over one connection,
-which it discards after any transport error or timeout, because the reply to
-a timed-out call may still arrive and would be read as the next call's reply.
+Library: `LedgerClient("host:port,host:port")` has one typed method per RPC.
+It keeps a bounded pool of framed binary-protocol connections, safe to share
+between threads; retries connection failures, timeouts and `Unavailable`
+with the same request_id; and spreads calls over several servers, skipping
+one that is down. Command line: `python client.py --help`.
 """
 
 import argparse
+import itertools
 import json
+import random
 import select
-import socket
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import thriftpy2
 from thriftpy2.protocol import TCyBinaryProtocol
-from thriftpy2.thrift import TApplicationException, TClient
+from thriftpy2.thrift import TApplicationException, TClient, TException
 from thriftpy2.transport import TCyFramedTransport, TSocket, TTransportException
 
 import settings as settings_module
@@ -39,10 +41,12 @@ EXIT_STATUS = {
 EXIT_UNREACHABLE = 8
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+# How long a server that refused a connection is skipped (doubling per failure, capped).
+DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 
 
 class ServerUnreachable(Exception):
-    """The server could not be reached, or did not reply within the timeout."""
+    """No server could be reached, or none replied within the timeout."""
 
 
 def new_request_id() -> str:
@@ -50,28 +54,83 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _closed_by_server(sock: socket.socket) -> bool:
-    """True if an idle connection is readable: the server closed it (idle
-    timeout, restart) or sent bytes nobody asked for. Either way, discard it."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+def parse_servers(servers: str) -> list[tuple[str, int]]:
+    """'host:port,host:port' -> [(host, port), ...]; raises ValueError if malformed."""
+    addresses = []
+    for item in servers.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"not host:port: {item.strip()!r}")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+class _Connection:
+    """One open connection to one server, used by one call at a time."""
+
+    def __init__(self, address: tuple[str, int], connect_timeout: float, timeout: float) -> None:
+        self.address = address
+        self.socket = TSocket(*address, socket_timeout=int(timeout * 1000), connect_timeout=int(connect_timeout * 1000))
+        transport = TCyFramedTransport(self.socket)
+        transport.open()
+        self.thrift = TClient(ledger_thrift.Ledger, TCyBinaryProtocol(transport))
+        self.idle_since = time.monotonic()
+
+    def closed_by_server(self) -> bool:
+        """An idle connection that is readable was closed by the server (idle
+        timeout, restart) or holds bytes nobody asked for: unusable either way."""
+        readable, _, _ = select.select([self.socket.sock], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.thrift.close()
 
 
 class LedgerClient:
-    """Calls the Ledger service over one connection, reopened after failures.
+    """A thread-safe, pooled, retrying client of the Ledger service.
 
-    Safe to share between threads (calls are serialized). A service error
-    (NotFound, InvalidArgument, ...) leaves the connection open; a transport
-    error or timeout closes it and raises ServerUnreachable.
+    servers: "host:port" or "host:port,host:port,..."; calls are spread over
+        them, and one that refuses connections is skipped for a while.
+    pool_size: most connections open at once; a call waits up to
+        `acquire_timeout` seconds for a free one.
+    timeout / connect_timeout: seconds per call / per connection attempt.
+    max_idle: seconds an unused connection is kept before it is replaced.
+    retries / deadline: connection failures, timeouts and `Unavailable` are
+        retried (backoff with jitter) up to `retries` times within `deadline`
+        seconds of the first attempt, with the same request_id, so a write is
+        applied once. Service errors are raised at once.
+
+    Any transport error or timeout discards that connection: the reply of a
+    timed-out call may still arrive and must never be read by the next call.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.host = host
-        self.port = port
+    def __init__(
+        self,
+        servers: str,
+        *,
+        pool_size: int = 8,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        acquire_timeout: float = 10.0,
+        max_idle: float = 300.0,
+        retries: int = 3,
+        deadline: float = 30.0,
+    ) -> None:
+        self.servers = parse_servers(servers)
+        self.pool_size = pool_size
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._client: TClient | None = None
-        self._socket: TSocket | None = None
+        self.connect_timeout = connect_timeout
+        self.acquire_timeout = acquire_timeout
+        self.max_idle = max_idle
+        self.retries = retries
+        self.deadline = deadline
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._closed = False
+        self._available = threading.Condition()
+        self._next_server = itertools.cycle(range(len(self.servers)))
+        self._down_until: dict[tuple[str, int], float] = {}
+        self._down_for: dict[tuple[str, int], float] = {}
 
     def __enter__(self) -> "LedgerClient":
         return self
@@ -80,33 +139,107 @@ class LedgerClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; the next call opens a new one."""
-        with self._lock:
-            self._discard()
+        """Close every idle connection now and each busy one when its call ends."""
+        with self._available:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._available.notify_all()
+        for connection in idle:
+            connection.close()
 
-    def _discard(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _acquire(self) -> _Connection:
+        give_up_at = time.monotonic() + self.acquire_timeout
+        with self._available:
+            while True:
+                if self._closed:
+                    raise ServerUnreachable("the client is closed")
+                if self._idle:
+                    connection = self._idle.pop()  # most recently used: least likely to be stale
+                    if time.monotonic() - connection.idle_since < self.max_idle and not connection.closed_by_server():
+                        return connection
+                    self._open -= 1
+                    connection.close()
+                    continue
+                if self._open < self.pool_size:
+                    self._open += 1
+                    break
+                if not self._available.wait(give_up_at - time.monotonic()):
+                    raise ServerUnreachable(f"all {self.pool_size} connections stayed busy")
+        try:
+            return self._connect()
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, connection: _Connection | None) -> None:
+        """Return a healthy connection to the pool; None gives up a slot."""
+        with self._available:
+            if connection is not None and not self._closed:
+                connection.idle_since = time.monotonic()
+                self._idle.append(connection)
+            else:
+                self._open -= 1
+                if connection is not None:
+                    connection.close()
+            self._available.notify()
+
+    def _connect(self) -> _Connection:
+        """Open a connection to the next server that is up, trying each once."""
+        with self._available:
+            now = time.monotonic()
+            start = next(self._next_server)
+            order = self.servers[start:] + self.servers[:start]
+            # Servers that are up first; if all are down, try them anyway,
+            # soonest-to-recover first, rather than fail without trying.
+            order.sort(key=lambda address: max(self._down_until.get(address, 0.0), now))
+        errors = []
+        for address in order:
+            try:
+                connection = _Connection(address, self.connect_timeout, self.timeout)
+            except (TTransportException, OSError) as error:
+                with self._available:
+                    down_for = min(self._down_for.get(address, DOWN_FOR_SECONDS / 2) * 2, DOWN_AT_MOST_SECONDS)
+                    self._down_for[address] = down_for
+                    self._down_until[address] = time.monotonic() + down_for
+                errors.append(f"{address[0]}:{address[1]} ({_reason(error)})")
+                continue
+            with self._available:
+                self._down_for.pop(address, None)
+                self._down_until.pop(address, None)
+            return connection
+        raise ServerUnreachable(", ".join(errors))
 
     def _call(self, method: str, *args: object):
-        with self._lock:
+        give_up_at = time.monotonic() + self.deadline
+        for attempt in itertools.count():
             try:
-                if self._client is not None and _closed_by_server(self._socket.sock):
-                    self._discard()
-                if self._client is None:
-                    milliseconds = int(self.timeout * 1000)
-                    self._socket = TSocket(
-                        self.host, self.port, socket_timeout=milliseconds, connect_timeout=milliseconds
-                    )
-                    transport = TCyFramedTransport(self._socket)
-                    transport.open()
-                    self._client = TClient(ledger_thrift.Ledger, TCyBinaryProtocol(transport))
-                return getattr(self._client, method)(*args)
-            except (TTransportException, OSError) as error:
-                self._discard()
-                reason = getattr(error, "message", None) or str(error) or type(error).__name__
-                raise ServerUnreachable(f"{self.host}:{self.port} ({reason})") from None
+                return self._call_once(method, args)
+            except (ServerUnreachable, ledger_thrift.Unavailable):
+                pause = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                if attempt >= self.retries or time.monotonic() + pause > give_up_at:
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, method: str, args: tuple):
+        connection = self._acquire()
+        try:
+            result = getattr(connection.thrift, method)(*args)
+        except (TTransportException, OSError) as error:
+            self._release(None)
+            connection.close()
+            address = f"{connection.address[0]}:{connection.address[1]}"
+            raise ServerUnreachable(f"{address} ({_reason(error)})") from None
+        except TException:
+            self._release(connection)  # a whole error reply was read: still in step
+            raise
+        except BaseException:
+            self._release(None)  # interrupted mid-call: the reply may still come
+            connection.close()
+            raise
+        self._release(connection)
+        return result
 
     def ping(self) -> str:
         """Returns "pong" when the server answers."""
@@ -149,6 +282,10 @@ class LedgerClient:
     def close_account(self, account_id: int, request_id: str | None = None) -> Account:
         """Close an account whose balance is zero."""
         return self._call("close_account", account_id, request_id or new_request_id())
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "message", None) or str(error) or type(error).__name__
 
 
 def _as_dict(value: object) -> object:
@@ -207,8 +344,11 @@ def _parser(settings: settings_module.Settings) -> argparse.ArgumentParser:
         epilog="exit status: 0 ok, 1 internal error, 2 usage, 3 invalid argument, 4 not found, "
         "5 conflict, 6 insufficient funds, 7 unavailable (or health not ok), 8 server unreachable",
     )
-    parser.add_argument("--host", default=host, help="server host (THRIFT_HOST; default %(default)s)")
-    parser.add_argument("--port", type=int, default=settings.thrift_port, help="server port (default %(default)s)")
+    parser.add_argument(
+        "--servers",
+        default=f"{host}:{settings.thrift_port}",
+        help="host:port[,host:port...] (default from THRIFT_HOST and THRIFT_PORT: %(default)s)",
+    )
     parser.add_argument("--timeout", type=float, default=settings.client_timeout, help="seconds (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -222,6 +362,7 @@ def _parser(settings: settings_module.Settings) -> argparse.ArgumentParser:
         if page:
             sub.add_argument("--limit", type=int, default=100)
             sub.add_argument("--cursor", default="")
+            sub.add_argument("--all", action="store_true", help="follow next_cursor to the last page")
 
     command("ping", "check that the server answers")
     command("health", "server and database health")
@@ -243,19 +384,38 @@ def _parser(settings: settings_module.Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _every_page(call, options: dict):
+    """Follow next_cursor to the last page; return one page holding every item."""
+    page = call(**options)
+    items_field = "accounts" if isinstance(page, ledger_thrift.AccountPage) else "transfers"
+    items = getattr(page, items_field)
+    while page.next_cursor:
+        page = call(**{**options, "cursor": page.next_cursor})
+        items += getattr(page, items_field)
+    setattr(page, items_field, items)
+    page.next_cursor = ""
+    return page
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_module.load()
     except settings_module.SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    options = vars(_parser(settings).parse_args(argv))
-    host, port, timeout = options.pop("host"), options.pop("port"), options.pop("timeout")
-    as_json = options.pop("json")
+    parser = _parser(settings)
+    options = vars(parser.parse_args(argv))
+    servers, timeout, as_json = options.pop("servers"), options.pop("timeout"), options.pop("json")
     method = options.pop("command").replace("-", "_")
+    follow = options.pop("all", False)
     try:
-        with LedgerClient(host, port, timeout) as client:
-            result = getattr(client, method)(**options)
+        client = LedgerClient(servers, pool_size=1, timeout=timeout, connect_timeout=min(timeout, 2.0))
+    except ValueError as error:
+        parser.error(f"--servers: {error}")
+    try:
+        with client:
+            call = getattr(client, method)
+            result = _every_page(call, options) if follow else call(**options)
     except ServerUnreachable as error:
         print(f"error: cannot reach the Ledger server at {error}", file=sys.stderr)
         return EXIT_UNREACHABLE

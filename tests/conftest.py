@@ -172,8 +172,10 @@ def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]
 class LedgerProcess:
     """A server process (by default `python -W error server.py`) on a free port."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, command: list[str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, env: dict[str, str], log_path: Path, command: list[str] | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.log_path = log_path
         self.env = {"THRIFT_HOST": "127.0.0.1", **os.environ, **env, "THRIFT_PORT": str(self.port)}
         with log_path.open("wb") as log:
@@ -190,13 +192,13 @@ class LedgerProcess:
         if self.process.poll() is not None:
             raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
         try:
-            with self.client(timeout=1) as client:
+            with self.client(timeout=1, retries=0) as client:
                 return client.ping() == "pong"
         except ServerUnreachable:
             return False
 
-    def client(self, timeout: float = 10) -> LedgerClient:
-        return LedgerClient("127.0.0.1", self.port, timeout=timeout)
+    def client(self, timeout: float = 10, **options) -> LedgerClient:
+        return LedgerClient(f"127.0.0.1:{self.port}", timeout=timeout, **options)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -209,11 +211,11 @@ class LedgerProcess:
 
 @pytest.fixture
 def start_ledger(database, tmp_path):
-    """Start a dedicated server: start_ledger(THRIFT_WORKERS="2", ...)."""
+    """Start a dedicated server: start_ledger(THRIFT_WORKERS="2", ..., port=N)."""
     started = []
 
-    def start(**env: str) -> LedgerProcess:
-        process = LedgerProcess({**database, **env}, tmp_path / f"server-{len(started)}.log")
+    def start(port: int | None = None, **env: str) -> LedgerProcess:
+        process = LedgerProcess({**database, **env}, tmp_path / f"server-{len(started)}.log", port=port)
         started.append(process)
         return process
 
@@ -235,3 +237,25 @@ def ledger(database, tmp_path_factory):
 def client(ledger):
     with ledger.client() as client:
         yield client
+
+
+@pytest.fixture
+def locked_account(database, client):
+    """An account whose row a separate transaction holds locked until release()."""
+    account = client.create_account("locked").id
+    connection = MySQLdb.connect(**connect_kwargs(database))
+    cursor = connection.cursor()
+    cursor.execute("BEGIN")
+    cursor.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (account,))
+
+    def lock_waits() -> bool:
+        """True once the server's transaction is blocked on that row."""
+        waiting = sql(
+            database,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
+            ("SELECT balance, status FROM accounts WHERE id = % FOR UPDATE",),
+        )
+        return waiting[0][0] > 0
+
+    yield account, lock_waits, connection.commit
+    connection.close()

@@ -10,7 +10,7 @@ from conftest import free_port, run_python
 
 
 def cli(port: int, *args: str) -> subprocess.CompletedProcess:
-    return run_python("client.py", "--port", str(port), *args)
+    return run_python("client.py", "--servers", f"127.0.0.1:{port}", *args)
 
 
 def cli_json(port: int, *args: str) -> dict:
@@ -88,3 +88,21 @@ def test_unreachable_server_is_one_line_and_status_8():
 def test_usage_errors_exit_2():
     assert cli(9, "deposit", "not-a-number", "5").returncode == 2
     assert cli(9, "no-such-command").returncode == 2
+
+
+def test_all_follows_next_cursor_to_the_last_page(ledger):
+    for owner in ("page-a", "page-b", "page-c"):
+        cli_json(ledger.port, "create-account", owner)
+    everything = cli_json(ledger.port, "list-accounts", "--limit", "2", "--all")
+    assert everything["next_cursor"] == ""
+    one_page = cli_json(ledger.port, "list-accounts", "--limit", "1000")
+    assert [a["id"] for a in everything["accounts"]] == [a["id"] for a in one_page["accounts"]]
+    table = cli(ledger.port, "list-accounts", "--limit", "2", "--all").stdout
+    assert len(table.splitlines()) == len(one_page["accounts"]) + 1 and "next cursor" not in table
+
+
+def test_servers_flag_accepts_several_addresses_and_rejects_garbage(ledger):
+    both = run_python("client.py", "--servers", f"127.0.0.1:{free_port()},127.0.0.1:{ledger.port}", "ping")
+    assert (both.returncode, both.stdout) == (0, "pong\n")
+    garbage = run_python("client.py", "--servers", "no-port-here", "ping")
+    assert garbage.returncode == 2 and "--servers" in garbage.stderr

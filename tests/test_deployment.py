@@ -81,7 +81,7 @@ def test_the_compose_ledger_command_serves_client_py(database, tmp_path):
     command = [sys.executable if part == "python" else part for part in dockerfile_exec_form("CMD")]
     server = LedgerProcess(env, tmp_path / "compose-ledger.log", command=command)
     try:
-        created = run_python("client.py", "--port", str(server.port), "create-account", "alice")
+        created = run_python("client.py", "--servers", f"127.0.0.1:{server.port}", "create-account", "alice")
         assert created.returncode == 0 and "alice" in created.stdout
         healthcheck = dockerfile_exec_form("HEALTHCHECK")
         assert healthcheck[:2] == ["python", "client.py"]
