@@ -14,7 +14,7 @@ import MySQLdb
 import db
 import settings as settings_module
 from handlers import LedgerHandler, ledger_thrift
-from thread_pool_server import GuardedProcessor, TThreadPoolServer
+from thread_pool_server import GuardedProcessor, TThreadPoolServer, serve_in_processes
 
 logger = logging.getLogger("ledger")
 
@@ -45,7 +45,7 @@ def main() -> int:
         return 2
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
     try:
         applied = db.migrate(settings)
@@ -66,23 +66,27 @@ def main() -> int:
     except OSError as error:
         logger.error("cannot listen on %s:%s: %s", settings.thrift_host, settings.thrift_port, error.strerror)
         return 1
-    db.init_pool(settings)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: server.close())
     logger.info(
-        "serving Ledger on %s:%s (framed binary protocol), %d workers, %s pool, database %s on %s:%s",
+        "serving Ledger on %s:%s (framed binary protocol), %d processes x %d workers, %s pool, database %s on %s:%s",
         settings.thrift_host,
         settings.thrift_port,
+        settings.thrift_processes,
         settings.thrift_workers,
         settings.db_pool,
         settings.mysql_database,
         settings.mysql_host,
         settings.mysql_port,
     )
-    try:
-        server.serve()
-    finally:
-        db.close_pool()
+    if settings.thrift_processes > 1:
+        serve_in_processes(server, settings.thrift_processes, lambda: db.init_pool(settings))
+    else:
+        db.init_pool(settings)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: server.close())
+        try:
+            server.serve()
+        finally:
+            db.close_pool()
     logger.info("stopped")
     return 0
 

@@ -24,6 +24,7 @@ class Settings:
     thrift_host: str
     thrift_port: int
     thrift_workers: int
+    thrift_processes: int
     thrift_idle_timeout: float
     thrift_drain_timeout: float
     thrift_max_message_bytes: int
@@ -68,6 +69,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         thrift_host=text("THRIFT_HOST"),
         thrift_port=number("THRIFT_PORT", high=65535),
         thrift_workers=number("THRIFT_WORKERS", high=1024),
+        thrift_processes=number("THRIFT_PROCESSES", high=256),
         thrift_idle_timeout=number("THRIFT_IDLE_TIMEOUT", float, low=0.1),
         thrift_drain_timeout=number("THRIFT_DRAIN_TIMEOUT", float, low=0),
         thrift_max_message_bytes=number("THRIFT_MAX_MESSAGE_BYTES", low=1024),

@@ -14,16 +14,23 @@ a request is complete without decoding it, and where the maximum message size
 is enforced before its bytes are read. `close()` stops accepting and reading;
 `serve()` then lets queued and running requests finish (up to the drain
 timeout), closes every connection and returns.
+
+One process is limited by the GIL; `serve_in_processes()` forks several
+copies that accept from the same listening socket (pre-fork), each with its
+own workers and database pool.
 """
 
 import logging
+import os
 import queue
 import selectors
+import signal
 import socket
 import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 
 from thriftpy2.protocol import TCyBinaryProtocolFactory
@@ -115,13 +122,20 @@ class TThreadPoolServer(TServer):
         self.drain_timeout = drain_timeout
         self.max_message_bytes = max_message_bytes
         self.serving = False
-        self._closing = threading.Event()
+        # A plain flag, not a threading.Event: close() runs in signal handlers,
+        # which may interrupt each other, and Event.set() takes a lock.
+        self._closing = False
+        self._listener: socket.socket | None = None
+        # Created by serve(), so that each forked server process has its own.
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_reader: socket.socket | None = None
+        self._wake_writer: socket.socket | None = None
         self._ready = queue.SimpleQueue()  # connections holding a whole message
         self._handed_back = deque()  # connections workers have finished with
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._selector = selectors.DefaultSelector()
         self._connections: set[_Connection] = set()
-        self._listener: socket.socket | None = None
+        self._next_idle_sweep = 0.0
+        # Set in a forked child: if that parent dies (even by SIGKILL), drain and exit.
+        self.parent_pid: int | None = None
 
     def listen(self) -> None:
         """Bind the listening socket; raises OSError if the address is taken."""
@@ -133,15 +147,18 @@ class TThreadPoolServer(TServer):
         if self._listener is None:
             self.listen()
         listener = self._listener
-        self._selector.register(listener, selectors.EVENT_READ)
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ)
         self._selector.register(self._wake_reader, selectors.EVENT_READ)
         threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
         for thread in threads:
             thread.start()
         self.serving = True
         try:
-            while not self._closing.is_set():
+            while not self._closing:
                 self._poll(listener)
         finally:
             self.serving = False
@@ -152,14 +169,12 @@ class TThreadPoolServer(TServer):
     def close(self) -> None:
         """Begin a graceful stop; safe to call from a signal handler or another thread."""
         self.serving = False
-        self._closing.set()
+        self._closing = True
         self._wake()
 
     def _wake(self) -> None:
-        try:
+        with suppress(BlockingIOError, AttributeError):  # a wake-up is pending / not serving yet
             self._wake_writer.send(b"\0")
-        except BlockingIOError:
-            pass  # the I/O thread already has a wake-up pending
 
     def _poll(self, listener: socket.socket) -> None:
         for key, _ in self._selector.select(timeout=1.0):
@@ -171,7 +186,7 @@ class TThreadPoolServer(TServer):
                 self._receive(key.data)
         while self._handed_back:
             self._resume(self._handed_back.popleft())
-        self._close_idle()
+        self._housekeeping()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -220,7 +235,7 @@ class TThreadPoolServer(TServer):
     def _resume(self, connection: _Connection) -> None:
         if connection.closed:
             self._connections.discard(connection)
-        elif self._closing.is_set():
+        elif self._closing:
             self._forget(connection)
         elif not self._dispatch_if_ready(connection):
             self._selector.register(connection.sock, selectors.EVENT_READ, connection)
@@ -231,8 +246,15 @@ class TThreadPoolServer(TServer):
         connection.close()
         self._connections.discard(connection)
 
-    def _close_idle(self) -> None:
-        deadline = time.monotonic() - self.idle_timeout
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now < self._next_idle_sweep:
+            return
+        self._next_idle_sweep = now + min(1.0, self.idle_timeout / 2)
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            logger.warning("parent process is gone; draining")
+            self.close()
+        deadline = now - self.idle_timeout
         for key in list(self._selector.get_map().values()):
             connection = key.data
             if connection is not None and connection.last_active < deadline:
@@ -279,3 +301,55 @@ class TThreadPoolServer(TServer):
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+def serve_in_processes(server: TThreadPoolServer, processes: int, prepare_child: Callable[[], None]) -> None:
+    """Run `processes` forked copies of `server` on its one listening socket.
+
+    Call after server.listen() and before any thread starts. Each child runs
+    prepare_child() (open its own database pool: connections must not cross a
+    fork), then serve(). SIGTERM or SIGINT to this parent process drains every
+    child; a child that dies otherwise is replaced. Returns when all have exited.
+    """
+    children: set[int] = set()
+    stopping = False
+
+    def start_child() -> None:
+        pid = os.fork()
+        if pid:
+            children.add(pid)
+            return
+        status = 1
+        try:
+            server.parent_pid = os.getppid()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: server.close())
+            prepare_child()
+            server.serve()
+            status = 0
+        except BaseException:
+            logger.exception("server process failed")
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    for _ in range(processes):
+        start_child()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    while children:
+        pid, status = os.wait()
+        children.discard(pid)
+        if not stopping:
+            logger.error("server process %d exited with status %d; starting another", pid, status)
+            time.sleep(1)  # no tight restart loop if children keep failing
+            if not stopping:  # a SIGTERM may have arrived during the pause
+                start_child()
+    server._listener.close()

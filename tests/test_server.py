@@ -1,10 +1,12 @@
 """The server process: errors, draining, pooling, timeouts, configuration."""
 
+import os
 import signal
 import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import MySQLdb
 import pytest
@@ -224,3 +226,31 @@ def test_pooled_db_mode_serves_too(start_ledger):
         account = client.create_account("pooled").id
         client.deposit(account, 3)
         assert client.get_account(account).balance == 3
+
+
+def child_pids(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_several_processes_share_the_port_replace_a_dead_one_and_drain_together(start_ledger):
+    server = start_ledger(THRIFT_PROCESSES="2")
+    parent = server.process.pid
+    original = child_pids(parent)
+    assert len(original) == 2
+    with server.client(pool_size=4) as client:
+        account = client.create_account("two processes").id
+        os.kill(min(original), signal.SIGKILL)
+        wait_for(lambda: child_pids(parent) - original, 10, "a replacement process")
+        for _ in range(20):
+            client.deposit(account, 1)
+        assert client.get_account(account).balance == 20
+    survivors = child_pids(parent)
+    assert server.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
+
+
+def test_server_processes_exit_when_their_parent_is_killed(start_ledger):
+    server = start_ledger(THRIFT_PROCESSES="2")
+    children = child_pids(server.process.pid)
+    server.stop(signal.SIGKILL)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10, "orphaned processes to exit")
