@@ -11,7 +11,7 @@ import argparse
 import itertools
 import json
 import random
-import select
+import socket
 import sys
 import threading
 import time
@@ -79,8 +79,18 @@ class _Connection:
     def closed_by_server(self) -> bool:
         """An idle connection that is readable was closed by the server (idle
         timeout, restart) or holds bytes nobody asked for: unusable either way."""
-        readable, _, _ = select.select([self.socket.sock], [], [], 0)
-        return bool(readable)
+        sock = self.socket.sock
+        timeout = sock.gettimeout()
+        sock.settimeout(0)  # peek without waiting (select() fails on descriptors >= 1024)
+        try:
+            sock.recv(1, socket.MSG_PEEK)
+            return True  # end of file, or stray bytes
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(timeout)
 
     def close(self) -> None:
         self.thrift.close()

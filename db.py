@@ -35,6 +35,7 @@ LOST_CONNECTION = {2006, 2013, 2055}
 UNAVAILABLE = LOST_CONNECTION | {1040, 1053, 1927, 2002, 2003, 2005, 2026, 4031}
 # Errors the transaction itself caused; running it again usually succeeds.
 RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock
+PING_INTERVAL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,9 +58,19 @@ def _is_lost_connection(error: BaseException) -> bool:
 
 
 def _ping(connection: MySQLdb.Connection) -> None:
-    # DBUtils calls ping(False) by default, which mysqlclient 2.3 deprecates;
-    # under `-W error` that warning made every checkout reconnect silently.
-    connection.ping()
+    """DBUtils' liveness check at checkout; raising means "reconnect".
+
+    DBUtils' own check calls ping(False), which mysqlclient 2.3 deprecates:
+    under `-W error` that warning made every checkout reconnect silently. And
+    a round trip per checkout doubles the database work of a read, so a
+    connection is checked at most once per PING_INTERVAL_SECONDS. One lost in
+    between fails its statement: DBUtils reconnects and repeats a read, and a
+    write reports Unavailable for the client to retry with its request_id.
+    """
+    now = time.monotonic()
+    if now - getattr(connection, "checked_at", 0.0) >= PING_INTERVAL_SECONDS:
+        connection.ping()
+        connection.checked_at = now
 
 
 def connect_arguments(settings: Settings, database: str | None = None) -> dict:

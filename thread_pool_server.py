@@ -41,6 +41,7 @@ from thriftpy2.transport import TCyMemoryBuffer
 logger = logging.getLogger(__name__)
 FRAME_HEADER = struct.Struct("!i")
 RECV_SIZE = 65536
+LINGER_SECONDS = 0.002
 
 
 class GuardedProcessor(TProcessor):
@@ -262,24 +263,50 @@ class TThreadPoolServer(TServer):
                 self._forget(connection)
 
     def _work(self) -> None:
-        while True:
-            item = self._ready.get()
-            if item is None:
-                return
+        while (item := self._ready.get()) is not None:
             connection, frame = item
-            try:
-                reply = self._process(frame)
-                if reply:
-                    connection.sock.sendall(FRAME_HEADER.pack(len(reply)) + reply)
-                connection.last_active = time.monotonic()
-            except OSError as error:
-                logger.info("closing %s: %s", connection.peer, error)
-                connection.close()
-            except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
-                logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
-                connection.close()
+            while frame is not None:
+                try:
+                    reply = self._process(frame)
+                    if reply:
+                        connection.sock.sendall(FRAME_HEADER.pack(len(reply)) + reply)
+                    connection.last_active = time.monotonic()
+                    frame = None if self._closing or not self._ready.empty() else self._linger(connection)
+                except OSError as error:
+                    logger.info("closing %s: %s", connection.peer, error)
+                    connection.close()
+                    frame = None
+                except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
+                    logger.warning(
+                        "closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error
+                    )
+                    connection.close()
+                    frame = None
             self._handed_back.append(connection)
             self._wake()
+
+    def _linger(self, connection: _Connection) -> bytes | None:
+        """Wait briefly for this connection's next request; None if it does not come.
+
+        A client calling in a loop sends its next request within a round trip.
+        Serving it here, while no other request waits, saves two hand-offs
+        between threads; a connection that stays quiet goes back to the I/O
+        thread, so idle connections still hold no worker.
+        """
+        connection.sock.settimeout(LINGER_SECONDS)
+        try:
+            while (frame := connection.take_frame(self.max_message_bytes)) is None:
+                data = connection.sock.recv(RECV_SIZE)
+                if not data:
+                    connection.close()
+                    return None
+                connection.received += data
+            return frame
+        except TimeoutError:
+            return None
+        finally:
+            if not connection.closed:
+                connection.sock.settimeout(self.idle_timeout)
 
     def _process(self, frame: bytes) -> bytes:
         itrans = TCyMemoryBuffer(frame)

@@ -1,0 +1,484 @@
+"""Benchmark the Ledger server against what a user would otherwise pick.
+
+One run on one machine, side by side, each client a separate process with its
+own connection:
+  project      server.py: TThreadPoolServer and the PersistentDB pool;
+  make_server  thriftpy2's thread-per-connection server, same handlers and pool;
+  per_request  server.py's engine, but a new MySQL connection for every request;
+  direct       the same handlers (the same SQL) run inside the client processes
+               straight through mysqlclient: the database's own limit.
+Workloads get_account, transfer and a 90/10 mix at 1, 4, 16 and 64 clients;
+then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
+
+    python bench.py            # about five minutes, on a throwaway MariaDB
+    python bench.py --help     # fewer workloads, shorter runs, your own database
+
+Prints a table and the ratios, writes bench-results.json and bench-results.png.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import MySQLdb
+import thriftpy2.rpc
+from dbutils import steady_db
+from thriftpy2.protocol import TCyBinaryProtocolFactory
+from thriftpy2.transport import TCyFramedTransportFactory
+
+import db
+import settings as settings_module
+from client import LedgerClient, ServerUnreachable, new_request_id
+from handlers import LedgerHandler, ledger_thrift
+from server import build_server
+from tests.throwaway_db import ThrowawayDatabase, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent
+VARIANTS = ("project", "make_server", "per_request", "direct")
+WORKLOADS = ("get_account", "transfer", "mix")
+ACCOUNTS = 200
+
+
+@dataclass
+class Run:
+    variant: str
+    workload: str
+    clients: int
+    calls_per_second: float
+    p50_ms: float
+    p99_ms: float
+    server_peak_rss_mb: float | None
+    note: str = ""
+
+
+class NewConnectionPerRequest:
+    """Stands in for the DBUtils pool: every checkout opens a new MySQL connection."""
+
+    def __init__(self, settings: settings_module.Settings) -> None:
+        self.arguments = db.connect_arguments(settings)
+
+    def connection(self):
+        return steady_db.connect(MySQLdb, closeable=True, **self.arguments)
+
+
+def serve(variant: str) -> None:
+    """`python bench.py --serve VARIANT`: run a server that server.py does not offer."""
+    settings = settings_module.load()
+    db.init_pool(settings)
+    if variant == "make_server":
+        server = thriftpy2.rpc.make_server(
+            ledger_thrift.Ledger,
+            LedgerHandler(lambda: True),
+            settings.thrift_host,
+            settings.thrift_port,
+            proto_factory=TCyBinaryProtocolFactory(),
+            trans_factory=TCyFramedTransportFactory(),
+            client_timeout=None,
+        )
+    else:
+        db._pool = NewConnectionPerRequest(settings)
+        server = build_server(settings)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    server.serve()
+
+
+class ServerProcess:
+    """A server variant in a child process on a free port."""
+
+    def __init__(self, variant: str, env: dict[str, str], **extra_env: str) -> None:
+        self.port = free_port()
+        command = (
+            [sys.executable, "server.py"] if variant == "project" else [sys.executable, __file__, "--serve", variant]
+        )
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env, "THRIFT_HOST": "127.0.0.1", "THRIFT_PORT": str(self.port), **extra_env},
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 30, f"the {variant} server")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with status {self.process.returncode}")
+        try:
+            with LedgerClient(f"127.0.0.1:{self.port}", retries=0, timeout=1) as client:
+                return client.ping() == "pong"
+        except ServerUnreachable:
+            return False
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory of the server and its child processes, in MB."""
+        pids = [
+            self.process.pid,
+            *map(int, Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()),
+        ]
+        total_kb = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+        return total_kb / 1024
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+def client_process(port, settings, workload, accounts, seconds, ready, start, results) -> None:
+    """One benchmark client: calls in a loop for `seconds`, reports latencies."""
+    if port is None:  # direct: the handlers in this process, no Thrift
+        db.init_pool(settings)
+        target = LedgerHandler(lambda: True)
+    else:
+        target = LedgerClient(f"127.0.0.1:{port}", pool_size=1, retries=0)
+        target.ping()  # connect before the clock starts
+    rng = random.Random(os.getpid())
+    latencies = []
+    ready.release()
+    start.wait()
+    stop_at = time.perf_counter() + seconds
+    try:
+        while (began := time.perf_counter()) < stop_at:
+            if workload == "get_account" or (workload == "mix" and rng.random() < 0.9):
+                target.get_account(rng.choice(accounts))
+            else:
+                source, destination = rng.sample(accounts, 2)
+                target.transfer(source, destination, 1, new_request_id())
+            latencies.append(time.perf_counter() - began)
+    except Exception as error:  # noqa: BLE001 - reported by the parent, which must not wait forever
+        results.put(f"{type(error).__name__}: {error}")
+        return
+    results.put(latencies)
+
+
+def hold_idle(port: int, count: int, ready, stop) -> None:
+    """Hold `count` open connections, each used once, until `stop` is set."""
+    clients = [LedgerClient(f"127.0.0.1:{port}", pool_size=1) for _ in range(count)]
+    for client in clients:
+        client.ping()
+    ready.set()
+    stop.wait()
+    for client in clients:
+        client.close()
+
+
+def measure(port, settings, workload: str, clients: int, seconds: float, accounts: list[int]) -> list[float]:
+    """Run `clients` client processes at once for `seconds`; every call's latency."""
+    context = multiprocessing.get_context("fork")
+    ready, start, results = context.Semaphore(0), context.Event(), context.Queue()
+    processes = [
+        context.Process(
+            target=client_process, args=(port, settings, workload, accounts, seconds, ready, start, results)
+        )
+        for _ in range(clients)
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.acquire()
+    start.set()
+    reports = [results.get(timeout=seconds + 120) for _ in processes]
+    for process in processes:
+        process.join()
+    failures = [report for report in reports if isinstance(report, str)]
+    if failures:
+        raise RuntimeError(f"{len(failures)} benchmark clients failed, first: {failures[0]}")
+    return [latency for report in reports for latency in report]
+
+
+def summarize(variant: str, workload: str, clients: int, rounds: list[list[float]], seconds: float, **extra) -> Run:
+    """One Run from several measurement rounds of the same configuration."""
+    latencies = sorted(latency for round_ in rounds for latency in round_)
+    return Run(
+        variant,
+        workload,
+        clients,
+        calls_per_second=len(latencies) / (seconds * len(rounds)),
+        p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else 0.0,
+        **extra,
+    )
+
+
+@contextmanager
+def benchmark_database(configured: bool):
+    """MYSQL_* variables of the database to use: config.env's, or a throwaway server."""
+    if configured:
+        settings = settings_module.load()
+        yield {
+            "MYSQL_HOST": settings.mysql_host,
+            "MYSQL_PORT": str(settings.mysql_port),
+            "MYSQL_USER": settings.mysql_user,
+            "MYSQL_PASSWORD": settings.mysql_password,
+            "MYSQL_DATABASE": settings.mysql_database,
+        }
+        return
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as directory:
+        throwaway = ThrowawayDatabase(Path(directory), database="ledger_bench")
+        throwaway.start()
+        try:
+            yield throwaway.env
+        finally:
+            throwaway.stop()
+
+
+def create_accounts(settings: settings_module.Settings) -> list[int]:
+    db.migrate(settings)
+    db.init_pool(settings)
+    handler = LedgerHandler(lambda: True)
+    accounts = []
+    for n in range(ACCOUNTS):
+        account = handler.create_account(f"bench-{n}", new_request_id())
+        handler.deposit(account.id, 10**12, new_request_id())
+        accounts.append(account.id)
+    db.close_pool()
+    return accounts
+
+
+def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
+    """Every measurement. The machine's speed drifts over minutes, so servers
+    being compared run side by side and their measurements alternate."""
+    settings = settings_module.load({**os.environ, **env, "LOG_LEVEL": "WARNING"})
+    server_env = {**env, "LOG_LEVEL": "WARNING"}
+    accounts = create_accounts(settings)
+    plan = [(w, c) for w in options.workloads for c in options.concurrency]
+    total = len(plan) * len(options.variants) + 3
+    readers = max(c for c in options.concurrency if c <= 16)
+    runs: list[Run] = []
+
+    def progress(run: Run) -> None:
+        runs.append(run)
+        print(
+            f"\r[{len(runs)}/{total}] {run.variant:<12} {run.workload:<12} {run.clients:>3} clients"
+            f" {run.calls_per_second:>8.0f} calls/s  p99 {run.p99_ms:6.1f} ms {run.note}".ljust(100),
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def compare(servers: dict[str, ServerProcess | None], workload: str, clients: int) -> dict:
+        rounds: dict[str, list[list[float]]] = {name: [] for name in servers}
+        for _ in range(options.rounds):
+            for name, server in servers.items():
+                port = server and server.port
+                rounds[name].append(measure(port, settings, workload, clients, options.seconds, accounts))
+        return rounds
+
+    def warm_up(servers: dict[str, ServerProcess | None]) -> None:
+        for server in servers.values():  # open database connections, fill caches; not counted
+            measure(server and server.port, settings, "mix", 16, min(options.seconds, 1.0), accounts)
+
+    servers = {v: None if v == "direct" else ServerProcess(v, server_env) for v in options.variants}
+    try:
+        warm_up(servers)
+        for workload, clients in plan:
+            for variant, latencies in compare(servers, workload, clients).items():
+                server = servers[variant]
+                rss = server and server.peak_rss_mb()
+                progress(summarize(variant, workload, clients, latencies, options.seconds, server_peak_rss_mb=rss))
+    finally:
+        for server in servers.values():
+            if server:
+                server.stop()
+
+    # Two identical servers, one of them holding idle connections throughout.
+    servers = {name: ServerProcess("project", server_env, THRIFT_WORKERS="16") for name in ("alone", "idle")}
+    context = multiprocessing.get_context("fork")
+    ready, stop = context.Event(), context.Event()
+    holder = context.Process(target=hold_idle, args=(servers["idle"].port, options.idle_connections, ready, stop))
+    holder.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("could not open the idle connections")
+        warm_up(servers)
+        rounds = compare(servers, "get_account", readers)
+        for name, note in (("alone", "no idle connections"), ("idle", f"{options.idle_connections} idle connections")):
+            rss = servers[name].peak_rss_mb()
+            progress(
+                summarize(
+                    "project", "get_account", readers, rounds[name], options.seconds, server_peak_rss_mb=rss, note=note
+                )
+            )
+    finally:
+        stop.set()
+        holder.join()
+        for server in servers.values():
+            server.stop()
+
+    servers = {
+        "1": ServerProcess("project", server_env),
+        "2": ServerProcess("project", server_env, THRIFT_PROCESSES="2"),
+    }
+    try:
+        warm_up(servers)
+        rounds = compare(servers, "get_account", readers)
+        progress(
+            summarize(
+                "project",
+                "get_account",
+                readers,
+                rounds["2"],
+                options.seconds,
+                server_peak_rss_mb=servers["2"].peak_rss_mb(),
+                note="THRIFT_PROCESSES=2",
+            )
+        )
+        runs.append(
+            summarize(
+                "project",
+                "get_account",
+                readers,
+                rounds["1"],
+                options.seconds,
+                server_peak_rss_mb=servers["1"].peak_rss_mb(),
+                note="THRIFT_PROCESSES=1",
+            )
+        )
+    finally:
+        for server in servers.values():
+            server.stop()
+    print(file=sys.stderr)
+    return runs
+
+
+def find(runs: list[Run], variant: str, workload: str, clients: int, note: str = "") -> Run | None:
+    return next(
+        (r for r in runs if (r.variant, r.workload, r.clients, r.note) == (variant, workload, clients, note)), None
+    )
+
+
+def ratios(runs: list[Run]) -> list[dict]:
+    """Every comparison the README reports, as throughput (and p99) ratios."""
+    compared = []
+    for run in runs:
+        if run.variant != "project" or run.note:
+            continue
+        for other in ("make_server", "per_request", "direct"):
+            baseline = find(runs, other, run.workload, run.clients)
+            if baseline and baseline.calls_per_second:
+                compared.append(
+                    {
+                        "comparison": f"project / {other}",
+                        "workload": run.workload,
+                        "clients": run.clients,
+                        "throughput_ratio": round(run.calls_per_second / baseline.calls_per_second, 2),
+                        "p99_ratio": round(run.p99_ms / baseline.p99_ms, 2) if baseline.p99_ms else None,
+                    }
+                )
+    for numerator, denominator in (
+        ("idle connections", "no idle connections"),
+        ("THRIFT_PROCESSES=2", "THRIFT_PROCESSES=1"),
+    ):
+        top = next((r for r in runs if r.note.endswith(numerator) and r.note != denominator), None)
+        bottom = next((r for r in runs if r.note == denominator), None)
+        if top and bottom and bottom.calls_per_second:
+            compared.append(
+                {
+                    "comparison": f"{top.note} / {bottom.note}",
+                    "workload": top.workload,
+                    "clients": top.clients,
+                    "throughput_ratio": round(top.calls_per_second / bottom.calls_per_second, 2),
+                    "p99_ratio": round(top.p99_ms / bottom.p99_ms, 2) if bottom.p99_ms else None,
+                }
+            )
+    return compared
+
+
+def print_report(runs: list[Run], compared: list[dict]) -> None:
+    print(
+        f"{'server':<12} {'workload':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}  note"
+    )
+    for r in runs:
+        rss = f"{r.server_peak_rss_mb:7.0f}" if r.server_peak_rss_mb is not None else "      -"
+        print(
+            f"{r.variant:<12} {r.workload:<12} {r.clients:>7} {r.calls_per_second:>9.0f}"
+            f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {rss}  {r.note}"
+        )
+    print()
+    print(f"{'comparison':<45} {'workload':<12} {'clients':>7} {'throughput':>10} {'p99':>6}")
+    for c in compared:
+        p99 = f"{c['p99_ratio']:.2f}" if c["p99_ratio"] is not None else "-"
+        print(f"{c['comparison']:<45} {c['workload']:<12} {c['clients']:>7} {c['throughput_ratio']:>9.2f}x {p99:>6}")
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = sorted({r.workload for r in runs if not r.note}, key=WORKLOADS.index)
+    figure, axes = plt.subplots(2, len(workloads), figsize=(5 * len(workloads), 8), squeeze=False)
+    for column, workload in enumerate(workloads):
+        for variant in VARIANTS:
+            points = sorted((r.clients, r) for r in runs if (r.variant, r.workload, r.note) == (variant, workload, ""))
+            if points:
+                clients = [c for c, _ in points]
+                axes[0][column].plot(clients, [r.calls_per_second for _, r in points], marker="o", label=variant)
+                axes[1][column].plot(clients, [r.p99_ms for _, r in points], marker="o", label=variant)
+        axes[0][column].set_title(workload)
+        axes[0][column].set_ylabel("calls per second")
+        axes[1][column].set_ylabel("p99 latency (ms)")
+        for row in (0, 1):
+            axes[row][column].set_xscale("log", base=2)
+            axes[row][column].set_xlabel("concurrent client processes")
+            axes[row][column].legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.5, help="length of each measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating measurements of each configuration")
+    parser.add_argument("--concurrency", default="1,4,16,64", help="client process counts")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--idle-connections", type=int, default=1000)
+    parser.add_argument("--configured-database", action="store_true", help="use config.env's MYSQL_* instead")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "bench-results.png")
+    parser.add_argument("--serve", choices=("make_server", "per_request"), help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.serve:
+        serve(options.serve)
+        return 0
+    options.concurrency = [int(c) for c in options.concurrency.split(",")]
+    options.workloads = options.workloads.split(",")
+    options.variants = options.variants.split(",")
+    with benchmark_database(options.configured_database) as env:
+        runs = run_all(options, env)
+    compared = ratios(runs)
+    print_report(runs, compared)
+    machine = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    options.output.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": machine,
+                "seconds": options.seconds,
+                "rounds": options.rounds,
+                "runs": [asdict(r) for r in runs],
+                "ratios": compared,
+            },
+            indent=2,
+        )
+    )
+    plot(runs, options.plot)
+    print(f"\nwrote {options.output} and {options.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
