@@ -12,6 +12,7 @@ import itertools
 import json
 import random
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -65,15 +66,35 @@ def parse_servers(servers: str) -> list[tuple[str, int]]:
     return addresses
 
 
+def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """Client TLS settings: verify the server's chain against `ca_file` and its
+    host name (thriftpy2's own TSSLSocket turns hostname checking off), and
+    present a client certificate if one is given."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file or None)
+    return context
+
+
 class _Connection:
     """One open connection to one server, used by one call at a time."""
 
-    def __init__(self, address: tuple[str, int], connect_timeout: float, timeout: float) -> None:
+    def __init__(
+        self, address: tuple[str, int], connect_timeout: float, timeout: float, tls: ssl.SSLContext | None
+    ) -> None:
         self.address = address
-        self.socket = TSocket(*address, socket_timeout=int(timeout * 1000), connect_timeout=int(connect_timeout * 1000))
-        transport = TCyFramedTransport(self.socket)
-        transport.open()
-        self.thrift = TClient(ledger_thrift.Ledger, TCyBinaryProtocol(transport))
+        sock = socket.create_connection(address, timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls:
+                sock = tls.wrap_socket(sock, server_hostname=address[0])
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(timeout)
+        self.socket = TSocket(sock=sock)
+        self.thrift = TClient(ledger_thrift.Ledger, TCyBinaryProtocol(TCyFramedTransport(self.socket)))
         self.idle_since = time.monotonic()
 
     def closed_by_server(self) -> bool:
@@ -81,11 +102,13 @@ class _Connection:
         timeout, restart) or holds bytes nobody asked for: unusable either way."""
         sock = self.socket.sock
         timeout = sock.gettimeout()
-        sock.settimeout(0)  # peek without waiting (select() fails on descriptors >= 1024)
+        # A non-blocking read (select() fails on descriptors >= 1024, and TLS
+        # sockets cannot peek); if it returns anything the connection is discarded.
+        sock.settimeout(0)
         try:
-            sock.recv(1, socket.MSG_PEEK)
+            sock.recv(1)
             return True  # end of file, or stray bytes
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             return False
         except OSError:
             return True
@@ -109,6 +132,7 @@ class LedgerClient:
         retried (backoff with jitter) up to `retries` times within `deadline`
         seconds of the first attempt, with the same request_id, so a write is
         applied once. Service errors are raised at once.
+    tls: an ssl.SSLContext (see tls_context()) to call a TLS server.
 
     Any transport error or timeout discards that connection: the reply of a
     timed-out call may still arrive and must never be read by the next call.
@@ -125,8 +149,10 @@ class LedgerClient:
         max_idle: float = 300.0,
         retries: int = 3,
         deadline: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.servers = parse_servers(servers)
+        self.tls = tls
         self.pool_size = pool_size
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -206,7 +232,7 @@ class LedgerClient:
         errors = []
         for address in order:
             try:
-                connection = _Connection(address, self.connect_timeout, self.timeout)
+                connection = _Connection(address, self.connect_timeout, self.timeout, self.tls)
             except (TTransportException, OSError) as error:
                 with self._available:
                     down_for = min(self._down_for.get(address, DOWN_FOR_SECONDS / 2) * 2, DOWN_AT_MOST_SECONDS)
@@ -419,9 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     method = options.pop("command").replace("-", "_")
     follow = options.pop("all", False)
     try:
-        client = LedgerClient(servers, pool_size=1, timeout=timeout, connect_timeout=min(timeout, 2.0))
+        tls = None
+        if settings.client_tls_ca:
+            tls = tls_context(settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key)
+        client = LedgerClient(servers, pool_size=1, timeout=timeout, connect_timeout=min(timeout, 2.0), tls=tls)
     except ValueError as error:
         parser.error(f"--servers: {error}")
+    except OSError as error:  # ssl.SSLError and a missing file are OSErrors
+        print(f"error: cannot load the TLS files (CLIENT_TLS_*): {error}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with client:
             call = getattr(client, method)

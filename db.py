@@ -75,7 +75,11 @@ def _ping(connection: MySQLdb.Connection) -> None:
 
 def connect_arguments(settings: Settings, database: str | None = None) -> dict:
     """Keyword arguments for MySQLdb.connect, shared by the pool and tooling."""
+    tls = {"ssl": {"ca": settings.mysql_ssl_ca}} if settings.mysql_ssl_ca else {}
+    if settings.mysql_ssl_cert:
+        tls["ssl"].update(cert=settings.mysql_ssl_cert, key=settings.mysql_ssl_key)
     return {
+        **tls,
         "host": settings.mysql_host,
         "port": settings.mysql_port,
         "user": settings.mysql_user,

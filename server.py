@@ -7,6 +7,7 @@ SIGTERM or SIGINT drains: no new requests, in-flight ones finish, exit 0.
 
 import logging
 import signal
+import ssl
 import sys
 
 import MySQLdb
@@ -17,6 +18,19 @@ from handlers import LedgerHandler, ledger_thrift
 from thread_pool_server import GuardedProcessor, TThreadPoolServer, serve_in_processes
 
 logger = logging.getLogger("ledger")
+
+
+def tls_context(settings: settings_module.Settings) -> ssl.SSLContext | None:
+    """The server's TLS settings, or None to serve plain TCP."""
+    if not settings.thrift_tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.thrift_tls_cert, settings.thrift_tls_key or None)
+    if settings.thrift_tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(settings.thrift_tls_client_ca)
+    return context
 
 
 def build_server(settings: settings_module.Settings) -> TThreadPoolServer:
@@ -31,8 +45,11 @@ def build_server(settings: settings_module.Settings) -> TThreadPoolServer:
         port=settings.thrift_port,
         workers=settings.thrift_workers,
         idle_timeout=settings.thrift_idle_timeout,
+        read_timeout=settings.thrift_read_timeout,
         drain_timeout=settings.thrift_drain_timeout,
         max_message_bytes=settings.thrift_max_message_bytes,
+        max_connections=settings.thrift_max_connections,
+        tls=tls_context(settings),
     )
     return server
 
@@ -60,16 +77,21 @@ def main() -> int:
         return 1
     if applied:
         logger.info("applied migrations: %s", ", ".join(applied))
-    server = build_server(settings)
+    try:
+        server = build_server(settings)
+    except (OSError, ssl.SSLError) as error:
+        print(f"error: cannot load the TLS certificate or key (THRIFT_TLS_*): {error}", file=sys.stderr)
+        return 2
     try:
         server.listen()
     except OSError as error:
         logger.error("cannot listen on %s:%s: %s", settings.thrift_host, settings.thrift_port, error.strerror)
         return 1
     logger.info(
-        "serving Ledger on %s:%s (framed binary protocol), %d processes x %d workers, %s pool, database %s on %s:%s",
+        "serving Ledger on %s:%s (framed binary protocol%s), %d processes x %d workers, %s pool, database %s on %s:%s",
         settings.thrift_host,
         settings.thrift_port,
+        ", TLS" if settings.thrift_tls_cert else "",
         settings.thrift_processes,
         settings.thrift_workers,
         settings.db_pool,

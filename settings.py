@@ -26,8 +26,13 @@ class Settings:
     thrift_workers: int
     thrift_processes: int
     thrift_idle_timeout: float
+    thrift_read_timeout: float
     thrift_drain_timeout: float
     thrift_max_message_bytes: int
+    thrift_max_connections: int
+    thrift_tls_cert: str
+    thrift_tls_key: str
+    thrift_tls_client_ca: str
     mysql_host: str
     mysql_port: int
     mysql_user: str
@@ -36,10 +41,16 @@ class Settings:
     mysql_connect_timeout: int
     mysql_read_timeout: int
     mysql_write_timeout: int
+    mysql_ssl_ca: str
+    mysql_ssl_cert: str
+    mysql_ssl_key: str
     db_pool: str
     db_pool_size: int
     db_deadlock_retries: int
     client_timeout: float
+    client_tls_ca: str
+    client_tls_cert: str
+    client_tls_key: str
     log_level: str
 
 
@@ -71,8 +82,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         thrift_workers=number("THRIFT_WORKERS", high=1024),
         thrift_processes=number("THRIFT_PROCESSES", high=256),
         thrift_idle_timeout=number("THRIFT_IDLE_TIMEOUT", float, low=0.1),
+        thrift_read_timeout=number("THRIFT_READ_TIMEOUT", float, low=0.1),
         thrift_drain_timeout=number("THRIFT_DRAIN_TIMEOUT", float, low=0),
-        thrift_max_message_bytes=number("THRIFT_MAX_MESSAGE_BYTES", low=1024),
+        thrift_max_message_bytes=number("THRIFT_MAX_MESSAGE_BYTES", low=1024, high=2**30),
+        thrift_max_connections=number("THRIFT_MAX_CONNECTIONS", high=1_000_000),
+        thrift_tls_cert=text("THRIFT_TLS_CERT"),
+        thrift_tls_key=text("THRIFT_TLS_KEY"),
+        thrift_tls_client_ca=text("THRIFT_TLS_CLIENT_CA"),
         mysql_host=text("MYSQL_HOST"),
         mysql_port=number("MYSQL_PORT", high=65535),
         mysql_user=text("MYSQL_USER"),
@@ -81,9 +97,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         mysql_connect_timeout=number("MYSQL_CONNECT_TIMEOUT", high=3600),
         mysql_read_timeout=number("MYSQL_READ_TIMEOUT", high=3600),
         mysql_write_timeout=number("MYSQL_WRITE_TIMEOUT", high=3600),
+        mysql_ssl_ca=text("MYSQL_SSL_CA"),
+        mysql_ssl_cert=text("MYSQL_SSL_CERT"),
+        mysql_ssl_key=text("MYSQL_SSL_KEY"),
         db_pool=text("DB_POOL", choices=("persistent", "pooled")),
         db_pool_size=number("DB_POOL_SIZE", high=1024),
         db_deadlock_retries=number("DB_DEADLOCK_RETRIES", low=0, high=100),
         client_timeout=number("CLIENT_TIMEOUT", float, low=0.01, high=3600),
+        client_tls_ca=text("CLIENT_TLS_CA"),
+        client_tls_cert=text("CLIENT_TLS_CERT"),
+        client_tls_key=text("CLIENT_TLS_KEY"),
         log_level=text("LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     )

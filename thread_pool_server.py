@@ -26,6 +26,7 @@ import queue
 import selectors
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -38,10 +39,13 @@ from thriftpy2.server import TServer
 from thriftpy2.thrift import TApplicationException, TProcessor
 from thriftpy2.transport import TCyMemoryBuffer
 
+from message_limits import MalformedMessage, check_message
+
 logger = logging.getLogger(__name__)
 FRAME_HEADER = struct.Struct("!i")
 RECV_SIZE = 65536
 LINGER_SECONDS = 0.002
+MAX_NESTING = 16  # this API needs 2 (message, arguments); generous for unknown fields
 
 
 class GuardedProcessor(TProcessor):
@@ -55,6 +59,7 @@ class GuardedProcessor(TProcessor):
     def process_in(self, iprot):
         api, seqid, result, call = super().process_in(iprot)
         if call is None:
+            logger.warning("unknown method %r", api)
             return api, seqid, result, call
         declared = tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
 
@@ -71,15 +76,24 @@ class GuardedProcessor(TProcessor):
 
         return api, seqid, result, guarded_call
 
+    def check_argument_types(self, method: str, argument_types: dict[int, int]) -> None:
+        """Reject an argument of the wrong type, which thriftpy2 would silently drop."""
+        arguments = getattr(self._service, method + "_args", None)
+        for field_id, field_type in argument_types.items():
+            spec = arguments.thrift_spec.get(field_id) if arguments else None
+            if spec and spec[0] != field_type:
+                raise MalformedMessage(f"argument {spec[1]!r} of {method} has type {field_type}, not {spec[0]}")
+
 
 class _Connection:
     """A client socket and the bytes received from it that are not yet handled."""
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, peer: str, handshaking: bool = False) -> None:
         self.sock = sock
         self.peer = peer
         self.received = bytearray()
         self.last_active = time.monotonic()
+        self.handshaking = handshaking
         self.closed = False
 
     def take_frame(self, max_size: int) -> bytes | None:
@@ -111,8 +125,11 @@ class TThreadPoolServer(TServer):
         port: int,
         workers: int,
         idle_timeout: float,
+        read_timeout: float,
         drain_timeout: float,
         max_message_bytes: int,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
         # server bind the same port silently; this server owns a plain socket.
@@ -120,8 +137,11 @@ class TThreadPoolServer(TServer):
         self.address = (host, port)
         self.workers = workers
         self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
         self.drain_timeout = drain_timeout
         self.max_message_bytes = max_message_bytes
+        self.max_connections = max_connections
+        self.tls = tls
         self.serving = False
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
@@ -134,7 +154,9 @@ class TThreadPoolServer(TServer):
         self._ready = queue.SimpleQueue()  # connections holding a whole message
         self._handed_back = deque()  # connections workers have finished with
         self._connections: set[_Connection] = set()
-        self._next_idle_sweep = 0.0
+        self._next_sweep = 0.0
+        self._refused = 0  # connections refused over max_connections since the last warning
+        self._next_refusal_warning = 0.0
         # Set in a forked child: if that parent dies (even by SIGKILL), drain and exit.
         self.parent_pid: int | None = None
 
@@ -198,18 +220,32 @@ class TThreadPoolServer(TServer):
             except OSError as error:  # e.g. out of file descriptors; keep serving the others
                 logger.warning("accept failed: %s", error)
                 return
+            if len(self._connections) >= self.max_connections:
+                sock.close()
+                self._refused += 1
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Reads happen only when the selector reports data; the timeout
-            # bounds how long a worker's reply may wait on a client that does
-            # not read.
-            sock.settimeout(self.idle_timeout)
-            connection = _Connection(sock, f"{address[0]}:{address[1]}")
+            if self.tls:
+                # The handshake runs step by step in _receive(), never blocking
+                # this thread (thriftpy2 does it inside accept()).
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            # The I/O thread never waits on a client: sockets it watches are
+            # non-blocking; a worker sets a timeout while it holds one.
+            sock.settimeout(0)
+            connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
             self._connections.add(connection)
             self._selector.register(sock, selectors.EVENT_READ, connection)
 
     def _receive(self, connection: _Connection) -> None:
+        if connection.handshaking:
+            self._continue_handshake(connection)
+            return
         try:
             data = connection.sock.recv(RECV_SIZE)
+            while isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
+                data += connection.sock.recv(RECV_SIZE)  # decrypted bytes the selector cannot see
+        except ssl.SSLWantReadError:
+            return  # only part of a TLS record so far
         except OSError:
             data = b""  # a reset is an ordinary way for a client to leave
         if not data:
@@ -218,6 +254,18 @@ class TThreadPoolServer(TServer):
         connection.received += data
         connection.last_active = time.monotonic()
         self._dispatch_if_ready(connection)
+
+    def _continue_handshake(self, connection: _Connection) -> None:
+        try:
+            connection.sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (ssl.SSLError, OSError) as error:
+            logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error)
+            self._forget(connection)
+            return
+        connection.handshaking = False
+        connection.last_active = time.monotonic()
 
     def _dispatch_if_ready(self, connection: _Connection) -> bool:
         try:
@@ -230,6 +278,7 @@ class TThreadPoolServer(TServer):
             return False
         # One request at a time per connection keeps replies in order.
         self._selector.unregister(connection.sock)
+        connection.sock.settimeout(self.idle_timeout)  # bounds a reply to a client that does not read
         self._ready.put((connection, frame))
         return True
 
@@ -239,6 +288,7 @@ class TThreadPoolServer(TServer):
         elif self._closing:
             self._forget(connection)
         elif not self._dispatch_if_ready(connection):
+            connection.sock.settimeout(0)
             self._selector.register(connection.sock, selectors.EVENT_READ, connection)
 
     def _forget(self, connection: _Connection) -> None:
@@ -248,17 +298,26 @@ class TThreadPoolServer(TServer):
         self._connections.discard(connection)
 
     def _housekeeping(self) -> None:
+        """Once a second: close idle and stalled connections, report refusals, watch the parent."""
         now = time.monotonic()
-        if now < self._next_idle_sweep:
+        if now < self._next_sweep:
             return
-        self._next_idle_sweep = now + min(1.0, self.idle_timeout / 2)
+        self._next_sweep = now + min(1.0, self.idle_timeout / 2, self.read_timeout / 2)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             logger.warning("parent process is gone; draining")
             self.close()
-        deadline = now - self.idle_timeout
+        if self._refused and now >= self._next_refusal_warning:
+            logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
+            self._refused = 0
+            self._next_refusal_warning = now + 10
         for key in list(self._selector.get_map().values()):
             connection = key.data
-            if connection is not None and connection.last_active < deadline:
+            if connection is None:
+                continue
+            if (connection.received or connection.handshaking) and connection.last_active < now - self.read_timeout:
+                logger.info("closing %s: no complete message within %ss", connection.peer, self.read_timeout)
+                self._forget(connection)
+            elif connection.last_active < now - self.idle_timeout:
                 logger.debug("closing idle connection %s", connection.peer)
                 self._forget(connection)
 
@@ -309,6 +368,8 @@ class TThreadPoolServer(TServer):
                 connection.sock.settimeout(self.idle_timeout)
 
     def _process(self, frame: bytes) -> bytes:
+        method, argument_types = check_message(frame, MAX_NESTING)
+        self.processor.check_argument_types(method, argument_types)
         itrans = TCyMemoryBuffer(frame)
         otrans = TCyMemoryBuffer()
         self.processor.process(self.iprot_factory.get_protocol(itrans), self.oprot_factory.get_protocol(otrans))

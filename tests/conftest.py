@@ -14,11 +14,16 @@ from pathlib import Path
 
 import MySQLdb
 import pytest
+from hypothesis import settings
 
 from client import LedgerClient, ServerUnreachable
 from throwaway_db import ThrowawayDatabase, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fuzz test's budget; a longer run: pytest -k fuzz --hypothesis-profile=long
+settings.register_profile("suite", max_examples=10_000, deadline=None)
+settings.register_profile("long", max_examples=1_000_000, deadline=None)
+settings.load_profile("suite")
 TEST_DATABASE = "ledger_test"
 
 
@@ -78,7 +83,7 @@ def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]
     connection = MySQLdb.connect(**connect_kwargs(database), autocommit=True)
     try:
         cursor = connection.cursor()
-        cursor.execute(query, params)
+        cursor.execute(query, params or None)
         return list(cursor.fetchall())
     finally:
         connection.close()
@@ -88,7 +93,12 @@ class LedgerProcess:
     """A server process (by default `python -W error server.py`) on a free port."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, command: list[str] | None = None, port: int | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        command: list[str] | None = None,
+        port: int | None = None,
+        ready: bool = True,
     ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
@@ -101,7 +111,8 @@ class LedgerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(self._answers, 30, "the Ledger server to start")
+        if ready:  # a plain ping answers (not so for a TLS server)
+            wait_for(self._answers, 30, "the Ledger server to start")
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
@@ -129,8 +140,9 @@ def start_ledger(database, tmp_path):
     """Start a dedicated server: start_ledger(THRIFT_WORKERS="2", ..., port=N)."""
     started = []
 
-    def start(port: int | None = None, **env: str) -> LedgerProcess:
-        process = LedgerProcess({**database, **env}, tmp_path / f"server-{len(started)}.log", port=port)
+    def start(port: int | None = None, ready: bool = True, **env: str) -> LedgerProcess:
+        log = tmp_path / f"server-{len(started)}.log"
+        process = LedgerProcess({**database, **env}, log, port=port, ready=ready)
         started.append(process)
         return process
 

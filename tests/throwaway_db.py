@@ -61,7 +61,8 @@ class ThrowawayDatabase:
     def _user(self) -> list[str]:
         return ["--user=root"] if os.geteuid() == 0 else []
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Start the server, with extra mariadbd options if given."""
         server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
         self.process = subprocess.Popen(
             [
@@ -78,6 +79,7 @@ class ThrowawayDatabase:
                 "--innodb-log-file-size=64M",
                 "--max-connections=2000",
                 *self._user(),
+                *options,
             ],
         )
         wait_for(self._answers, 60, "the test database to start")
