@@ -18,11 +18,11 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
-COPY service.thrift settings.py db.py handlers.py thread_pool_server.py server.py client.py config.env ./
+COPY *.py service.thrift config.env ./
 COPY migrations ./migrations
 USER 10001:10001
 ENV PYTHONUNBUFFERED=1
-EXPOSE 9090
+EXPOSE 9090 9100
 # Calls the health RPC: fails while draining or when the database does not answer.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "client.py", "--timeout", "3", "health"]

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,8 +40,20 @@ PING_INTERVAL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass
+class Hooks:
+    """Callbacks for metrics (server.py passes observability's); the defaults do nothing."""
+
+    connection_opened: Callable[[], None] = lambda: None
+    error: Callable[[int | None], None] = lambda code: None
+    transaction_retried: Callable[[], None] = lambda: None
+
+
 _pool: PersistentDB | PooledDB | None = None
 _deadlock_retries = 0
+_hooks = Hooks()
 
 
 class DatabaseUnavailable(Exception):
@@ -68,7 +81,10 @@ def _ping(connection: MySQLdb.Connection) -> None:
     write reports Unavailable for the client to retry with its request_id.
     """
     now = time.monotonic()
-    if now - getattr(connection, "checked_at", 0.0) >= PING_INTERVAL_SECONDS:
+    checked_at = getattr(connection, "checked_at", None)
+    if checked_at is None:
+        _hooks.connection_opened()  # the first checkout of a new connection
+    if now - (checked_at or 0.0) >= PING_INTERVAL_SECONDS:
         connection.ping()
         connection.checked_at = now
 
@@ -93,9 +109,10 @@ def connect_arguments(settings: Settings, database: str | None = None) -> dict:
     }
 
 
-def init_pool(settings: Settings) -> None:
+def init_pool(settings: Settings, hooks: Hooks | None = None) -> None:
     """Create the module-level pool. Call once per process, before serving."""
-    global _pool, _deadlock_retries
+    global _pool, _deadlock_retries, _hooks
+    _hooks = hooks or Hooks()
     common = {
         "creator": MySQLdb,
         "ping": (1, _ping),
@@ -131,6 +148,7 @@ def _connection() -> Iterator:
     try:
         connection = _pool.connection()
     except MySQLdb.Error as error:
+        _hooks.error(error_code(error))
         raise DatabaseUnavailable(f"cannot connect to the database: {error.args[-1]}") from error
     try:
         yield connection
@@ -139,6 +157,7 @@ def _connection() -> Iterator:
 
 
 def _unavailable(error: MySQLdb.Error) -> DatabaseUnavailable | None:
+    _hooks.error(error_code(error))
     if error_code(error) in UNAVAILABLE | RETRYABLE:
         return DatabaseUnavailable(f"database error {error_code(error)}: {error.args[-1]}")
     return None
@@ -169,6 +188,8 @@ def run_transaction(work: Callable[..., T]) -> T:
                 return _run_once(connection, work)
         except MySQLdb.Error as error:
             if error_code(error) in RETRYABLE and attempt < _deadlock_retries:
+                _hooks.error(error_code(error))
+                _hooks.transaction_retried()
                 logger.info("retrying transaction after error %s", error_code(error))
                 time.sleep(0.01 * 2**attempt)
                 continue

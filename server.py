@@ -6,15 +6,18 @@ SIGTERM or SIGINT drains: no new requests, in-flight ones finish, exit 0.
 """
 
 import logging
+import os
 import signal
 import ssl
 import sys
+import tempfile
+from collections.abc import Callable
 
 import MySQLdb
 
 import db
 import settings as settings_module
-from handlers import LedgerHandler, ledger_thrift
+from handlers import VERSION, LedgerHandler, ledger_thrift
 from thread_pool_server import GuardedProcessor, TThreadPoolServer, serve_in_processes
 
 logger = logging.getLogger("ledger")
@@ -33,14 +36,18 @@ def tls_context(settings: settings_module.Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_server(settings: settings_module.Settings) -> TThreadPoolServer:
+def build_server(
+    settings: settings_module.Settings,
+    observe: Callable | None = None,
+    report_stats: Callable[[int, int], None] | None = None,
+) -> TThreadPoolServer:
     """The Ledger service on a thread-pool server, not yet listening."""
 
     def is_serving() -> bool:
         return server.serving
 
     server = TThreadPoolServer(
-        GuardedProcessor(ledger_thrift.Ledger, LedgerHandler(is_serving)),
+        GuardedProcessor(ledger_thrift.Ledger, LedgerHandler(is_serving), observe),
         host=settings.thrift_host,
         port=settings.thrift_port,
         workers=settings.thrift_workers,
@@ -50,6 +57,7 @@ def build_server(settings: settings_module.Settings) -> TThreadPoolServer:
         max_message_bytes=settings.thrift_max_message_bytes,
         max_connections=settings.thrift_max_connections,
         tls=tls_context(settings),
+        report_stats=report_stats,
     )
     return server
 
@@ -60,10 +68,14 @@ def main() -> int:
     except settings_module.SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
+    several_processes = settings.thrift_processes > 1
+    if settings.metrics_port and several_processes:
+        # prometheus-client adds up several processes' metrics through files
+        # in this directory; it reads the variable when it is first imported.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ledger-metrics-")
+    import observability
+
+    observability.configure_logging(settings.log_level, settings.log_format)
     try:
         applied = db.migrate(settings)
     except (MySQLdb.Error, db.DatabaseUnavailable) as error:
@@ -78,7 +90,9 @@ def main() -> int:
     if applied:
         logger.info("applied migrations: %s", ", ".join(applied))
     try:
-        server = build_server(settings)
+        server = build_server(
+            settings, observability.RequestObserver(settings.slow_request_ms), observability.report_server_stats
+        )
     except (OSError, ssl.SSLError) as error:
         print(f"error: cannot load the TLS certificate or key (THRIFT_TLS_*): {error}", file=sys.stderr)
         return 2
@@ -99,10 +113,28 @@ def main() -> int:
         settings.mysql_host,
         settings.mysql_port,
     )
-    if settings.thrift_processes > 1:
-        serve_in_processes(server, settings.thrift_processes, lambda: db.init_pool(settings))
+    hooks = db.Hooks(
+        connection_opened=observability.count_database_connection,
+        error=observability.count_database_error,
+        transaction_retried=observability.count_transaction_retry,
+    )
+
+    def serve_metrics() -> None:
+        if settings.metrics_port:
+            observability.serve_metrics(settings.metrics_port, settings.thrift_host, VERSION, several_processes)
+            logger.info("metrics on http://%s:%s/metrics", settings.thrift_host, settings.metrics_port)
+
+    if several_processes:
+        serve_in_processes(
+            server,
+            settings.thrift_processes,
+            lambda: db.init_pool(settings, hooks),
+            children_started=serve_metrics,
+            child_exited=observability.forget_process if settings.metrics_port else lambda pid: None,
+        )
     else:
-        db.init_pool(settings)
+        db.init_pool(settings, hooks)
+        serve_metrics()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: server.close())
         try:

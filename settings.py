@@ -52,6 +52,9 @@ class Settings:
     client_tls_cert: str
     client_tls_key: str
     log_level: str
+    log_format: str
+    slow_request_ms: float
+    metrics_port: int
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,4 +111,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         client_tls_cert=text("CLIENT_TLS_CERT"),
         client_tls_key=text("CLIENT_TLS_KEY"),
         log_level=text("LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        log_format=text("LOG_FORMAT", choices=("text", "json")),
+        slow_request_ms=number("SLOW_REQUEST_MS", float, low=0),
+        metrics_port=number("METRICS_PORT", low=0, high=65535),
     )

@@ -36,12 +36,13 @@ from contextlib import suppress
 
 from thriftpy2.protocol import TCyBinaryProtocolFactory
 from thriftpy2.server import TServer
-from thriftpy2.thrift import TApplicationException, TProcessor
+from thriftpy2.thrift import TApplicationException, TProcessor, TType
 from thriftpy2.transport import TCyMemoryBuffer
 
 from message_limits import MalformedMessage, check_message
 
 logger = logging.getLogger(__name__)
+current_request = threading.local()  # .peer: the client address of the request a worker handles
 FRAME_HEADER = struct.Struct("!i")
 RECV_SIZE = 65536
 LINGER_SECONDS = 0.002
@@ -54,27 +55,45 @@ class GuardedProcessor(TProcessor):
     thriftpy2's TProcessor re-raises exceptions the IDL does not declare,
     which drops the client's connection; this logs the traceback once and
     sends TApplicationException(INTERNAL_ERROR), keeping the connection usable.
+    `observe(method, peer, outcome, seconds, request_id)` is told of each request.
     """
 
+    def __init__(self, service, handler: object, observe: Callable | None = None) -> None:
+        super().__init__(service, handler)
+        self.observe = observe
+
     def process_in(self, iprot):
-        api, seqid, result, call = super().process_in(iprot)
-        if call is None:
-            logger.warning("unknown method %r", api)
-            return api, seqid, result, call
+        method, _, seqid = iprot.read_message_begin()
+        if method not in self._service.thrift_services:
+            iprot.skip(TType.STRUCT)
+            logger.warning("unknown method %r", method)
+            self._observe(method, "unknown_method", 0.0, None)
+            return method, seqid, TApplicationException(TApplicationException.UNKNOWN_METHOD), None
+        arguments = getattr(self._service, method + "_args")()
+        arguments.read(iprot)
+        result = getattr(self._service, method + "_result")()
+        values = [getattr(arguments, spec[1]) for _, spec in sorted(arguments.thrift_spec.items())]
         declared = tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
 
-        def guarded_call():
+        def call():
+            started, outcome = time.perf_counter(), "ok"
             try:
-                return call()
-            except declared:
-                raise
-            except TApplicationException:
+                return getattr(self._handler, method)(*values)
+            except declared as error:
+                outcome = type(error).__name__
                 raise
             except Exception:
-                logger.exception("unexpected error in %s", api)
+                outcome = "internal_error"
+                logger.exception("unexpected error in %s", method)
                 raise TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error") from None
+            finally:
+                self._observe(method, outcome, time.perf_counter() - started, getattr(arguments, "request_id", None))
 
-        return api, seqid, result, guarded_call
+        return method, seqid, result, call
+
+    def _observe(self, method: str, outcome: str, seconds: float, request_id: str | None) -> None:
+        if self.observe:
+            self.observe(method, getattr(current_request, "peer", ""), outcome, seconds, request_id)
 
     def check_argument_types(self, method: str, argument_types: dict[int, int]) -> None:
         """Reject an argument of the wrong type, which thriftpy2 would silently drop."""
@@ -130,6 +149,7 @@ class TThreadPoolServer(TServer):
         max_message_bytes: int,
         max_connections: int,
         tls: ssl.SSLContext | None = None,
+        report_stats: Callable[[int, int], None] | None = None,
     ) -> None:
         # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
         # server bind the same port silently; this server owns a plain socket.
@@ -142,7 +162,10 @@ class TThreadPoolServer(TServer):
         self.max_message_bytes = max_message_bytes
         self.max_connections = max_connections
         self.tls = tls
+        self.report_stats = report_stats  # called each second with (open connections, busy workers)
         self.serving = False
+        self._busy_workers = 0
+        self._busy_lock = threading.Lock()
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
         self._closing = False
@@ -306,6 +329,8 @@ class TThreadPoolServer(TServer):
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             logger.warning("parent process is gone; draining")
             self.close()
+        if self.report_stats:
+            self.report_stats(len(self._connections), self._busy_workers)
         if self._refused and now >= self._next_refusal_warning:
             logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
             self._refused = 0
@@ -324,6 +349,9 @@ class TThreadPoolServer(TServer):
     def _work(self) -> None:
         while (item := self._ready.get()) is not None:
             connection, frame = item
+            current_request.peer = connection.peer
+            with self._busy_lock:
+                self._busy_workers += 1
             while frame is not None:
                 try:
                     reply = self._process(frame)
@@ -341,6 +369,8 @@ class TThreadPoolServer(TServer):
                     )
                     connection.close()
                     frame = None
+            with self._busy_lock:
+                self._busy_workers -= 1
             self._handed_back.append(connection)
             self._wake()
 
@@ -391,13 +421,22 @@ class TThreadPoolServer(TServer):
         self._wake_writer.close()
 
 
-def serve_in_processes(server: TThreadPoolServer, processes: int, prepare_child: Callable[[], None]) -> None:
+def serve_in_processes(
+    server: TThreadPoolServer,
+    processes: int,
+    prepare_child: Callable[[], None],
+    children_started: Callable[[], None] = lambda: None,
+    child_exited: Callable[[int], None] = lambda pid: None,
+) -> None:
     """Run `processes` forked copies of `server` on its one listening socket.
 
     Call after server.listen() and before any thread starts. Each child runs
     prepare_child() (open its own database pool: connections must not cross a
     fork), then serve(). SIGTERM or SIGINT to this parent process drains every
     child; a child that dies otherwise is replaced. Returns when all have exited.
+    children_started() runs once the first children are forked (a place to
+    start threads, which must not exist at fork time); child_exited(pid) after
+    each child ends.
     """
     children: set[int] = set()
     stopping = False
@@ -432,9 +471,11 @@ def serve_in_processes(server: TThreadPoolServer, processes: int, prepare_child:
         start_child()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    children_started()
     while children:
         pid, status = os.wait()
         children.discard(pid)
+        child_exited(pid)
         if not stopping:
             logger.error("server process %d exited with status %d; starting another", pid, status)
             time.sleep(1)  # no tight restart loop if children keep failing

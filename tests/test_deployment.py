@@ -11,13 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import jsonschema
 import yaml
 from dotenv import dotenv_values
 
-from conftest import ROOT, LedgerProcess, run_python
+from conftest import ROOT, LedgerProcess, free_port, run_python
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 CONFIG = dotenv_values(ROOT / "config.env")
@@ -57,7 +58,10 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_copies_files_that_exist():
     for line in re.findall(r"^COPY (?!--from)(.*)$", DOCKERFILE, flags=re.M):
         for source in line.split()[:-1]:
-            assert (ROOT / source).exists(), source
+            assert list(ROOT.glob(source)), source
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for module in ("server.py", "handlers.py", "db.py", "settings.py", "thread_pool_server.py", "client.py"):
+        assert module not in ignored
 
 
 def test_every_setting_the_code_reads_is_in_config_env_and_back():
@@ -76,8 +80,10 @@ def test_stop_grace_period_outlasts_the_drain_timeout():
 def test_the_compose_ledger_command_serves_client_py(database, tmp_path):
     env = service_environment("ledger")
     # Only what cannot be the same outside a container changes: the database
-    # address, and the port (the container's 9090 may be taken here).
+    # address, and the ports (the container's 9090 and 9100 may be taken here).
     env.update(database)
+    metrics_port = free_port()
+    env["METRICS_PORT"] = str(metrics_port)
     command = [sys.executable if part == "python" else part for part in dockerfile_exec_form("CMD")]
     server = LedgerProcess(env, tmp_path / "compose-ledger.log", command=command)
     try:
@@ -87,5 +93,7 @@ def test_the_compose_ledger_command_serves_client_py(database, tmp_path):
         assert healthcheck[:2] == ["python", "client.py"]
         health = run_python(*healthcheck[1:], **server.env)
         assert health.returncode == 0, health.stdout + health.stderr
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+        assert b"ledger_requests_total" in metrics
     finally:
         assert server.stop(signal.SIGTERM) == 0
