@@ -4,7 +4,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test run migrate lint
+.PHONY: test run migrate bench
 
 test: $(VENV)/installed
 	$(VENV)/bin/ruff check .
@@ -16,6 +16,9 @@ run: $(VENV)/installed
 
 migrate: $(VENV)/installed
 	$(PYTHON) db.py migrate
+
+bench: $(VENV)/installed
+	$(PYTHON) bench.py
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || \
