@@ -253,7 +253,7 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
     server_env = {**env, "LOG_LEVEL": "WARNING"}
     accounts = create_accounts(settings)
     plan = [(w, c) for w in options.workloads for c in options.concurrency]
-    total = len(plan) * len(options.variants) + 3
+    total = len(plan) * len(options.variants) + 4
     readers = max(c for c in options.concurrency if c <= 16)
     runs: list[Run] = []
 
@@ -323,28 +323,14 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
     try:
         warm_up(servers)
         rounds = compare(servers, "get_account", readers)
-        progress(
-            summarize(
-                "project",
-                "get_account",
-                readers,
-                rounds["2"],
-                options.seconds,
-                server_peak_rss_mb=servers["2"].peak_rss_mb(),
-                note="THRIFT_PROCESSES=2",
+        for name, server in servers.items():
+            rss = server.peak_rss_mb()
+            note = f"THRIFT_PROCESSES={name}"
+            progress(
+                summarize(
+                    "project", "get_account", readers, rounds[name], options.seconds, server_peak_rss_mb=rss, note=note
+                )
             )
-        )
-        runs.append(
-            summarize(
-                "project",
-                "get_account",
-                readers,
-                rounds["1"],
-                options.seconds,
-                server_peak_rss_mb=servers["1"].peak_rss_mb(),
-                note="THRIFT_PROCESSES=1",
-            )
-        )
     finally:
         for server in servers.values():
             server.stop()
@@ -358,8 +344,19 @@ def find(runs: list[Run], variant: str, workload: str, clients: int, note: str =
     )
 
 
+def ratio(comparison: str, run: Run, baseline: Run) -> dict:
+    """`run` against `baseline`: throughput and p99 as ratios."""
+    return {
+        "comparison": comparison,
+        "workload": run.workload,
+        "clients": run.clients,
+        "throughput_ratio": round(run.calls_per_second / baseline.calls_per_second, 2),
+        "p99_ratio": round(run.p99_ms / baseline.p99_ms, 2) if baseline.p99_ms else None,
+    }
+
+
 def ratios(runs: list[Run]) -> list[dict]:
-    """Every comparison the README reports, as throughput (and p99) ratios."""
+    """Every comparison the README reports."""
     compared = []
     for run in runs:
         if run.variant != "project" or run.note:
@@ -367,15 +364,7 @@ def ratios(runs: list[Run]) -> list[dict]:
         for other in ("make_server", "per_request", "direct"):
             baseline = find(runs, other, run.workload, run.clients)
             if baseline and baseline.calls_per_second:
-                compared.append(
-                    {
-                        "comparison": f"project / {other}",
-                        "workload": run.workload,
-                        "clients": run.clients,
-                        "throughput_ratio": round(run.calls_per_second / baseline.calls_per_second, 2),
-                        "p99_ratio": round(run.p99_ms / baseline.p99_ms, 2) if baseline.p99_ms else None,
-                    }
-                )
+                compared.append(ratio(f"project / {other}", run, baseline))
     for numerator, denominator in (
         ("idle connections", "no idle connections"),
         ("THRIFT_PROCESSES=2", "THRIFT_PROCESSES=1"),
@@ -383,15 +372,7 @@ def ratios(runs: list[Run]) -> list[dict]:
         top = next((r for r in runs if r.note.endswith(numerator) and r.note != denominator), None)
         bottom = next((r for r in runs if r.note == denominator), None)
         if top and bottom and bottom.calls_per_second:
-            compared.append(
-                {
-                    "comparison": f"{top.note} / {bottom.note}",
-                    "workload": top.workload,
-                    "clients": top.clients,
-                    "throughput_ratio": round(top.calls_per_second / bottom.calls_per_second, 2),
-                    "p99_ratio": round(top.p99_ms / bottom.p99_ms, 2) if bottom.p99_ms else None,
-                }
-            )
+            compared.append(ratio(f"{top.note} / {bottom.note}", top, bottom))
     return compared
 
 
