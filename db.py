@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ class Hooks:
 _pool: PersistentDB | PooledDB | None = None
 _deadlock_retries = 0
 _hooks = Hooks()
+_connect_arguments: dict = {}
+# The MySQL connections the pool holds: each joins at its first checkout and
+# leaves when DBUtils drops it (closed, replaced, or its thread ended).
+_pooled_connections: weakref.WeakSet = weakref.WeakSet()
+HEALTH_CHECK_TIMEOUT_SECONDS = 2
 
 
 class DatabaseUnavailable(Exception):
@@ -82,8 +88,9 @@ def _ping(connection: MySQLdb.Connection) -> None:
     """
     now = time.monotonic()
     checked_at = getattr(connection, "checked_at", None)
-    if checked_at is None:
-        _hooks.connection_opened()  # the first checkout of a new connection
+    if checked_at is None:  # the first checkout of a new connection
+        _pooled_connections.add(connection)
+        _hooks.connection_opened()
     if now - (checked_at or 0.0) >= PING_INTERVAL_SECONDS:
         connection.ping()
         connection.checked_at = now
@@ -111,8 +118,9 @@ def connect_arguments(settings: Settings, database: str | None = None) -> dict:
 
 def init_pool(settings: Settings, hooks: Hooks | None = None) -> None:
     """Create the module-level pool. Call once per process, before serving."""
-    global _pool, _deadlock_retries, _hooks
+    global _pool, _deadlock_retries, _hooks, _connect_arguments
     _hooks = hooks or Hooks()
+    _connect_arguments = connect_arguments(settings)
     common = {
         "creator": MySQLdb,
         "ping": (1, _ping),
@@ -131,6 +139,32 @@ def init_pool(settings: Settings, hooks: Hooks | None = None) -> None:
             **common,
         )
     _deadlock_retries = settings.db_deadlock_retries
+
+
+def pooled_connections() -> int:
+    """How many MySQL connections the pool holds now."""
+    return len(_pooled_connections)
+
+
+def database_answers() -> bool:
+    """A fresh connection runs SELECT 1 within HEALTH_CHECK_TIMEOUT_SECONDS.
+
+    Not through the pool: a pooled connection may wait MYSQL_READ_TIMEOUT on a
+    hung server, and a new one also proves that connecting works.
+    """
+    timeouts = dict.fromkeys(("connect_timeout", "read_timeout", "write_timeout"), HEALTH_CHECK_TIMEOUT_SECONDS)
+    try:
+        connection = MySQLdb.connect(**{**_connect_arguments, **timeouts})
+    except MySQLdb.Error:
+        return False
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1")
+        return cursor.fetchall() == ((1,),)
+    except MySQLdb.Error:
+        return False
+    finally:
+        connection.close()
 
 
 def close_pool() -> None:

@@ -231,11 +231,7 @@ class LedgerHandler:
         return "pong"
 
     def health(self) -> ledger_thrift.Health:
-        try:
-            database = db.read("SELECT 1") == [(1,)]
-        except (db.DatabaseUnavailable, MySQLdb.Error):
-            database = False
-        return ledger_thrift.Health(serving=self._is_serving(), database=database, version=VERSION)
+        return ledger_thrift.Health(serving=self._is_serving(), database=db.database_answers(), version=VERSION)
 
     @_maps_database_outage
     def create_account(self, owner: str, request_id: str) -> Account:

@@ -26,6 +26,7 @@ LATENCY = Histogram(
 BUSY_WORKERS = Gauge("ledger_busy_workers", "Worker threads handling a request.", multiprocess_mode="livesum")
 OPEN_CONNECTIONS = Gauge("ledger_open_connections", "Open client connections.", multiprocess_mode="livesum")
 DB_CONNECTIONS_OPENED = Counter("ledger_db_connections_opened_total", "MySQL connections the pool has opened.")
+DB_CONNECTIONS = Gauge("ledger_db_connections", "MySQL connections the pool holds.", multiprocess_mode="livesum")
 DB_ERRORS = Counter("ledger_db_errors_total", "Database errors, by MySQL error number.", ["code"])
 TRANSACTION_RETRIES = Counter("ledger_transaction_retries_total", "Transactions re-run after a deadlock or lock wait.")
 BUILD = Gauge("ledger_build_info", "The running version (always 1).", ["version"], multiprocess_mode="max")
@@ -82,9 +83,10 @@ class RequestObserver:
             )
 
 
-def report_server_stats(open_connections: int, busy_workers: int) -> None:
+def report_stats(open_connections: int, busy_workers: int, database_connections: int) -> None:
     OPEN_CONNECTIONS.set(open_connections)
     BUSY_WORKERS.set(busy_workers)
+    DB_CONNECTIONS.set(database_connections)
 
 
 def count_database_error(code: int | None) -> None:

@@ -91,7 +91,9 @@ def main() -> int:
         logger.info("applied migrations: %s", ", ".join(applied))
     try:
         server = build_server(
-            settings, observability.RequestObserver(settings.slow_request_ms), observability.report_server_stats
+            settings,
+            observability.RequestObserver(settings.slow_request_ms),
+            lambda connections, busy: observability.report_stats(connections, busy, db.pooled_connections()),
         )
     except (OSError, ssl.SSLError) as error:
         print(f"error: cannot load the TLS certificate or key (THRIFT_TLS_*): {error}", file=sys.stderr)

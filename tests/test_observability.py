@@ -2,6 +2,8 @@
 
 import json
 import re
+import signal
+import time
 import urllib.request
 
 import pytest
@@ -65,10 +67,12 @@ def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_field
     before = scrape(metrics_port)
     with server.client(retries=0) as client:
         request_id = known_calls(client)
-        wait_for(lambda: sample(scrape(metrics_port), "ledger_open_connections") >= 1, 5, "the connection gauge")
+        for gauge in ("ledger_open_connections", "ledger_db_connections"):  # sampled once a second
+            wait_for(lambda gauge=gauge: sample(scrape(metrics_port), gauge) >= 1, 5, gauge)
     samples = scrape(metrics_port)
     assert_known_counts(before, samples)
     assert sample(samples, "ledger_db_connections_opened_total") >= 1
+    assert sample(samples, "ledger_db_connections") <= 8  # at most one per worker
     assert sample(samples, "ledger_busy_workers") == 0
     assert server.stop() == 0
 
@@ -111,3 +115,17 @@ def test_slow_requests_are_logged_as_warnings(start_ledger):
         client.ping()
     assert server.stop() == 0
     assert re.search(r" WARNING ledger.requests \[\d+\] ping ok in [\d.]+ ms \(slow\)", server.log())
+
+
+def test_health_reports_a_hung_database_within_seconds(start_ledger, own_database):
+    server = start_ledger(**own_database.env)
+    with server.client(timeout=10, retries=0) as client:
+        assert client.health().database is True
+        own_database.process.send_signal(signal.SIGSTOP)  # the database hangs without closing anything
+        try:
+            started = time.monotonic()
+            assert client.health().database is False
+            assert time.monotonic() - started < 5  # the check's own 2 s timeout, not MYSQL_READ_TIMEOUT
+        finally:
+            own_database.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: client.health().database, 10, "the database to answer again")
