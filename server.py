@@ -95,7 +95,7 @@ def main() -> int:
             observability.RequestObserver(settings.slow_request_ms),
             lambda connections, busy: observability.report_stats(connections, busy, db.pooled_connections()),
         )
-    except (OSError, ssl.SSLError) as error:
+    except OSError as error:  # a missing file, or ssl.SSLError
         print(f"error: cannot load the TLS certificate or key (THRIFT_TLS_*): {error}", file=sys.stderr)
         return 2
     try:

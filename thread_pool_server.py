@@ -147,7 +147,7 @@ class TThreadPoolServer(TServer):
 
     def __init__(
         self,
-        processor: TProcessor,
+        processor: GuardedProcessor,
         host: str,
         port: int,
         workers: int,
