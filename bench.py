@@ -13,7 +13,9 @@ then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
     python bench.py            # about five minutes, on a throwaway MariaDB
     python bench.py --help     # fewer workloads, shorter runs, your own database
 
-Prints a table and the ratios, writes bench-results.json and bench-results.png.
+Prints a table (calls per second, p50 and p99 latency, the server's peak RSS
+and its CPU time per call) and the ratios, writes bench-results.json and
+bench-results.png.
 """
 
 import argparse
@@ -58,6 +60,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     server_peak_rss_mb: float | None
+    server_cpu_us_per_call: float | None  # user + system time of the server's processes
     note: str = ""
 
 
@@ -117,18 +120,27 @@ class ServerProcess:
         except ServerUnreachable:
             return False
 
+    def _pids(self) -> list[int]:
+        """The server and its child processes (THRIFT_PROCESSES > 1)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return [self.process.pid, *map(int, children.split())]
+
     def peak_rss_mb(self) -> float:
-        """Peak resident memory of the server and its child processes, in MB."""
-        pids = [
-            self.process.pid,
-            *map(int, Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()),
-        ]
+        """Peak resident memory of the server's processes, in MB."""
         total_kb = 0
-        for pid in pids:
+        for pid in self._pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     total_kb += int(line.split()[1])
         return total_kb / 1024
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the server's processes have used so far."""
+        total_ticks = 0
+        for pid in self._pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total_ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return total_ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -267,13 +279,34 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
             flush=True,
         )
 
-    def compare(servers: dict[str, ServerProcess | None], workload: str, clients: int) -> dict:
+    def compare(servers: dict[str, ServerProcess | None], workload: str, clients: int, notes=None) -> None:
+        """Measure the servers in turn, options.rounds times each; one Run for each.
+
+        Without `notes` the servers are the variants; with them, all are the
+        project's server and notes[name] tells them apart.
+        """
         rounds: dict[str, list[list[float]]] = {name: [] for name in servers}
+        cpu_seconds = dict.fromkeys(servers, 0.0)
         for _ in range(options.rounds):
             for name, server in servers.items():
-                port = server and server.port
-                rounds[name].append(measure(port, settings, workload, clients, options.seconds, accounts))
-        return rounds
+                before = server.cpu_seconds() if server else 0.0
+                rounds[name].append(
+                    measure(server and server.port, settings, workload, clients, options.seconds, accounts)
+                )
+                cpu_seconds[name] += server.cpu_seconds() - before if server else 0.0
+        for name, server in servers.items():
+            calls = sum(map(len, rounds[name]))
+            run = summarize(
+                name if notes is None else "project",
+                workload,
+                clients,
+                rounds[name],
+                options.seconds,
+                server_peak_rss_mb=server.peak_rss_mb() if server else None,
+                server_cpu_us_per_call=cpu_seconds[name] / calls * 1e6 if server and calls else None,
+                note="" if notes is None else notes[name],
+            )
+            progress(run)
 
     def warm_up(servers: dict[str, ServerProcess | None]) -> None:
         for server in servers.values():  # open database connections, fill caches; not counted
@@ -283,10 +316,7 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
     try:
         warm_up(servers)
         for workload, clients in plan:
-            for variant, latencies in compare(servers, workload, clients).items():
-                server = servers[variant]
-                rss = server and server.peak_rss_mb()
-                progress(summarize(variant, workload, clients, latencies, options.seconds, server_peak_rss_mb=rss))
+            compare(servers, workload, clients)
     finally:
         for server in servers.values():
             if server:
@@ -302,14 +332,8 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
         if not ready.wait(120):
             raise RuntimeError("could not open the idle connections")
         warm_up(servers)
-        rounds = compare(servers, "get_account", readers)
-        for name, note in (("alone", "no idle connections"), ("idle", f"{options.idle_connections} idle connections")):
-            rss = servers[name].peak_rss_mb()
-            progress(
-                summarize(
-                    "project", "get_account", readers, rounds[name], options.seconds, server_peak_rss_mb=rss, note=note
-                )
-            )
+        notes = {"alone": "no idle connections", "idle": f"{options.idle_connections} idle connections"}
+        compare(servers, "get_account", readers, notes)
     finally:
         stop.set()
         holder.join()
@@ -322,15 +346,7 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
     }
     try:
         warm_up(servers)
-        rounds = compare(servers, "get_account", readers)
-        for name, server in servers.items():
-            rss = server.peak_rss_mb()
-            note = f"THRIFT_PROCESSES={name}"
-            progress(
-                summarize(
-                    "project", "get_account", readers, rounds[name], options.seconds, server_peak_rss_mb=rss, note=note
-                )
-            )
+        compare(servers, "get_account", readers, {name: f"THRIFT_PROCESSES={name}" for name in servers})
     finally:
         for server in servers.values():
             server.stop()
@@ -345,13 +361,15 @@ def find(runs: list[Run], variant: str, workload: str, clients: int, note: str =
 
 
 def ratio(comparison: str, run: Run, baseline: Run) -> dict:
-    """`run` against `baseline`: throughput and p99 as ratios."""
+    """`run` against `baseline`: throughput, p99 and server CPU per call as ratios."""
+    cpu_measured = run.server_cpu_us_per_call and baseline.server_cpu_us_per_call
     return {
         "comparison": comparison,
         "workload": run.workload,
         "clients": run.clients,
         "throughput_ratio": round(run.calls_per_second / baseline.calls_per_second, 2),
         "p99_ratio": round(run.p99_ms / baseline.p99_ms, 2) if baseline.p99_ms else None,
+        "cpu_ratio": round(run.server_cpu_us_per_call / baseline.server_cpu_us_per_call, 2) if cpu_measured else None,
     }
 
 
@@ -378,19 +396,25 @@ def ratios(runs: list[Run]) -> list[dict]:
 
 def print_report(runs: list[Run], compared: list[dict]) -> None:
     print(
-        f"{'server':<12} {'workload':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}  note"
+        f"{'server':<12} {'workload':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"
+        f" {'CPU us/call':>11}  note"
     )
     for r in runs:
         rss = f"{r.server_peak_rss_mb:7.0f}" if r.server_peak_rss_mb is not None else "      -"
+        cpu = f"{r.server_cpu_us_per_call:11.0f}" if r.server_cpu_us_per_call is not None else "          -"
         print(
             f"{r.variant:<12} {r.workload:<12} {r.clients:>7} {r.calls_per_second:>9.0f}"
-            f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {rss}  {r.note}"
+            f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {rss} {cpu}  {r.note}"
         )
     print()
-    print(f"{'comparison':<45} {'workload':<12} {'clients':>7} {'throughput':>10} {'p99':>6}")
+    print(f"{'comparison':<45} {'workload':<12} {'clients':>7} {'throughput':>10} {'p99':>6} {'CPU/call':>8}")
     for c in compared:
         p99 = f"{c['p99_ratio']:.2f}" if c["p99_ratio"] is not None else "-"
-        print(f"{c['comparison']:<45} {c['workload']:<12} {c['clients']:>7} {c['throughput_ratio']:>9.2f}x {p99:>6}")
+        cpu = f"{c['cpu_ratio']:.2f}" if c["cpu_ratio"] is not None else "-"
+        print(
+            f"{c['comparison']:<45} {c['workload']:<12} {c['clients']:>7} {c['throughput_ratio']:>9.2f}x"
+            f" {p99:>6} {cpu:>8}"
+        )
 
 
 def plot(runs: list[Run], path: Path) -> None:

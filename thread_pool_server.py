@@ -1,27 +1,28 @@
-"""TThreadPoolServer: a fixed pool of worker threads behind one I/O thread.
+"""TThreadPoolServer: a fixed pool of worker threads sharing one epoll set.
 
 thriftpy2 ships only a single-threaded and a thread-per-connection server.
-Here one I/O thread (the caller of `serve()`) accepts connections and waits on
-all of them with `selectors`; it reads framed messages (a 4-byte length, then
-the message) and, once a whole message has arrived, hands that connection to
-the worker queue. A worker decodes the message from memory, runs the handler,
-writes the reply and hands the connection back to the I/O thread. So an idle
-connection costs a file descriptor, never a worker, and a slow sender cannot
-stall a worker halfway through a message.
+Here every open connection sits in one epoll set with EPOLLONESHOT, and each
+worker thread waits on that set itself: the kernel gives a ready connection
+to exactly one waiting worker, which reads what has arrived, and once a whole
+framed message (a 4-byte length, then the message) is in, decodes it from
+memory, runs the handler, writes the reply and re-arms the connection. No
+thread hands requests to another, so a request costs about what it costs a
+thread per connection; yet an idle connection costs a file descriptor, never
+a worker, and a slow sender never holds a worker: a partial message is kept
+and the worker moves on.
 
-Frames give exact message boundaries, which is what lets the I/O thread know
-a request is complete without decoding it, and where the maximum message size
+Frames give exact message boundaries, which is what lets a worker know a
+request is complete without decoding it, and where the maximum message size
 is enforced before its bytes are read. Workers check every message's declared
-lengths (message_limits.py) before thriftpy2 decodes it. While no other
-request waits, a worker lingers a moment on its connection for the next
-request, saving two hand-offs for a client calling in a loop.
+lengths (message_limits.py) before thriftpy2 decodes it. New connections and
+TLS handshakes (step by step, never blocking) are handled the same way.
 
-Once a second the I/O thread closes connections idle past the idle timeout or
-stuck in a partial message (or TLS handshake, done step by step so that it
-never blocks) past the read timeout. Past max_connections, new connections are
+The thread that calls `serve()` keeps house once a second: it closes
+connections idle past the idle timeout or stuck in a partial message past the
+read timeout, and reports counts. Past max_connections, new connections are
 closed at once. `close()` stops accepting and reading; `serve()` then lets
-queued and running requests finish (up to the drain timeout), closes every
-connection and returns.
+running requests finish (up to the drain timeout), closes every connection
+and returns. epoll makes this engine Linux-only (as in the Docker image).
 
 One process is limited by the GIL; `serve_in_processes()` forks several
 copies that accept from the same listening socket (pre-fork), each with its
@@ -30,15 +31,13 @@ own workers and database pool.
 
 import logging
 import os
-import queue
-import selectors
+import select
 import signal
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -53,7 +52,9 @@ logger = logging.getLogger(__name__)
 current_request = threading.local()  # .peer: the client address of the request a worker handles
 FRAME_HEADER = struct.Struct("!i")
 RECV_SIZE = 65536
-LINGER_SECONDS = 0.002
+HOUSEKEEPING_SECONDS = 1.0
+# Reported once, to one worker, then disarmed until that worker re-arms it.
+ARMED_TO_READ = select.EPOLLIN | select.EPOLLONESHOT
 MAX_NESTING = 16  # this API needs 2 (message, arguments); generous for unknown fields
 
 
@@ -113,33 +114,35 @@ class GuardedProcessor(TProcessor):
 
 
 class _Connection:
-    """A client socket and the bytes received from it that are not yet handled."""
+    """A client socket and the bytes received from it that are not yet handled.
+
+    Whoever reads, writes, re-arms or closes it holds `lock`: a worker while
+    it serves the connection, the housekeeper while it closes an idle one.
+    """
 
     def __init__(self, sock: socket.socket, peer: str, handshaking: bool = False) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.peer = peer
         self.received = bytearray()
         self.last_active = time.monotonic()
         self.handshaking = handshaking
         self.closed = False
+        self.lock = threading.Lock()
 
     def take_frame(self, max_size: int) -> bytes | None:
         """Remove and return the next whole message, None if it is incomplete."""
         if len(self.received) < FRAME_HEADER.size:
             return None
         (size,) = FRAME_HEADER.unpack_from(self.received)
-        if not 0 < size <= max_size:
-            raise ValueError(f"frame of {size} bytes (maximum {max_size})")
+        if not 0 < size <= max_size:  # refused before any of it is read
+            raise MalformedMessage(f"frame of {size} bytes (maximum {max_size})")
         end = FRAME_HEADER.size + size
         if len(self.received) < end:
             return None
         frame = bytes(self.received[FRAME_HEADER.size : end])
         del self.received[:end]
         return frame
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
 
 
 class TThreadPoolServer(TServer):
@@ -179,13 +182,10 @@ class TThreadPoolServer(TServer):
         self._closing = False
         self._listener: socket.socket | None = None
         # Created by serve(), so that each forked server process has its own.
-        self._selector: selectors.BaseSelector | None = None
+        self._epoll: select.epoll | None = None
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
-        self._ready = queue.SimpleQueue()  # connections holding a whole message
-        self._handed_back = deque()  # connections workers have finished with
-        self._connections: set[_Connection] = set()
-        self._next_sweep = 0.0
+        self._connections: dict[int, _Connection] = {}  # by file descriptor
         self._refused = 0  # connections refused over max_connections since the last warning
         self._next_refusal_warning = 0.0
         # Set in a forked child: if that parent dies (even by SIGKILL), drain and exit.
@@ -200,96 +200,141 @@ class TThreadPoolServer(TServer):
         """Accept and serve until close() is called, then drain and return."""
         if self._listener is None:
             self.listen()
-        listener = self._listener
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
         self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
-        self._selector.register(listener, selectors.EVENT_READ)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        # The wake-up socket is level-triggered: once written to, every
+        # worker's next wait returns at once.
+        self._epoll.register(self._wake_reader, select.EPOLLIN)
+        self._epoll.register(self._listener, ARMED_TO_READ)
         threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
         for thread in threads:
             thread.start()
         self.serving = True
+        woken = select.poll()
+        woken.register(self._wake_reader, select.POLLIN)
         try:
             while not self._closing:
-                self._poll(listener)
+                woken.poll(HOUSEKEEPING_SECONDS * 1000)
+                self._housekeeping()
         finally:
             self.serving = False
-            self._selector.unregister(listener)
-            listener.close()
+            self._epoll.unregister(self._listener)
+            self._listener.close()
             self._drain(threads)
 
     def close(self) -> None:
         """Begin a graceful stop; safe to call from a signal handler or another thread."""
         self.serving = False
         self._closing = True
-        self._wake()
-
-    def _wake(self) -> None:
         with suppress(BlockingIOError, AttributeError):  # a wake-up is pending / not serving yet
             self._wake_writer.send(b"\0")
 
-    def _poll(self, listener: socket.socket) -> None:
-        for key, _ in self._selector.select(timeout=1.0):
-            if key.fileobj is listener:
-                self._accept(listener)
-            elif key.fileobj is self._wake_reader:
-                self._wake_reader.recv(4096)
-            else:
-                self._receive(key.data)
-        while self._handed_back:
-            self._resume(self._handed_back.popleft())
-        self._housekeeping()
-
-    def _accept(self, listener: socket.socket) -> None:
+    def _work(self) -> None:
+        listener = self._listener.fileno()
         while True:
-            try:
-                sock, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            # One event per wait: the other ready connections stay for other workers.
+            events = self._epoll.poll(HOUSEKEEPING_SECONDS, 1)
+            if self._closing:  # the wake-up socket's event, or one that arrived too late
                 return
+            for fd, _ in events:
+                if fd == listener:
+                    self._accept()
+                elif connection := self._connections.get(fd):
+                    with connection.lock:
+                        if not connection.closed:
+                            self._serve_ready(connection)
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
             except OSError as error:  # e.g. out of file descriptors; keep serving the others
                 logger.warning("accept failed: %s", error)
-                return
+                break
             if len(self._connections) >= self.max_connections:
                 sock.close()
                 self._refused += 1
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls:
-                # The handshake runs step by step in _receive(), never blocking
-                # this thread (thriftpy2 does it inside accept()).
+                # The handshake runs step by step in _serve_ready(), never
+                # blocking a worker (thriftpy2 does it inside accept()).
                 sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            # The I/O thread never waits on a client: sockets it watches are
-            # non-blocking; a worker sets a timeout while it holds one.
-            sock.settimeout(0)
+            sock.setblocking(False)  # a worker never waits on one client
             connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
-            self._connections.add(connection)
-            self._selector.register(sock, selectors.EVENT_READ, connection)
+            self._connections[connection.fd] = connection
+            self._epoll.register(connection.fd, ARMED_TO_READ)
+        if not self._closing:
+            self._epoll.modify(self._listener, ARMED_TO_READ)
 
-    def _receive(self, connection: _Connection) -> None:
+    def _serve_ready(self, connection: _Connection) -> None:
+        """Read what has arrived; answer every whole request; re-arm. Holds connection.lock."""
         if connection.handshaking:
             self._continue_handshake(connection)
             return
         try:
             data = connection.sock.recv(RECV_SIZE)
             while isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
-                data += connection.sock.recv(RECV_SIZE)  # decrypted bytes the selector cannot see
-        except ssl.SSLWantReadError:
-            return  # only part of a TLS record so far
+                data += connection.sock.recv(RECV_SIZE)  # decrypted bytes epoll cannot see
+        except (BlockingIOError, ssl.SSLWantReadError):
+            data = None  # nothing yet, or only part of a TLS record
         except OSError:
             data = b""  # a reset is an ordinary way for a client to leave
-        if not data:
+        if data == b"":
             self._forget(connection)
             return
-        connection.received += data
+        if data:
+            connection.received += data
+            connection.last_active = time.monotonic()
+        try:
+            while (frame := connection.take_frame(self.max_message_bytes)) is not None:
+                self._answer(connection, frame)
+        except OSError as error:  # the client left mid-reply, or stopped reading it
+            logger.info("closing %s: %s", connection.peer, error)
+        except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
+            logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
+        else:
+            if not self._closing:
+                self._epoll.modify(connection.fd, ARMED_TO_READ)
+                return
+        self._forget(connection)
+
+    def _answer(self, connection: _Connection, frame: bytes) -> None:
+        current_request.peer = connection.peer
+        with self._busy_lock:
+            self._busy_workers += 1
+        try:
+            reply = self._process(frame)
+        finally:
+            with self._busy_lock:
+                self._busy_workers -= 1
+        if reply:
+            self._send(connection.sock, FRAME_HEADER.pack(len(reply)) + reply)
         connection.last_active = time.monotonic()
-        self._dispatch_if_ready(connection)
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            sent = 0
+        if sent < len(data):  # the client's receive buffer is full: wait for it, within bounds
+            sock.settimeout(self.idle_timeout)
+            try:
+                sock.sendall(data[sent:])
+            finally:
+                sock.setblocking(False)
 
     def _continue_handshake(self, connection: _Connection) -> None:
         try:
             connection.sock.do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except ssl.SSLWantReadError:
+            self._epoll.modify(connection.fd, ARMED_TO_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._epoll.modify(connection.fd, select.EPOLLOUT | select.EPOLLONESHOT)
             return
         except (ssl.SSLError, OSError) as error:
             logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error)
@@ -297,43 +342,18 @@ class TThreadPoolServer(TServer):
             return
         connection.handshaking = False
         connection.last_active = time.monotonic()
-
-    def _dispatch_if_ready(self, connection: _Connection) -> bool:
-        try:
-            frame = connection.take_frame(self.max_message_bytes)
-        except ValueError as error:
-            logger.warning("closing %s: %s", connection.peer, error)
-            self._forget(connection)
-            return True
-        if frame is None:
-            return False
-        # One request at a time per connection keeps replies in order.
-        self._selector.unregister(connection.sock)
-        connection.sock.settimeout(self.idle_timeout)  # bounds a reply to a client that does not read
-        self._ready.put((connection, frame))
-        return True
-
-    def _resume(self, connection: _Connection) -> None:
-        if connection.closed:
-            self._connections.discard(connection)
-        elif self._closing:
-            self._forget(connection)
-        elif not self._dispatch_if_ready(connection):
-            connection.sock.settimeout(0)
-            self._selector.register(connection.sock, selectors.EVENT_READ, connection)
+        self._serve_ready(connection)  # the client may have sent its first request already
 
     def _forget(self, connection: _Connection) -> None:
-        with suppress(KeyError, ValueError):  # not registered while a worker holds it
-            self._selector.unregister(connection.sock)
-        connection.close()
-        self._connections.discard(connection)
+        """Close a connection; the caller holds its lock."""
+        connection.closed = True
+        # Out of the table before the descriptor is closed and can be reused.
+        self._connections.pop(connection.fd, None)
+        connection.sock.close()  # which also removes it from the epoll set
 
     def _housekeeping(self) -> None:
-        """Once a second: close idle and stalled connections, report refusals, watch the parent."""
+        """Close idle and stalled connections, report counts and refusals, watch the parent."""
         now = time.monotonic()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + min(1.0, self.idle_timeout / 2, self.read_timeout / 2)
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             logger.warning("parent process is gone; draining")
             self.close()
@@ -343,67 +363,20 @@ class TThreadPoolServer(TServer):
             logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
             self._refused = 0
             self._next_refusal_warning = now + 10
-        for key in list(self._selector.get_map().values()):
-            connection = key.data
-            if connection is None:
-                continue
-            if (connection.received or connection.handshaking) and connection.last_active < now - self.read_timeout:
-                logger.info("closing %s: no complete message within %ss", connection.peer, self.read_timeout)
-                self._forget(connection)
-            elif connection.last_active < now - self.idle_timeout:
-                logger.debug("closing idle connection %s", connection.peer)
-                self._forget(connection)
-
-    def _work(self) -> None:
-        while (item := self._ready.get()) is not None:
-            connection, frame = item
-            current_request.peer = connection.peer
-            with self._busy_lock:
-                self._busy_workers += 1
-            while frame is not None:
-                try:
-                    reply = self._process(frame)
-                    if reply:
-                        connection.sock.sendall(FRAME_HEADER.pack(len(reply)) + reply)
-                    connection.last_active = time.monotonic()
-                    frame = None if self._closing or not self._ready.empty() else self._linger(connection)
-                except OSError as error:
-                    logger.info("closing %s: %s", connection.peer, error)
-                    connection.close()
-                    frame = None
-                except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
-                    logger.warning(
-                        "closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error
-                    )
-                    connection.close()
-                    frame = None
-            with self._busy_lock:
-                self._busy_workers -= 1
-            self._handed_back.append(connection)
-            self._wake()
-
-    def _linger(self, connection: _Connection) -> bytes | None:
-        """Wait briefly for this connection's next request; None if it does not come.
-
-        A client calling in a loop sends its next request within a round trip.
-        Serving it here, while no other request waits, saves two hand-offs
-        between threads; a connection that stays quiet goes back to the I/O
-        thread, so idle connections still hold no worker.
-        """
-        connection.sock.settimeout(LINGER_SECONDS)
-        try:
-            while (frame := connection.take_frame(self.max_message_bytes)) is None:
-                data = connection.sock.recv(RECV_SIZE)
-                if not data:
-                    connection.close()
-                    return None
-                connection.received += data
-            return frame
-        except TimeoutError:
-            return None
-        finally:
-            if not connection.closed:
-                connection.sock.settimeout(self.idle_timeout)
+        for connection in list(self._connections.values()):
+            if not connection.lock.acquire(blocking=False):
+                continue  # a worker is serving it
+            try:
+                if connection.closed:
+                    continue
+                if (connection.received or connection.handshaking) and connection.last_active < now - self.read_timeout:
+                    logger.info("closing %s: no complete message within %ss", connection.peer, self.read_timeout)
+                    self._forget(connection)
+                elif connection.last_active < now - self.idle_timeout:
+                    logger.debug("closing idle connection %s", connection.peer)
+                    self._forget(connection)
+            finally:
+                connection.lock.release()
 
     def _process(self, frame: bytes) -> bytes:
         method, argument_types = check_message(frame, MAX_NESTING)
@@ -414,17 +387,15 @@ class TThreadPoolServer(TServer):
         return otrans.getvalue()
 
     def _drain(self, threads: list[threading.Thread]) -> None:
-        for _ in threads:
-            self._ready.put(None)  # after every request already queued
         deadline = time.monotonic() + self.drain_timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = sum(thread.is_alive() for thread in threads)
         if unfinished:
             logger.warning("drain timeout: %d requests still running are abandoned", unfinished)
-        for connection in list(self._connections):
-            connection.close()
-        self._selector.close()
+        for connection in list(self._connections.values()):
+            connection.sock.close()
+        self._epoll.close()
         self._wake_reader.close()
         self._wake_writer.close()
 

@@ -22,6 +22,9 @@ def test_bench_measures_every_variant_and_writes_results(tmp_path):
     for variant in ("project", "make_server", "per_request", "direct"):
         assert {(variant, "get_account", ""), (variant, "transfer", "")} <= measured
     assert all(run["calls_per_second"] > 0 and run["p99_ms"] >= run["p50_ms"] > 0 for run in report["runs"])
+    for run in report["runs"]:  # the direct variant has no server
+        assert (run["server_cpu_us_per_call"] is None) == (run["variant"] == "direct")
+        assert run["server_cpu_us_per_call"] is None or run["server_cpu_us_per_call"] > 0
     comparisons = {ratio["comparison"] for ratio in report["ratios"]}
     assert {
         "project / make_server",

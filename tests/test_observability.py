@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import pytest
+from test_reliability import exchange, framed, message_header
 
 from client import ledger_thrift, new_request_id
 from conftest import free_port, wait_for
@@ -106,6 +107,18 @@ def test_metrics_add_up_across_server_processes(start_ledger):
     with server.client(pool_size=4, retries=0) as client:
         known_calls(client)
     assert_known_counts(before, scrape(metrics_port))
+    assert server.stop() == 0
+
+
+def test_unknown_method_names_share_one_metric_series(start_ledger):
+    metrics_port = free_port()
+    server = start_ledger(METRICS_PORT=str(metrics_port))
+    names = [f"probe_{n}".encode() for n in range(20)]
+    for name in names:
+        exchange(server.port, framed(message_header(name) + b"\x00"))
+    samples = scrape(metrics_port)
+    assert sample(samples, "ledger_requests_total", method="unknown", outcome="unknown_method") == len(names)
+    assert not [key for key in samples if "probe_" in key]  # a client cannot add series
     assert server.stop() == 0
 
 

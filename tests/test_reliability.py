@@ -101,6 +101,25 @@ def test_unknown_method_gets_an_error_reply_and_a_warning(ledger, client):
     assert client.ping() == "pong"
 
 
+def test_requests_sent_together_or_byte_by_byte_are_all_answered_in_order(ledger):
+    calls = [call_bytes("ping"), call_bytes("get_account", 10**12), call_bytes("ping")]
+    with socket.create_connection(("127.0.0.1", ledger.port), timeout=5) as sock:
+        sock.sendall(b"".join(map(framed, calls)))  # all three arrive in one read
+        for byte in framed(call_bytes("ping")):  # and one more, a byte at a time
+            sock.send(bytes([byte]))
+            time.sleep(0.005)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    names = []
+    while received:
+        (size,) = struct.unpack_from("!i", received)
+        names.append(TCyBinaryProtocol(TCyMemoryBuffer(received[4 : 4 + size])).read_message_begin()[0])
+        received = received[4 + size :]
+    assert names == ["ping", "get_account", "ping", "ping"]
+
+
 def rss_kb(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
