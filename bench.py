@@ -61,6 +61,7 @@ class Run:
     p99_ms: float
     server_peak_rss_mb: float | None
     server_cpu_us_per_call: float | None  # user + system time of the server's processes
+    machine_cpu_us_per_call: float  # every process's, clients and database included
     note: str = ""
 
 
@@ -147,6 +148,13 @@ class ServerProcess:
         self.process.wait(30)
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores have spent not idle since boot (/proc/stat)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
 def client_process(port, settings, workload, accounts, seconds, ready, start, results) -> None:
     """One benchmark client: calls in a loop for `seconds`, reports latencies."""
     if port is None:  # direct: the handlers in this process, no Thrift
@@ -185,8 +193,16 @@ def hold_idle(port: int, count: int, ready, stop) -> None:
         client.close()
 
 
-def measure(port, settings, workload: str, clients: int, seconds: float, accounts: list[int]) -> list[float]:
-    """Run `clients` client processes at once for `seconds`; every call's latency."""
+@dataclass
+class Measurement:
+    latencies: list[float]  # of every call, in seconds
+    server_cpu_seconds: float  # used by the server's processes while the clients ran
+    machine_cpu_seconds: float  # used by every process, clients and database included
+
+
+def measure(server, settings, workload: str, clients: int, seconds: float, accounts: list[int]) -> Measurement:
+    """Run `clients` client processes at once for `seconds` against `server` (None: direct)."""
+    port = server.port if server else None
     context = multiprocessing.get_context("fork")
     ready, start, results = context.Semaphore(0), context.Event(), context.Queue()
     processes = [
@@ -197,21 +213,41 @@ def measure(port, settings, workload: str, clients: int, seconds: float, account
     ]
     for process in processes:
         process.start()
-    for _ in processes:
-        ready.acquire()
-    start.set()
-    reports = [results.get(timeout=seconds + 120) for _ in processes]
-    for process in processes:
-        process.join()
+    try:
+        for _ in processes:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a benchmark client did not start")
+        server_before, machine_before = server.cpu_seconds() if server else 0.0, machine_busy_seconds()
+        start.set()
+        time.sleep(seconds)  # CPU is counted while the clients call, not while they start or report
+        server_cpu = server.cpu_seconds() - server_before if server else 0.0
+        machine_cpu = machine_busy_seconds() - machine_before
+        reports = [results.get(timeout=120) for _ in processes]
+    except BaseException:
+        for process in processes:  # or they would wait for `start` forever
+            process.terminate()
+        raise
+    finally:
+        for process in processes:
+            process.join()
     failures = [report for report in reports if isinstance(report, str)]
     if failures:
         raise RuntimeError(f"{len(failures)} benchmark clients failed, first: {failures[0]}")
-    return [latency for report in reports for latency in report]
+    return Measurement([latency for report in reports for latency in report], server_cpu, machine_cpu)
 
 
-def summarize(variant: str, workload: str, clients: int, rounds: list[list[float]], seconds: float, **extra) -> Run:
+def summarize(
+    variant: str,
+    workload: str,
+    clients: int,
+    rounds: list[Measurement],
+    seconds: float,
+    server: ServerProcess | None,
+    note: str,
+) -> Run:
     """One Run from several measurement rounds of the same configuration."""
-    latencies = sorted(latency for round_ in rounds for latency in round_)
+    latencies = sorted(latency for measurement in rounds for latency in measurement.latencies)
+    calls = max(len(latencies), 1)
     return Run(
         variant,
         workload,
@@ -219,7 +255,10 @@ def summarize(variant: str, workload: str, clients: int, rounds: list[list[float
         calls_per_second=len(latencies) / (seconds * len(rounds)),
         p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else 0.0,
-        **extra,
+        server_peak_rss_mb=server.peak_rss_mb() if server else None,
+        server_cpu_us_per_call=sum(m.server_cpu_seconds for m in rounds) / calls * 1e6 if server else None,
+        machine_cpu_us_per_call=sum(m.machine_cpu_seconds for m in rounds) / calls * 1e6,
+        note=note,
     )
 
 
@@ -285,32 +324,17 @@ def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
         Without `notes` the servers are the variants; with them, all are the
         project's server and notes[name] tells them apart.
         """
-        rounds: dict[str, list[list[float]]] = {name: [] for name in servers}
-        cpu_seconds = dict.fromkeys(servers, 0.0)
+        rounds: dict[str, list[Measurement]] = {name: [] for name in servers}
         for _ in range(options.rounds):
             for name, server in servers.items():
-                before = server.cpu_seconds() if server else 0.0
-                rounds[name].append(
-                    measure(server and server.port, settings, workload, clients, options.seconds, accounts)
-                )
-                cpu_seconds[name] += server.cpu_seconds() - before if server else 0.0
+                rounds[name].append(measure(server, settings, workload, clients, options.seconds, accounts))
         for name, server in servers.items():
-            calls = sum(map(len, rounds[name]))
-            run = summarize(
-                name if notes is None else "project",
-                workload,
-                clients,
-                rounds[name],
-                options.seconds,
-                server_peak_rss_mb=server.peak_rss_mb() if server else None,
-                server_cpu_us_per_call=cpu_seconds[name] / calls * 1e6 if server and calls else None,
-                note="" if notes is None else notes[name],
-            )
-            progress(run)
+            variant, note = (name, "") if notes is None else ("project", notes[name])
+            progress(summarize(variant, workload, clients, rounds[name], options.seconds, server, note))
 
     def warm_up(servers: dict[str, ServerProcess | None]) -> None:
         for server in servers.values():  # open database connections, fill caches; not counted
-            measure(server and server.port, settings, "mix", 16, min(options.seconds, 1.0), accounts)
+            measure(server, settings, "mix", 16, min(options.seconds, 1.0), accounts)
 
     servers = {v: None if v == "direct" else ServerProcess(v, server_env) for v in options.variants}
     try:
@@ -397,14 +421,14 @@ def ratios(runs: list[Run]) -> list[dict]:
 def print_report(runs: list[Run], compared: list[dict]) -> None:
     print(
         f"{'server':<12} {'workload':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7}"
-        f" {'CPU us/call':>11}  note"
+        f" {'server us':>9} {'all us':>7}  note"
     )
     for r in runs:
         rss = f"{r.server_peak_rss_mb:7.0f}" if r.server_peak_rss_mb is not None else "      -"
-        cpu = f"{r.server_cpu_us_per_call:11.0f}" if r.server_cpu_us_per_call is not None else "          -"
+        cpu = f"{r.server_cpu_us_per_call:9.0f}" if r.server_cpu_us_per_call is not None else f"{'-':>9}"
         print(
             f"{r.variant:<12} {r.workload:<12} {r.clients:>7} {r.calls_per_second:>9.0f}"
-            f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {rss} {cpu}  {r.note}"
+            f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {rss} {cpu} {r.machine_cpu_us_per_call:>7.0f}  {r.note}"
         )
     print()
     print(f"{'comparison':<45} {'workload':<12} {'clients':>7} {'throughput':>10} {'p99':>6} {'CPU/call':>8}")

@@ -25,6 +25,7 @@ def test_bench_measures_every_variant_and_writes_results(tmp_path):
     for run in report["runs"]:  # the direct variant has no server
         assert (run["server_cpu_us_per_call"] is None) == (run["variant"] == "direct")
         assert run["server_cpu_us_per_call"] is None or run["server_cpu_us_per_call"] > 0
+        assert run["machine_cpu_us_per_call"] >= (run["server_cpu_us_per_call"] or 0)
     comparisons = {ratio["comparison"] for ratio in report["ratios"]}
     assert {
         "project / make_server",
