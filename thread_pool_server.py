@@ -6,10 +6,10 @@ worker thread waits on that set itself: the kernel gives a ready connection
 to exactly one waiting worker, which reads what has arrived, and once a whole
 framed message (a 4-byte length, then the message) is in, decodes it from
 memory, runs the handler, writes the reply and re-arms the connection. No
-thread hands requests to another, so a request costs about what it costs a
-thread per connection; yet an idle connection costs a file descriptor, never
-a worker, and a slow sender never holds a worker: a partial message is kept
-and the worker moves on.
+thread hands a request to another (each hand-off is a thread switch and a
+wait for the GIL), yet an idle connection costs a file descriptor, never a
+worker, and a slow sender never holds a worker: a partial message is kept and
+the worker moves on.
 
 Frames give exact message boundaries, which is what lets a worker know a
 request is complete without decoding it, and where the maximum message size
