@@ -127,7 +127,7 @@ def init_pool(settings: Settings, hooks: Hooks | None = None) -> None:
         "ping": (1, _ping),
         "failures": (MySQLdb.OperationalError, MySQLdb.InterfaceError),
         "isfatal": _is_lost_connection,
-        **connect_arguments(settings),
+        **_connect_arguments,
     }
     if settings.db_pool == "persistent":
         # threading.local (in C) over DBUtils' pure-Python default: a

@@ -70,19 +70,29 @@ class GuardedProcessor(TProcessor):
     def __init__(self, service, handler: object, observe: Callable | None = None) -> None:
         super().__init__(service, handler)
         self.observe = observe
+        # Worked out once per method, not per request: its argument and result
+        # structs, argument names in field order, and the exceptions it declares.
+        self._methods = {}
+        for name in service.thrift_services:
+            arguments, result = getattr(service, name + "_args"), getattr(service, name + "_result")
+            self._methods[name] = (
+                arguments,
+                result,
+                [spec[1] for _, spec in sorted(arguments.thrift_spec.items())],
+                tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success"),
+            )
 
     def process_in(self, iprot):
         method, _, seqid = iprot.read_message_begin()
-        if method not in self._service.thrift_services:
+        if method not in self._methods:
             iprot.skip(TType.STRUCT)
             logger.warning("unknown method %r", method)
             self._observe(method, "unknown_method", 0.0, None)
             return method, seqid, TApplicationException(TApplicationException.UNKNOWN_METHOD), None
-        arguments = getattr(self._service, method + "_args")()
+        arguments_struct, result_struct, names, declared = self._methods[method]
+        arguments = arguments_struct()
         arguments.read(iprot)
-        result = getattr(self._service, method + "_result")()
-        values = [getattr(arguments, spec[1]) for _, spec in sorted(arguments.thrift_spec.items())]
-        declared = tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
+        values = [getattr(arguments, name) for name in names]
 
         def call():
             started, outcome = time.perf_counter(), "ok"
@@ -98,7 +108,7 @@ class GuardedProcessor(TProcessor):
             finally:
                 self._observe(method, outcome, time.perf_counter() - started, getattr(arguments, "request_id", None))
 
-        return method, seqid, result, call
+        return method, seqid, result_struct(), call
 
     def _observe(self, method: str, outcome: str, seconds: float, request_id: str | None) -> None:
         if self.observe:
@@ -106,9 +116,11 @@ class GuardedProcessor(TProcessor):
 
     def check_argument_types(self, method: str, argument_types: dict[int, int]) -> None:
         """Reject an argument of the wrong type, which thriftpy2 would silently drop."""
-        arguments = getattr(self._service, method + "_args", None)
+        if method not in self._methods:
+            return  # answered with UNKNOWN_METHOD by process_in
+        thrift_spec = self._methods[method][0].thrift_spec
         for field_id, field_type in argument_types.items():
-            spec = arguments.thrift_spec.get(field_id) if arguments else None
+            spec = thrift_spec.get(field_id)
             if spec and spec[0] != field_type:
                 raise MalformedMessage(f"argument {spec[1]!r} of {method} has type {field_type}, not {spec[0]}")
 
