@@ -1,29 +1,32 @@
-# The Ledger server image. Build stage compiles mysqlclient's C extension into
+# The service's image. The build stage compiles mysqlclient's C extension into
 # a wheel; the runtime stage has only the client library, the wheels and the
-# code, and runs as an unprivileged user.
-FROM python:3.12-slim-bookworm AS build
+# code, and runs as an unprivileged user. Python 3.11: the version the suite
+# runs on (a test checks they agree).
+FROM python:3.11-slim-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libmariadb-dev \
     && rm -rf /var/lib/apt/lists/*
-COPY requirements.txt /build/requirements.txt
+COPY requirements.txt requirements-client.txt /build/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /build/requirements.txt
 
-FROM python:3.12-slim-bookworm
+FROM python:3.11-slim-bookworm
 # libmariadb3 speaks MySQL 8.4's caching_sha2_password (its plugin ships in the package).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libmariadb3 \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 ledger \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home ledger
+    && groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY *.py service.thrift config.env ./
+COPY servicekit ./servicekit
 COPY migrations ./migrations
 USER 10001:10001
 ENV PYTHONUNBUFFERED=1
 EXPOSE 9090 9100
-# Calls the health RPC: fails while draining or when the database does not answer.
+# Calls the health RPC: fails while draining or when the database does not
+# answer. --timeout bounds the whole call, retries included, inside --timeout.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "client.py", "--timeout", "3", "health"]
 # Exec form: python is PID 1 and receives SIGTERM, so the server drains.

@@ -18,7 +18,7 @@ migrate: $(VENV)/installed
 	$(PYTHON) db.py migrate
 
 bench: $(VENV)/installed
-	$(PYTHON) bench.py
+	$(PYTHON) -m tools.bench
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || \

@@ -1,71 +1,54 @@
 """Business rules of the Ledger service: one method per RPC in service.thrift.
 
 The server's worker threads call these methods with decoded arguments; each
-validates its input, then reads with `db.read()` or writes inside
-`db.run_transaction()`. Raised Thrift exceptions travel to the client as the
-errors declared in the IDL.
+validates its input, then reads with `db.read()` or writes through
+`writes.apply()` (once per request_id, inside `db.run_transaction()`).
+Raised Thrift exceptions travel to the client as the errors declared in the
+IDL; a database outage becomes `Unavailable` in the kit, for every method.
 """
 
-import base64
-import binascii
-import functools
-import hashlib
-import json
-import re
 import time
-from collections.abc import Callable
+import unicodedata
 from pathlib import Path
 
-import MySQLdb
 import thriftpy2
 
 import db
+from servicekit.idempotency import IdempotentWrites
+from servicekit.paging import decode_cursor, encode_cursor
 
 ledger_thrift = thriftpy2.load(str(Path(__file__).with_name("service.thrift")), module_name="ledger_thrift")
 Account = ledger_thrift.Account
 Transfer = ledger_thrift.Transfer
 AccountStatus = ledger_thrift.AccountStatus
-InvalidArgument = ledger_thrift.InvalidArgument
 NotFound = ledger_thrift.NotFound
-Conflict = ledger_thrift.Conflict
 InsufficientFunds = ledger_thrift.InsufficientFunds
-Unavailable = ledger_thrift.Unavailable
+InvalidArgument = ledger_thrift.base.InvalidArgument
+Conflict = ledger_thrift.base.Conflict
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 MAX_AMOUNT = 10**15
 MAX_BALANCE = 2**63 - 1
 MAX_OWNER_LENGTH = 200
 MAX_PAGE_SIZE = 1000
+LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters, line and paragraph separators
 OUTSIDE = 0  # the account id that stands for money entering or leaving the ledger
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-DUPLICATE_KEY = 1062
 
-
-class _RequestAlreadyApplied(Exception):
-    """Another call with this request_id committed first; replay its result."""
+writes = IdempotentWrites(db.run_transaction)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _account(row: tuple) -> Account:
-    return Account(*row)
-
-
-def _transfer(row: tuple) -> Transfer:
-    return Transfer(*row)
-
-
-def _maps_database_outage(method: Callable) -> Callable:
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except db.DatabaseUnavailable as error:
-            raise Unavailable(message=str(error)) from error
-
-    return wrapper
+def _check_owner(owner: str | None) -> str:
+    owner = owner.strip() if isinstance(owner, str) else ""
+    if not 1 <= len(owner) <= MAX_OWNER_LENGTH:
+        raise InvalidArgument(message=f"owner must be 1 to {MAX_OWNER_LENGTH} characters after trimming", field="owner")
+    # Tabs, newlines and NUL would break the CLI's tables and any log line that shows an owner.
+    if any(unicodedata.category(character) in LINE_BREAKING for character in owner):
+        raise InvalidArgument(message="owner must not contain control characters", field="owner")
+    return owner
 
 
 def _check_amount(amount: int | None) -> None:
@@ -73,95 +56,16 @@ def _check_amount(amount: int | None) -> None:
         raise InvalidArgument(message=f"amount must be between 1 and {MAX_AMOUNT}", field="amount")
 
 
-def _check_request_id(request_id: str | None) -> None:
-    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-        raise InvalidArgument(
-            message="request_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",
-            field="request_id",
-        )
-
-
 def _check_limit(limit: int | None) -> None:
     if limit is None or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidArgument(message=f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-
-
-def _encode_cursor(*parts: object) -> str:
-    return base64.urlsafe_b64encode(":".join(map(str, parts)).encode()).decode()
-
-
-def _decode_cursor(cursor: str | None, kind: str, scope: int = 0) -> int | None:
-    """The last id of the previous page, or None for the first page."""
-    if not cursor:
-        return None
-    try:
-        found_kind, found_scope, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
-        if found_kind == kind and int(found_scope) == scope:
-            return int(last_id)
-    except (ValueError, binascii.Error, UnicodeError):
-        pass
-    raise InvalidArgument(message="cursor is not one this service returned", field="cursor")
-
-
-def _fingerprint(method: str, *arguments: object) -> str:
-    return hashlib.sha256(json.dumps([method, *arguments]).encode()).hexdigest()
-
-
-def _previous_result(cursor, request_id: str, method: str, fingerprint: str) -> int | None:
-    """The result id of an earlier identical request, None if there was none."""
-    cursor.execute(
-        "SELECT method, arguments_sha256, result_id FROM write_requests WHERE request_id = %s",
-        (request_id,),
-    )
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    if (row[0], row[1]) != (method, fingerprint):
-        raise Conflict(message=f"request_id {request_id!r} was already used for a different request")
-    return row[2]
-
-
-def _record_request(cursor, request_id: str, method: str, fingerprint: str, result_id: int) -> None:
-    try:
-        cursor.execute(
-            "INSERT INTO write_requests (request_id, method, arguments_sha256, result_id, created_at_ms)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (request_id, method, fingerprint, result_id, _now_ms()),
-        )
-    except MySQLdb.IntegrityError as error:
-        if db.error_code(error) == DUPLICATE_KEY:
-            raise _RequestAlreadyApplied from error
-        raise
-
-
-def _idempotent_write(method: str, request_id: str, arguments: tuple, apply: Callable, load: Callable):
-    """Apply a write once per request_id; a repeat returns load(original result id).
-
-    `apply(cursor)` performs the write and returns the id of what it created or
-    changed. If a concurrent call with the same request_id commits first, this
-    transaction rolls back whole and the committed result is returned instead.
-    """
-    fingerprint = _fingerprint(method, *arguments)
-
-    def work(cursor):
-        previous_id = _previous_result(cursor, request_id, method, fingerprint)
-        if previous_id is not None:
-            return load(cursor, previous_id)
-        result_id = apply(cursor)
-        _record_request(cursor, request_id, method, fingerprint, result_id)
-        return load(cursor, result_id)
-
-    try:
-        return db.run_transaction(work)
-    except _RequestAlreadyApplied:
-        return db.run_transaction(work)
 
 
 def _load_account(cursor, account_id: int) -> Account:
     cursor.execute(
         "SELECT id, owner, balance, status, created_at_ms, updated_at_ms FROM accounts WHERE id = %s", (account_id,)
     )
-    return _account(cursor.fetchone())
+    return Account(*cursor.fetchone())
 
 
 def _load_transfer(cursor, transfer_id: int) -> Transfer:
@@ -169,7 +73,7 @@ def _load_transfer(cursor, transfer_id: int) -> Transfer:
         "SELECT id, from_account_id, to_account_id, amount, request_id, created_at_ms FROM transfers WHERE id = %s",
         (transfer_id,),
     )
-    return _transfer(cursor.fetchone())
+    return Transfer(*cursor.fetchone())
 
 
 def _lock_accounts(cursor, account_ids: list[int]) -> dict[int, tuple[int, int]]:
@@ -190,7 +94,6 @@ def _lock_accounts(cursor, account_ids: list[int]) -> dict[int, tuple[int, int]]
 def _move_money(from_id: int, to_id: int, amount: int, request_id: str, method: str) -> Transfer:
     """Record one ledger entry and update both balances in one transaction."""
     _check_amount(amount)
-    _check_request_id(request_id)
     if from_id == to_id:
         raise InvalidArgument(message="cannot transfer to the same account", field="to_account_id")
 
@@ -218,29 +121,23 @@ def _move_money(from_id: int, to_id: int, amount: int, request_id: str, method: 
         )
         return cursor.lastrowid
 
-    return _idempotent_write(method, request_id, (from_id, to_id, amount), apply, _load_transfer)
+    return writes.apply(method, request_id, (from_id, to_id, amount), apply, _load_transfer)
+
+
+def _not_outside(*account_ids: int) -> None:
+    """Account 0 is where deposits come from and withdrawals go: no client names it."""
+    if OUTSIDE in account_ids:
+        raise NotFound(message=f"account {OUTSIDE} does not exist")
 
 
 class LedgerHandler:
-    """Implements the Ledger service; one instance serves every worker thread."""
+    """Implements the Ledger service; one instance serves every worker thread.
 
-    def __init__(self, is_serving: Callable[[], bool]) -> None:
-        self._is_serving = is_serving
+    ping and health are the kit's (servicekit/base.thrift).
+    """
 
-    def ping(self) -> str:
-        return "pong"
-
-    def health(self) -> ledger_thrift.Health:
-        return ledger_thrift.Health(serving=self._is_serving(), database=db.database_answers(), version=VERSION)
-
-    @_maps_database_outage
     def create_account(self, owner: str, request_id: str) -> Account:
-        owner = owner.strip() if isinstance(owner, str) else ""
-        if not 1 <= len(owner) <= MAX_OWNER_LENGTH:
-            raise InvalidArgument(
-                message=f"owner must be 1 to {MAX_OWNER_LENGTH} characters after trimming", field="owner"
-            )
-        _check_request_id(request_id)
+        owner = _check_owner(owner)
 
         def apply(cursor) -> int:
             now = _now_ms()
@@ -251,48 +148,43 @@ class LedgerHandler:
             )
             return cursor.lastrowid
 
-        return _idempotent_write("create_account", request_id, (owner,), apply, _load_account)
+        return writes.apply("create_account", request_id, (owner,), apply, _load_account)
 
-    @_maps_database_outage
     def get_account(self, account_id: int) -> Account:
         rows = db.read(
             "SELECT id, owner, balance, status, created_at_ms, updated_at_ms FROM accounts WHERE id = %s", (account_id,)
         )
         if not rows:
             raise NotFound(message=f"account {account_id} does not exist")
-        return _account(rows[0])
+        return Account(*rows[0])
 
-    @_maps_database_outage
     def list_accounts(self, limit: int, cursor: str) -> ledger_thrift.AccountPage:
         _check_limit(limit)
-        after_id = _decode_cursor(cursor, "accounts") or 0
+        after_id = decode_cursor(cursor, "accounts") or 0
         rows = db.read(
             "SELECT id, owner, balance, status, created_at_ms, updated_at_ms"
             " FROM accounts WHERE id > %s ORDER BY id LIMIT %s",
             (after_id, limit + 1),
         )
         page = rows[:limit]
-        next_cursor = _encode_cursor("accounts", 0, page[-1][0]) if len(rows) > limit else ""
-        return ledger_thrift.AccountPage(accounts=[_account(r) for r in page], next_cursor=next_cursor)
+        next_cursor = encode_cursor("accounts", page[-1][0]) if len(rows) > limit else ""
+        return ledger_thrift.AccountPage(accounts=[Account(*row) for row in page], next_cursor=next_cursor)
 
-    @_maps_database_outage
     def deposit(self, account_id: int, amount: int, request_id: str) -> Transfer:
+        _not_outside(account_id)
         return _move_money(OUTSIDE, account_id, amount, request_id, "deposit")
 
-    @_maps_database_outage
     def withdraw(self, account_id: int, amount: int, request_id: str) -> Transfer:
+        _not_outside(account_id)
         return _move_money(account_id, OUTSIDE, amount, request_id, "withdraw")
 
-    @_maps_database_outage
     def transfer(self, from_account_id: int, to_account_id: int, amount: int, request_id: str) -> Transfer:
-        if OUTSIDE in (from_account_id, to_account_id):
-            raise NotFound(message="account 0 does not exist")
+        _not_outside(from_account_id, to_account_id)
         return _move_money(from_account_id, to_account_id, amount, request_id, "transfer")
 
-    @_maps_database_outage
     def list_transfers(self, account_id: int, limit: int, cursor: str) -> ledger_thrift.TransferPage:
         _check_limit(limit)
-        before_id = _decode_cursor(cursor, "transfers", account_id) or MAX_BALANCE
+        before_id = decode_cursor(cursor, "transfers", account_id) or MAX_BALANCE
         if not db.read("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
             raise NotFound(message=f"account {account_id} does not exist")
         # One index range per direction, merged: keyset pagination that stays
@@ -310,13 +202,10 @@ class LedgerHandler:
             (account_id, before_id, limit + 1, account_id, before_id, limit + 1, limit + 1),
         )
         page = rows[:limit]
-        next_cursor = _encode_cursor("transfers", account_id, page[-1][0]) if len(rows) > limit else ""
-        return ledger_thrift.TransferPage(transfers=[_transfer(r) for r in page], next_cursor=next_cursor)
+        next_cursor = encode_cursor("transfers", page[-1][0], account_id) if len(rows) > limit else ""
+        return ledger_thrift.TransferPage(transfers=[Transfer(*row) for row in page], next_cursor=next_cursor)
 
-    @_maps_database_outage
     def close_account(self, account_id: int, request_id: str) -> Account:
-        _check_request_id(request_id)
-
         def apply(cursor) -> int:
             balance, status = _lock_accounts(cursor, [account_id])[account_id]
             if status != AccountStatus.OPEN:
@@ -329,4 +218,4 @@ class LedgerHandler:
             )
             return account_id
 
-        return _idempotent_write("close_account", request_id, (account_id,), apply, _load_account)
+        return writes.apply("close_account", request_id, (account_id,), apply, _load_account)

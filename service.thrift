@@ -1,15 +1,15 @@
 /*
  * The Ledger service contract: accounts and money transfers.
  *
- * Transport: framed (4-byte big-endian length, then the message).
- * Protocol: binary (strict). Any Thrift client in any language that uses
- * TFramedTransport + TBinaryProtocol can call this service.
- *
- * Money is an integer number of minor units (cents). Every write takes a
- * client-chosen request_id: repeating a write with the same request_id and
- * the same arguments returns the original result and changes nothing, so a
- * client may always retry a write whose reply it did not receive.
+ * ping, health and the errors InvalidArgument, Conflict and Unavailable
+ * come from the kit's base.thrift. Money is an integer number of minor
+ * units (cents). Every write takes a client-chosen request_id: repeating a
+ * write with the same request_id and the same arguments returns the
+ * original result and changes nothing, so a client may always retry a
+ * write whose reply it did not receive.
  */
+
+include "servicekit/base.thrift"
 
 enum AccountStatus { OPEN = 1, CLOSED = 2 }
 
@@ -37,55 +37,40 @@ struct Transfer {
 struct AccountPage { 1: list<Account> accounts, 2: string next_cursor }
 struct TransferPage { 1: list<Transfer> transfers, 2: string next_cursor }
 
-struct Health {
-  /** False once the server has started draining. */
-  1: bool serving,
-  /** True when a query against the database just succeeded. */
-  2: bool database,
-  3: string version,
-}
-
-/** A bad argument; field names the argument. Do not retry unchanged. */
-exception InvalidArgument { 1: string message, 2: string field }
 exception NotFound { 1: string message }
-/** The request contradicts the current state (closed account, reused request_id). */
-exception Conflict { 1: string message }
 exception InsufficientFunds { 1: string message, 2: i64 available }
-/** The database is unreachable or busy. Safe to retry with the same request_id. */
-exception Unavailable { 1: string message }
 
-service Ledger {
-  string ping(),
-  Health health(),
-
-  /** owner: 1..200 characters after trimming. */
+service Ledger extends base.BaseService {
+  /** owner: 1..200 characters after trimming, no control characters. */
   Account create_account(1: string owner, 2: string request_id)
-    throws (1: InvalidArgument invalid, 2: Conflict conflict, 3: Unavailable unavailable),
+    throws (1: base.InvalidArgument invalid, 2: base.Conflict conflict, 3: base.Unavailable unavailable),
 
   Account get_account(1: i64 account_id)
-    throws (1: NotFound not_found, 2: Unavailable unavailable),
+    throws (1: NotFound not_found, 2: base.Unavailable unavailable),
 
   /** Accounts by id ascending. limit: 1..1000; cursor: "" for the first page. */
   AccountPage list_accounts(1: i32 limit, 2: string cursor)
-    throws (1: InvalidArgument invalid, 2: Unavailable unavailable),
+    throws (1: base.InvalidArgument invalid, 2: base.Unavailable unavailable),
 
   /** amount: 1..10^15 minor units. */
   Transfer deposit(1: i64 account_id, 2: i64 amount, 3: string request_id)
-    throws (1: InvalidArgument invalid, 2: NotFound not_found, 3: Conflict conflict, 4: Unavailable unavailable),
+    throws (1: base.InvalidArgument invalid, 2: NotFound not_found, 3: base.Conflict conflict,
+            4: base.Unavailable unavailable),
 
   Transfer withdraw(1: i64 account_id, 2: i64 amount, 3: string request_id)
-    throws (1: InvalidArgument invalid, 2: NotFound not_found, 3: Conflict conflict,
-            4: InsufficientFunds insufficient, 5: Unavailable unavailable),
+    throws (1: base.InvalidArgument invalid, 2: NotFound not_found, 3: base.Conflict conflict,
+            4: InsufficientFunds insufficient, 5: base.Unavailable unavailable),
 
   Transfer transfer(1: i64 from_account_id, 2: i64 to_account_id, 3: i64 amount, 4: string request_id)
-    throws (1: InvalidArgument invalid, 2: NotFound not_found, 3: Conflict conflict,
-            4: InsufficientFunds insufficient, 5: Unavailable unavailable),
+    throws (1: base.InvalidArgument invalid, 2: NotFound not_found, 3: base.Conflict conflict,
+            4: InsufficientFunds insufficient, 5: base.Unavailable unavailable),
 
   /** An account's transfers, newest first. */
   TransferPage list_transfers(1: i64 account_id, 2: i32 limit, 3: string cursor)
-    throws (1: InvalidArgument invalid, 2: NotFound not_found, 3: Unavailable unavailable),
+    throws (1: base.InvalidArgument invalid, 2: NotFound not_found, 3: base.Unavailable unavailable),
 
   /** Needs a zero balance. */
   Account close_account(1: i64 account_id, 2: string request_id)
-    throws (1: NotFound not_found, 2: Conflict conflict, 3: Unavailable unavailable),
+    throws (1: NotFound not_found, 2: base.Conflict conflict, 3: base.Unavailable unavailable,
+            4: base.InvalidArgument invalid),
 }

@@ -1,6 +1,6 @@
--- Accounts, the ledger of transfers, and the record of applied write requests.
--- Runs on MySQL 8.4 and MariaDB 10.11. utf8mb4_bin stores any Unicode
--- (emoji included) and compares request ids exactly.
+-- Accounts and the ledger of transfers. Runs on MySQL 8.4 and MariaDB 10.11.
+-- utf8mb4_bin stores any Unicode (emoji included) and compares exactly.
+-- (The record of applied writes, write_requests, is the kit's own migration.)
 
 CREATE TABLE accounts (
   id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -23,14 +23,4 @@ CREATE TABLE transfers (
   created_at_ms BIGINT NOT NULL,
   KEY transfers_by_from (from_account_id, id),
   KEY transfers_by_to (to_account_id, id)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-
--- One row per applied write: a repeated request_id replays result_id,
--- and a request_id reused with other arguments is a conflict.
-CREATE TABLE write_requests (
-  request_id VARCHAR(64) NOT NULL PRIMARY KEY,
-  method VARCHAR(32) NOT NULL,
-  arguments_sha256 CHAR(64) NOT NULL,
-  result_id BIGINT NOT NULL,
-  created_at_ms BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

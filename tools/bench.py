@@ -10,8 +10,8 @@ own connection:
 Workloads get_account, transfer and a 90/10 mix at 1, 4, 16 and 64 clients;
 then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
 
-    python bench.py            # about five minutes, on a throwaway MariaDB
-    python bench.py --help     # fewer workloads, shorter runs, your own database
+    python -m tools.bench            # about five minutes, on a throwaway MariaDB
+    python -m tools.bench --help     # fewer workloads, shorter runs, your own database
 
 Prints a table (calls per second, p50 and p99 latency, the server's peak RSS
 and its CPU time per call) and the ratios, writes bench-results.json and
@@ -39,13 +39,14 @@ from thriftpy2.protocol import TCyBinaryProtocolFactory
 from thriftpy2.transport import TCyFramedTransportFactory
 
 import db
-import settings as settings_module
-from client import LedgerClient, ServerUnreachable, new_request_id
-from handlers import LedgerHandler, ledger_thrift
-from server import build_server
-from tests.throwaway_db import ThrowawayDatabase, free_port, wait_for
+from client import LedgerClient
+from handlers import VERSION, LedgerHandler, ledger_thrift
+from servicekit import mysql, startup
+from servicekit.client import ServerUnreachable, new_request_id
+from servicekit.settings import ServerSettings, load
+from tools.throwaway_db import ThrowawayDatabase, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("project", "make_server", "per_request", "direct")
 WORKLOADS = ("get_account", "transfer", "mix")
 ACCOUNTS = 200
@@ -68,21 +69,31 @@ class Run:
 class NewConnectionPerRequest:
     """Stands in for the DBUtils pool: every checkout opens a new MySQL connection."""
 
-    def __init__(self, settings: settings_module.Settings) -> None:
-        self.arguments = db.connect_arguments(settings)
+    def __init__(self, settings: ServerSettings) -> None:
+        self.arguments = mysql.connect_arguments(settings)
 
     def connection(self):
         return steady_db.connect(MySQLdb, closeable=True, **self.arguments)
 
 
+class PlainHandler(LedgerHandler):
+    """The Ledger's handlers with ping and health, as make_server needs them (the kit answers those)."""
+
+    def ping(self) -> str:
+        return "pong"
+
+    def health(self):
+        return ledger_thrift.base.Health(serving=True, database=db.database_answers(), version=VERSION)
+
+
 def serve(variant: str) -> None:
-    """`python bench.py --serve VARIANT`: run a server that server.py does not offer."""
-    settings = settings_module.load()
+    """`python -m tools.bench --serve VARIANT`: run a server that server.py does not offer."""
+    settings = load(ServerSettings, db.CONFIG_FILE)
     db.init_pool(settings)
     if variant == "make_server":
         server = thriftpy2.rpc.make_server(
             ledger_thrift.Ledger,
-            LedgerHandler(lambda: True),
+            PlainHandler(),
             settings.thrift_host,
             settings.thrift_port,
             proto_factory=TCyBinaryProtocolFactory(),
@@ -91,7 +102,9 @@ def serve(variant: str) -> None:
         )
     else:
         db._pool = NewConnectionPerRequest(settings)
-        server = build_server(settings)
+        server = startup.build_server(
+            ledger_thrift.Ledger, LedgerHandler(), db, settings, VERSION, startup.observe(settings)
+        )
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     server.serve()
 
@@ -102,7 +115,9 @@ class ServerProcess:
     def __init__(self, variant: str, env: dict[str, str], **extra_env: str) -> None:
         self.port = free_port()
         command = (
-            [sys.executable, "server.py"] if variant == "project" else [sys.executable, __file__, "--serve", variant]
+            [sys.executable, "server.py"]
+            if variant == "project"
+            else [sys.executable, "-m", "tools.bench", "--serve", variant]
         )
         self.process = subprocess.Popen(
             command,
@@ -159,7 +174,7 @@ def client_process(port, settings, workload, accounts, seconds, ready, start, re
     """One benchmark client: calls in a loop for `seconds`, reports latencies."""
     if port is None:  # direct: the handlers in this process, no Thrift
         db.init_pool(settings)
-        target = LedgerHandler(lambda: True)
+        target = LedgerHandler()
     else:
         target = LedgerClient(f"127.0.0.1:{port}", pool_size=1, retries=0)
         target.ping()  # connect before the clock starts
@@ -266,7 +281,7 @@ def summarize(
 def benchmark_database(configured: bool):
     """MYSQL_* variables of the database to use: config.env's, or a throwaway server."""
     if configured:
-        settings = settings_module.load()
+        settings = load(ServerSettings, db.CONFIG_FILE)
         yield {
             "MYSQL_HOST": settings.mysql_host,
             "MYSQL_PORT": str(settings.mysql_port),
@@ -284,10 +299,10 @@ def benchmark_database(configured: bool):
             throwaway.stop()
 
 
-def create_accounts(settings: settings_module.Settings) -> list[int]:
+def create_accounts(settings: ServerSettings) -> list[int]:
     db.migrate(settings)
     db.init_pool(settings)
-    handler = LedgerHandler(lambda: True)
+    handler = LedgerHandler()
     accounts = []
     for n in range(ACCOUNTS):
         account = handler.create_account(f"bench-{n}", new_request_id())
@@ -300,7 +315,7 @@ def create_accounts(settings: settings_module.Settings) -> list[int]:
 def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
     """Every measurement. The machine's speed drifts over minutes, so servers
     being compared run side by side and their measurements alternate."""
-    settings = settings_module.load({**os.environ, **env, "LOG_LEVEL": "WARNING"})
+    settings = load(ServerSettings, db.CONFIG_FILE, {**os.environ, **env, "LOG_LEVEL": "WARNING"})
     server_env = {**env, "LOG_LEVEL": "WARNING"}
     accounts = create_accounts(settings)
     plan = [(w, c) for w in options.workloads for c in options.concurrency]

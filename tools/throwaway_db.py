@@ -1,8 +1,9 @@
-"""A throwaway MariaDB/MySQL server for tests and bench.py, and small helpers.
+"""A throwaway MariaDB/MySQL server for the tests and the benchmark.
 
-Starts `mariadbd` from the installed binaries on a free port with its data in
-a directory of the caller's; root has no password. Tests that stop or restart
-a database use one of these, never a shared server.
+Starts `mariadbd` (or `mysqld`) from the installed binaries on a free port
+with its data in a directory of the caller's; root has no password. Tests
+that stop or restart a database use one of these, never a shared server.
+`make test` installs the programs (Debian's mariadb-server) when missing.
 """
 
 import os
@@ -11,18 +12,29 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import MySQLdb
 
+SERVER_PROGRAMS = ("mariadbd", "mysqld")
+INSTALL_PROGRAMS = ("mariadb-install-db", "mysql_install_db")
+# Debian installs the server in sbin, which a non-root PATH often lacks.
+SBIN = ("/usr/sbin", "/usr/local/sbin")
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+
+class MissingPrograms(RuntimeError):
+    """The database server programs are not installed."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it is true; TimeoutError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -30,10 +42,25 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def server_programs(search_path: str | None = None) -> tuple[str, str]:
+    """The database server and its installer; MissingPrograms names what is missing."""
+    path = os.pathsep.join([os.environ.get("PATH", "") if search_path is None else search_path, *SBIN])
+    server = next(filter(None, (shutil.which(name, path=path) for name in SERVER_PROGRAMS)), None)
+    install = next(filter(None, (shutil.which(name, path=path) for name in INSTALL_PROGRAMS)), None)
+    if not (server and install):
+        missing = [names[0] for names, found in ((SERVER_PROGRAMS, server), (INSTALL_PROGRAMS, install)) if not found]
+        raise MissingPrograms(
+            f"the MariaDB server programs are not installed ({', '.join(missing)} not found): "
+            "`make test` installs them (apt-get install mariadb-server), or set MYSQL_HOST to a database you have"
+        )
+    return server, install
+
+
 class ThrowawayDatabase:
     """A database server in `directory` with one empty database, `database`."""
 
     def __init__(self, directory: Path, database: str = "ledger_test") -> None:
+        self.server, install = server_programs()
         self.directory = directory
         self.port = free_port()
         self.database = database
@@ -45,7 +72,6 @@ class ThrowawayDatabase:
             "MYSQL_PASSWORD": "",
             "MYSQL_DATABASE": database,
         }
-        install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
         subprocess.run(
             [
                 install,
@@ -63,10 +89,9 @@ class ThrowawayDatabase:
 
     def start(self, *options: str) -> None:
         """Start the server, with extra mariadbd options if given."""
-        server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
         self.process = subprocess.Popen(
             [
-                server,
+                self.server,
                 "--no-defaults",
                 f"--datadir={self.directory / 'data'}",
                 f"--socket={self.directory / 'mysqld.sock'}",
@@ -83,9 +108,14 @@ class ThrowawayDatabase:
             ],
         )
         wait_for(self._answers, 60, "the test database to start")
+        self.create(self.database)
+
+    def create(self, database: str) -> dict[str, str]:
+        """Create another empty database on this server; its MYSQL_* variables."""
         connection = MySQLdb.connect(host="127.0.0.1", port=self.port, user="root", password="")
-        connection.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}` CHARACTER SET utf8mb4")
+        connection.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
         connection.close()
+        return {**self.env, "MYSQL_DATABASE": database}
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:

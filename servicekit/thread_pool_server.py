@@ -14,7 +14,7 @@ the worker moves on.
 Frames give exact message boundaries, which is what lets a worker know a
 request is complete without decoding it, and where the maximum message size
 is enforced before its bytes are read. Workers check every message's declared
-lengths (message_limits.py) before thriftpy2 decodes it. New connections and
+lengths (wire.py) before thriftpy2 decodes it. New connections and
 TLS handshakes (step by step, never blocking) are handled the same way.
 
 The thread that calls `serve()` keeps house once a second: it closes
@@ -24,15 +24,13 @@ closed at once. `close()` stops accepting and reading; `serve()` then lets
 running requests finish (up to the drain timeout), closes every connection
 and returns. epoll makes this engine Linux-only (as in the Docker image).
 
-One process is limited by the GIL; `serve_in_processes()` forks several
-copies that accept from the same listening socket (pre-fork), each with its
-own workers and database pool.
+One process is limited by the GIL; prefork.py forks several copies that
+accept from the same listening socket, each with its own workers and pool.
 """
 
 import logging
 import os
 import select
-import signal
 import socket
 import ssl
 import struct
@@ -43,86 +41,18 @@ from contextlib import suppress
 
 from thriftpy2.protocol import TCyBinaryProtocolFactory
 from thriftpy2.server import TServer
-from thriftpy2.thrift import TApplicationException, TProcessor, TType
 from thriftpy2.transport import TCyMemoryBuffer
 
-from message_limits import MalformedMessage, check_message
+from servicekit.processor import GuardedProcessor, current_request
+from servicekit.wire import MalformedMessage, check_argument_types, check_message
 
 logger = logging.getLogger(__name__)
-current_request = threading.local()  # .peer: the client address of the request a worker handles
 FRAME_HEADER = struct.Struct("!i")
 RECV_SIZE = 65536
 HOUSEKEEPING_SECONDS = 1.0
 # Reported once, to one worker, then disarmed until that worker re-arms it.
 ARMED_TO_READ = select.EPOLLIN | select.EPOLLONESHOT
-MAX_NESTING = 16  # this API needs 2 (message, arguments); generous for unknown fields
-
-
-class GuardedProcessor(TProcessor):
-    """A TProcessor that answers an unexpected handler error with INTERNAL_ERROR.
-
-    thriftpy2's TProcessor re-raises exceptions the IDL does not declare,
-    which drops the client's connection; this logs the traceback once and
-    sends TApplicationException(INTERNAL_ERROR), keeping the connection usable.
-    `observe(method, peer, outcome, seconds, request_id)` is told of each request.
-    """
-
-    def __init__(self, service, handler: object, observe: Callable | None = None) -> None:
-        super().__init__(service, handler)
-        self.observe = observe
-        # Worked out once per method, not per request: its argument and result
-        # structs, argument names in field order, and the exceptions it declares.
-        self._methods = {}
-        for name in service.thrift_services:
-            arguments, result = getattr(service, name + "_args"), getattr(service, name + "_result")
-            self._methods[name] = (
-                arguments,
-                result,
-                [spec[1] for _, spec in sorted(arguments.thrift_spec.items())],
-                tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success"),
-            )
-
-    def process_in(self, iprot):
-        method, _, seqid = iprot.read_message_begin()
-        if method not in self._methods:
-            iprot.skip(TType.STRUCT)
-            logger.warning("unknown method %r", method)
-            self._observe(method, "unknown_method", 0.0, None)
-            return method, seqid, TApplicationException(TApplicationException.UNKNOWN_METHOD), None
-        arguments_struct, result_struct, names, declared = self._methods[method]
-        arguments = arguments_struct()
-        arguments.read(iprot)
-        values = [getattr(arguments, name) for name in names]
-
-        def call():
-            started, outcome = time.perf_counter(), "ok"
-            try:
-                return getattr(self._handler, method)(*values)
-            except declared as error:
-                outcome = type(error).__name__
-                raise
-            except Exception:
-                outcome = "internal_error"
-                logger.exception("unexpected error in %s", method)
-                raise TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error") from None
-            finally:
-                self._observe(method, outcome, time.perf_counter() - started, getattr(arguments, "request_id", None))
-
-        return method, seqid, result_struct(), call
-
-    def _observe(self, method: str, outcome: str, seconds: float, request_id: str | None) -> None:
-        if self.observe:
-            self.observe(method, getattr(current_request, "peer", ""), outcome, seconds, request_id)
-
-    def check_argument_types(self, method: str, argument_types: dict[int, int]) -> None:
-        """Reject an argument of the wrong type, which thriftpy2 would silently drop."""
-        if method not in self._methods:
-            return  # answered with UNKNOWN_METHOD by process_in
-        thrift_spec = self._methods[method][0].thrift_spec
-        for field_id, field_type in argument_types.items():
-            spec = thrift_spec.get(field_id)
-            if spec and spec[0] != field_type:
-                raise MalformedMessage(f"argument {spec[1]!r} of {method} has type {field_type}, not {spec[0]}")
+MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 
 
 class _Connection:
@@ -204,9 +134,21 @@ class TThreadPoolServer(TServer):
         self.parent_pid: int | None = None
 
     def listen(self) -> None:
-        """Bind the listening socket; raises OSError if the address is taken."""
-        self._listener = socket.create_server(self.address, backlog=1024)
+        """Bind the listening socket; raises OSError if the address is taken.
+
+        An IPv6 address binds IPv6 (create_server's default is IPv4 only);
+        `::` binds every IPv4 and IPv6 address.
+        """
+        host = self.address[0]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server(
+            self.address, family=family, backlog=1024, dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6()
+        )
         self._listener.setblocking(False)
+
+    def close_listener(self) -> None:
+        """Close the listening socket: the pre-fork parent, once its children have exited."""
+        self._listener.close()
 
     def serve(self) -> None:
         """Accept and serve until close() is called, then drain and return."""
@@ -392,7 +334,7 @@ class TThreadPoolServer(TServer):
 
     def _process(self, frame: bytes) -> bytes:
         method, argument_types = check_message(frame, MAX_NESTING)
-        self.processor.check_argument_types(method, argument_types)
+        check_argument_types(method, argument_types, self.processor.argument_spec(method))
         itrans = TCyMemoryBuffer(frame)
         otrans = TCyMemoryBuffer()
         self.processor.process(self.iprot_factory.get_protocol(itrans), self.oprot_factory.get_protocol(otrans))
@@ -410,66 +352,3 @@ class TThreadPoolServer(TServer):
         self._epoll.close()
         self._wake_reader.close()
         self._wake_writer.close()
-
-
-def serve_in_processes(
-    server: TThreadPoolServer,
-    processes: int,
-    prepare_child: Callable[[], None],
-    children_started: Callable[[], None] = lambda: None,
-    child_exited: Callable[[int], None] = lambda pid: None,
-) -> None:
-    """Run `processes` forked copies of `server` on its one listening socket.
-
-    Call after server.listen() and before any thread starts. Each child runs
-    prepare_child() (open its own database pool: connections must not cross a
-    fork), then serve(). SIGTERM or SIGINT to this parent process drains every
-    child; a child that dies otherwise is replaced. Returns when all have exited.
-    children_started() runs once the first children are forked (a place to
-    start threads, which must not exist at fork time); child_exited(pid) after
-    each child ends.
-    """
-    children: set[int] = set()
-    stopping = False
-
-    def start_child() -> None:
-        pid = os.fork()
-        if pid:
-            children.add(pid)
-            return
-        status = 1
-        try:
-            server.parent_pid = os.getppid()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: server.close())
-            prepare_child()
-            server.serve()
-            status = 0
-        except BaseException:
-            logger.exception("server process failed")
-        finally:
-            logging.shutdown()
-            os._exit(status)
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in children:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    for _ in range(processes):
-        start_child()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
-    children_started()
-    while children:
-        pid, status = os.wait()
-        children.discard(pid)
-        child_exited(pid)
-        if not stopping:
-            logger.error("server process %d exited with status %d; starting another", pid, status)
-            time.sleep(1)  # no tight restart loop if children keep failing
-            if not stopping:  # a SIGTERM may have arrived during the pause
-                start_child()
-    server._listener.close()

@@ -1,4 +1,4 @@
-"""Checks an incoming Thrift binary-protocol message before thriftpy2 decodes it.
+"""Wire checks: an incoming Thrift binary-protocol message, before thriftpy2 decodes it.
 
 thriftpy2 allocates whatever length a message declares: a 20-byte message
 declaring a 1 GiB string makes it reserve and copy 1 GiB, and a list declaring
@@ -105,3 +105,15 @@ class _Reader:
         for _ in range(count):
             for element_type in types:
                 self.value(element_type, depth)
+
+
+def check_argument_types(method: str, argument_types: dict[int, int], spec: dict | None) -> None:
+    """Reject an argument of the wrong type, which thriftpy2 would silently drop.
+
+    `spec` is the thrift_spec of the method's arguments; None (a method the
+    service lacks) passes, to be answered with UNKNOWN_METHOD.
+    """
+    for field_id, field_type in argument_types.items():
+        declared = (spec or {}).get(field_id)
+        if declared and declared[0] != field_type:
+            raise MalformedMessage(f"argument {declared[1]!r} of {method} has type {field_type}, not {declared[0]}")

@@ -1,12 +1,17 @@
 """client.py as a person or a script uses it: output, errors, exit statuses."""
 
 import json
+import signal
+import socket
 import subprocess
+import sys
+import time
 
 import pytest
 
-from client import new_request_id
-from conftest import free_port, run_python
+from helpers.processes import ROOT, run_python
+from servicekit.client import new_request_id
+from tools.throwaway_db import free_port, wait_for
 
 
 def cli(port: int, *args: str) -> subprocess.CompletedProcess:
@@ -22,7 +27,7 @@ def cli_json(port: int, *args: str) -> dict:
 def test_every_command_succeeds_against_the_server(ledger):
     port = ledger.port
     assert cli(port, "ping").stdout == "pong\n"
-    assert cli_json(port, "health") == {"serving": True, "database": True, "version": "1.0.0"}
+    assert cli_json(port, "health") == {"serving": True, "database": True, "version": "1.1.0"}
     alice = cli_json(port, "create-account", "Alice 🦊")
     bob = cli_json(port, "create-account", "Bob")
     assert alice["owner"] == "Alice 🦊" and alice["balance"] == 0
@@ -85,9 +90,95 @@ def test_unreachable_server_is_one_line_and_status_8():
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_usage_errors_exit_2():
-    assert cli(9, "deposit", "not-a-number", "5").returncode == 2
-    assert cli(9, "no-such-command").returncode == 2
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("deposit", "not-a-number", "5"),
+        ("no-such-command",),
+        ("deposit", "1", "99999999999999999999"),
+        ("get-account", "-9223372036854775809"),
+        ("list-accounts", "--limit", "2147483648"),
+        ("--timeout", "-1", "ping"),
+        ("--timeout", "0", "ping"),
+        ("--timeout", "soon", "ping"),
+        ("deposit", "1", "5", "--request-id", ""),
+        ("--servers", "127.0.0.1:70000", "ping"),
+        ("--servers", "127.0.0.1:0", "ping"),
+        ("--servers", "::1:9090", "ping"),
+    ],
+)
+def test_every_bad_argument_is_one_line_and_status_2(args):
+    result = cli(9, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+def test_an_argument_that_is_not_utf_8_is_one_line_and_status_2():
+    result = subprocess.run(
+        [sys.executable, "client.py", "create-account", b"caf\xe9"], cwd=ROOT, capture_output=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"error: create-account: argument owner: not valid UTF-8")
+    assert result.stderr.count(b"\n") == 1
+
+
+def test_the_client_does_not_read_the_server_settings(ledger):
+    result = run_python("client.py", "--servers", f"127.0.0.1:{ledger.port}", "ping", MYSQL_PORT="abc", DB_POOL="x")
+    assert (result.returncode, result.stdout) == (0, "pong\n")
+
+
+def test_a_bracketed_ipv6_address_is_called(start_ledger):
+    server = start_ledger(THRIFT_HOST="::1")
+    result = run_python("client.py", "--servers", f"[::1]:{server.port}", "ping")
+    assert (result.returncode, result.stdout) == (0, "pong\n")
+
+
+class SilentServer:
+    """Accepts connections and never answers: a hung server."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+
+    def accepted_one(self) -> bool:
+        self.listener.settimeout(0.05)
+        try:
+            self.accepted.append(self.listener.accept()[0])
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        for sock in [*self.accepted, self.listener]:
+            sock.close()
+
+
+def test_timeout_bounds_the_whole_command_retries_included():
+    hung = SilentServer()
+    try:
+        started = time.monotonic()
+        result = cli(hung.port, "--timeout", "2", "ping")
+        elapsed = time.monotonic() - started
+    finally:
+        hung.close()
+    assert result.returncode == 8
+    assert elapsed < 4  # two seconds, and the interpreter's start
+
+
+def test_ctrl_c_during_a_call_is_one_line_and_status_130():
+    hung = SilentServer()
+    command = [sys.executable, "client.py", "--servers", f"127.0.0.1:{hung.port}", "ping"]
+    caller = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(hung.accepted_one, 30, "the call to connect")
+        caller.send_signal(signal.SIGINT)
+        _, stderr = caller.communicate(timeout=30)
+    finally:
+        hung.close()
+    assert caller.returncode == 130
+    assert stderr == "error: interrupted\n"
 
 
 def test_all_follows_next_cursor_to_the_last_page(ledger):

@@ -1,13 +1,14 @@
-"""bench.py runs end to end in a second or two per measurement, so it never rots."""
+"""tools/bench.py runs end to end in a second or two per measurement, so it never rots."""
 
 import json
 
-from conftest import run_python
+from helpers.processes import run_python
 
 
 def test_bench_measures_every_variant_and_writes_results(tmp_path):
     result = run_python(
-        "bench.py",
+        "-m",
+        "tools.bench",
         "--seconds", "0.3",
         "--rounds", "1",
         "--concurrency", "2",

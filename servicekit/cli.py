@@ -1,0 +1,252 @@
+"""The command line of a service's client.py: global options, one subcommand per RPC, exit statuses.
+
+A service declares its subcommands (`CommandLine.command`) and how to show
+its results; this module parses and checks every argument before a byte is
+sent (a bad one is one line on stderr and status 2), calls the typed
+client, prints a table or `--json`, and turns each error into one line and
+its own exit status.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from thriftpy2.thrift import TApplicationException
+
+from servicekit.base import base_module
+from servicekit.client import PooledClient, ServerUnreachable, parse_servers, reason, tls_context
+from servicekit.settings import ClientSettings, SettingsError, load
+
+EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+INT64 = (-(2**63), 2**63 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _integer(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is out of range ({low} to {high})")
+    return value
+
+
+def i64(text: str) -> int:
+    """An argument sent as a Thrift i64."""
+    return _integer(text, *INT64)
+
+
+def i32(text: str) -> int:
+    """An argument sent as a Thrift i32."""
+    return _integer(text, *INT32)
+
+
+def string(text: str) -> str:
+    """An argument sent as a Thrift string: it must be valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {text!r}") from None
+    return text
+
+
+def request_id(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for a new id)")
+    return string(text)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0 and at most 3600")
+    return value
+
+
+def servers(text: str) -> str:
+    try:
+        parse_servers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and status 2 (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog.split()[-1]}: {message} (see --help)\n")
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """Rows under headers, columns padded to line up."""
+    cells = [headers] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def as_dict(value: object) -> object:
+    """A Thrift struct (or list of them) as plain data for JSON."""
+    if isinstance(value, list):
+        return [as_dict(item) for item in value]
+    if hasattr(value, "thrift_spec"):
+        return {name: as_dict(getattr(value, name)) for _, name, *_ in value.thrift_spec.values()}
+    return value
+
+
+def _items_field(page: object) -> str:
+    """The name of a page struct's list field (the other is next_cursor)."""
+    return next(name for _, name, *_ in page.thrift_spec.values() if isinstance(getattr(page, name), list))
+
+
+def every_page(call: Callable, options: dict):
+    """Follow next_cursor to the last page; return one page holding every item."""
+    page = call(**options)
+    field = _items_field(page)
+    items = getattr(page, field)
+    while page.next_cursor:
+        page = call(**{**options, "cursor": page.next_cursor})
+        items += getattr(page, field)
+    setattr(page, field, items)
+    page.next_cursor = ""
+    return page
+
+
+class CommandLine:
+    """client.py's command line for `client_class` (a PooledClient with typed methods).
+
+    exit_statuses: the service's own exceptions and their statuses; the
+    kit's InvalidArgument (3), Conflict (5) and Unavailable (7) are added.
+    show(result) -> str: a result for people; `--json` prints as_dict(result).
+    """
+
+    def __init__(
+        self,
+        client_class: type[PooledClient],
+        service: type,
+        config_file: Path,
+        exit_statuses: dict[type, int],
+        show: Callable[[object], str],
+    ) -> None:
+        base = base_module(service)
+        self.client_class = client_class
+        self.health = base.Health
+        self.service_name = service.__name__
+        self.config_file = config_file
+        self.exit_statuses = {
+            base.InvalidArgument: EXIT_INVALID,
+            base.Conflict: EXIT_CONFLICT,
+            base.Unavailable: EXIT_UNAVAILABLE,
+            **exit_statuses,
+        }
+        self.show = show
+        self._commands: list[tuple[str, str, Sequence[tuple[str, Callable]], bool, bool]] = []
+        self.command("ping", "check that the server answers")
+        self.command("health", "whether the server serves and its database answers (exit 7 if not)")
+
+    def command(
+        self, name: str, help: str, *arguments: tuple[str, Callable], write: bool = False, page: bool = False
+    ) -> None:
+        """A subcommand calling the client method `name` (dashes for underscores).
+
+        arguments: (name, type) pairs, such as ("item_id", i64); write adds
+        --request-id; page adds --limit, --cursor and --all.
+        """
+        self._commands.append((name, help, arguments, write, page))
+
+    def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
+        host = "127.0.0.1" if settings.thrift_host in ("0.0.0.0", "::") else settings.thrift_host
+        host = f"[{host}]" if ":" in host else host
+        statuses = ", ".join(
+            f"{status} {cls.__name__}" for cls, status in sorted(self.exit_statuses.items(), key=lambda i: i[1])
+        )
+        parser = _OneLineParser(
+            description=f"Call the {self.service_name} service.",
+            epilog=f"exit status: 0 ok, 1 internal error, 2 usage, {statuses} (or health not ok), "
+            f"8 server unreachable, 130 interrupted",
+        )
+        parser.add_argument(
+            "--servers",
+            type=servers,
+            default=f"{host}:{settings.thrift_port}",
+            help="host:port[,host:port...] (default from THRIFT_HOST and THRIFT_PORT: %(default)s)",
+        )
+        parser.add_argument(
+            "--timeout", type=seconds, default=settings.client_timeout, help="seconds in all (default %(default)s)"
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        for name, help, arguments, write, page in self._commands:
+            sub = subcommands.add_parser(name, help=help)
+            for argument, kind in arguments:
+                sub.add_argument(argument, type=kind)
+            if write:
+                sub.add_argument("--request-id", type=request_id, help="repeat a write safely (default: a new id)")
+            if page:
+                sub.add_argument("--limit", type=i32, default=100)
+                sub.add_argument("--cursor", type=string, default="")
+                sub.add_argument("--all", action="store_true", help="follow next_cursor to the last page")
+        return parser
+
+    def main(self, argv: list[str] | None = None) -> int:
+        try:
+            settings = load(ClientSettings, self.config_file)
+        except SettingsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        options = vars(self.parser(settings).parse_args(argv))
+        try:
+            return self._run(settings, options)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    def _connect(self, settings: ClientSettings, servers: str, timeout: float) -> PooledClient:
+        tls = None
+        if settings.client_tls_ca:
+            tls = tls_context(settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key)
+        return self.client_class(
+            servers, pool_size=1, timeout=timeout, connect_timeout=min(timeout, 2.0), deadline=timeout, tls=tls
+        )
+
+    def _run(self, settings: ClientSettings, options: dict) -> int:
+        servers, timeout, as_json = options.pop("servers"), options.pop("timeout"), options.pop("json")
+        method = options.pop("command").replace("-", "_")
+        follow = options.pop("all", False)
+        try:
+            client = self._connect(settings, servers, timeout)
+        except OSError as error:  # ssl.SSLError and a missing file are OSErrors
+            print(f"error: cannot load the TLS files (CLIENT_TLS_*): {error}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            with client:
+                call = getattr(client, method)
+                result = every_page(call, options) if follow else call(**options)
+        except ServerUnreachable as error:
+            print(f"error: cannot reach the {self.service_name} server at {error}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except tuple(self.exit_statuses) as error:
+            print(f"error: {type(error).__name__}: {reason(error)}", file=sys.stderr)
+            return self.exit_statuses[type(error)]
+        except TApplicationException as error:
+            print(f"error: the server failed: {error}", file=sys.stderr)
+            return EXIT_INTERNAL
+        print(json.dumps(as_dict(result), ensure_ascii=False) if as_json else self._human(result))
+        if method == "health" and not (result.serving and result.database):
+            return EXIT_UNAVAILABLE  # lets a container healthcheck use this command
+        return 0
+
+    def _human(self, result: object) -> str:
+        if isinstance(result, self.health):
+            return f"serving: {result.serving}\ndatabase: {result.database}\nversion: {result.version}"
+        return result if isinstance(result, str) else self.show(result)

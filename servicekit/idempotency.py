@@ -1,0 +1,105 @@
+"""Idempotent writes: a request_id applies its write once; a repeat returns the first result.
+
+Every write RPC takes a client-chosen `request_id` (the kit treats a method
+with an argument of that name as a write). Handlers wrap the write:
+
+    writes = IdempotentWrites(db.run_transaction)
+    return writes.apply("add_item", request_id, (name, quantity), apply, load)
+
+so a client may retry any write whose reply it did not receive. The record
+lives in `write_requests` (the kit's migration 001), in the same transaction
+as the write itself: both commit, or neither does.
+"""
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import MySQLdb
+
+from servicekit.errors import BadRequestId, RequestIdReused
+from servicekit.mysql import error_code
+
+REQUEST_ID_ARGUMENT = "request_id"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+METHOD_NAME_MAX = 255  # write_requests.method
+DUPLICATE_KEY = 1062
+T = TypeVar("T")
+
+
+class _AppliedMeanwhile(Exception):
+    """Another call with this request_id committed first; replay its result."""
+
+
+def check_request_id(request_id: object) -> None:
+    """Raise BadRequestId unless `request_id` has the accepted form."""
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise BadRequestId("request_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+
+
+class IdempotentWrites:
+    """Applies writes once per request_id, inside `run_transaction(work)` (db.py's)."""
+
+    def __init__(self, run_transaction: Callable[[Callable[[Any], T]], T]) -> None:
+        self._run_transaction = run_transaction
+
+    def apply(
+        self,
+        method: str,
+        request_id: str,
+        arguments: tuple,
+        apply: Callable[[Any], int],
+        load: Callable[[Any, int], T],
+    ) -> T:
+        """Run `apply(cursor)` once per request_id and return `load(cursor, its result id)`.
+
+        `apply` performs the write and returns the id of what it created or
+        changed. A repeat with the same method and arguments returns
+        `load(cursor, that id)` without writing; with others it raises
+        RequestIdReused. If a concurrent call with the same request_id commits
+        first, this transaction rolls back whole and returns that call's result.
+        """
+        check_request_id(request_id)
+        fingerprint = hashlib.sha256(json.dumps([method, *arguments]).encode()).hexdigest()
+
+        def work(cursor) -> T:
+            previous_id = _previous_result(cursor, request_id, method, fingerprint)
+            if previous_id is not None:
+                return load(cursor, previous_id)
+            result_id = apply(cursor)
+            _record(cursor, request_id, method, fingerprint, result_id)
+            return load(cursor, result_id)
+
+        try:
+            return self._run_transaction(work)
+        except _AppliedMeanwhile:
+            return self._run_transaction(work)
+
+
+def _previous_result(cursor, request_id: str, method: str, fingerprint: str) -> int | None:
+    cursor.execute(
+        "SELECT method, arguments_sha256, result_id FROM write_requests WHERE request_id = %s",
+        (request_id,),
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    if (row[0], row[1]) != (method, fingerprint):
+        raise RequestIdReused(f"request_id {request_id!r} was already used for a different request")
+    return row[2]
+
+
+def _record(cursor, request_id: str, method: str, fingerprint: str, result_id: int) -> None:
+    try:
+        cursor.execute(
+            "INSERT INTO write_requests (request_id, method, arguments_sha256, result_id, created_at_ms)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (request_id, method, fingerprint, result_id, int(time.time() * 1000)),
+        )
+    except MySQLdb.IntegrityError as error:
+        if error_code(error) == DUPLICATE_KEY:
+            raise _AppliedMeanwhile from error
+        raise

@@ -1,0 +1,130 @@
+"""MySQL knowledge shared by db.py's pool and the migrations: error numbers,
+connection arguments, the health check's query, and the outage log.
+
+Which error numbers mean "the connection is gone", "the database cannot
+serve now" and "run the transaction again" decides what a client sees:
+`Unavailable` (retry), a re-run inside the service, or INTERNAL_ERROR.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import MySQLdb
+
+from servicekit.settings import ServerSettings
+
+# The connection itself is gone: only these may make DBUtils replace it
+# (and, outside a transaction, repeat the statement).
+LOST_CONNECTION = frozenset({2006, 2013, 2055})
+# The database cannot serve this now; the client may retry.
+UNAVAILABLE = LOST_CONNECTION | {1040, 1053, 1927, 2002, 2003, 2005, 2026, 4031}
+# The transaction itself caused these; running it again usually succeeds.
+RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
+HEALTH_CHECK_TIMEOUT_SECONDS = 2
+OUTAGE_REPORT_SECONDS = 10.0
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolHooks:
+    """What db.py's pool reports, for metrics; the defaults do nothing."""
+
+    connection_opened: Callable[[], None] = lambda: None
+    error: Callable[[int | None], None] = lambda code: None
+    transaction_retried: Callable[[], None] = lambda: None
+
+
+def error_code(error: BaseException) -> int | None:
+    """The MySQL error number of a driver exception, if it carries one."""
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def connect_arguments(settings: ServerSettings) -> dict:
+    """Keyword arguments for MySQLdb.connect, shared by the pool and the migrations."""
+    tls = {"ssl": {"ca": settings.mysql_ssl_ca}} if settings.mysql_ssl_ca else {}
+    if settings.mysql_ssl_cert:
+        tls["ssl"].update(cert=settings.mysql_ssl_cert, key=settings.mysql_ssl_key)
+    return {
+        **tls,
+        "host": settings.mysql_host,
+        "port": settings.mysql_port,
+        "user": settings.mysql_user,
+        "password": settings.mysql_password,
+        "database": settings.mysql_database,
+        "charset": "utf8mb4",
+        "autocommit": True,
+        "connect_timeout": settings.mysql_connect_timeout,
+        "read_timeout": settings.mysql_read_timeout,
+        "write_timeout": settings.mysql_write_timeout,
+    }
+
+
+def answers(arguments: dict) -> bool:
+    """A fresh connection runs SELECT 1 within HEALTH_CHECK_TIMEOUT_SECONDS.
+
+    Not through the pool: a pooled connection may wait MYSQL_READ_TIMEOUT on
+    a hung server, and a new one also proves that connecting works.
+    """
+    timeouts = dict.fromkeys(("connect_timeout", "read_timeout", "write_timeout"), HEALTH_CHECK_TIMEOUT_SECONDS)
+    try:
+        connection = MySQLdb.connect(**{**arguments, **timeouts})
+    except MySQLdb.Error:
+        return False
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1")
+        return cursor.fetchall() == ((1,),)
+    except MySQLdb.Error:
+        return False
+    finally:
+        connection.close()
+
+
+class OutageLog:
+    """One WARNING when the database stops answering, a count every
+    OUTAGE_REPORT_SECONDS while it stays down, one INFO when it answers again.
+
+    `answered()` runs after every successful statement, so it only reads a
+    flag unless an outage is being reported.
+    """
+
+    def __init__(self) -> None:
+        self.down = False
+        self._lock = threading.Lock()
+        self._since = 0.0
+        self._failures = 0
+        self._next_report = 0.0
+
+    def failed(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures += 1
+            if not self.down:
+                self.down, self._since, self._failures = True, now, 1
+                self._next_report = now + OUTAGE_REPORT_SECONDS
+                logger.warning("database unavailable: %s", reason)
+            elif now >= self._next_report:
+                self._next_report = now + OUTAGE_REPORT_SECONDS
+                logger.warning(
+                    "database still unavailable after %.0f s: %d failed calls (%s)",
+                    now - self._since,
+                    self._failures,
+                    reason,
+                )
+
+    def answered(self) -> None:
+        if not self.down:
+            return
+        with self._lock:
+            if self.down:
+                self.down = False
+                logger.info(
+                    "database answers again after %.1f s; %d calls failed meanwhile",
+                    time.monotonic() - self._since,
+                    self._failures,
+                )

@@ -1,0 +1,159 @@
+"""Logs and Prometheus metrics: what operators see of a running server.
+
+startup.py configures logging here (LOG_FORMAT=text or json) and, with
+METRICS_PORT set, serves these metrics; SERVICE_NAME names both (logger
+`catalog.requests`, metric `catalog_requests_total` for SERVICE_NAME=catalog).
+The engine and db.py never import this module: startup.py hands them the
+callbacks below. With several server processes, prometheus-client adds their
+numbers up; that mode must be chosen (PROMETHEUS_MULTIPROC_DIR) before this
+module is first imported.
+"""
+
+import json
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+
+from servicekit.mysql import PoolHooks
+
+REQUEST_FIELDS = ("method", "peer", "duration_ms", "outcome", "request_id")
+KIT_LOGGER_PREFIX = "servicekit."
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and request fields when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({field: getattr(record, field) for field in REQUEST_FIELDS if hasattr(record, field)})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class _ServiceLoggerNames(logging.Filter):
+    """Shows every logger under the service's name: `servicekit.requests` as
+    `catalog.requests`, `db` as `catalog.db`, so mixed logs say whose line is whose."""
+
+    def __init__(self, service_name: str) -> None:
+        super().__init__()
+        self.service_name = service_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.service_name + "."):
+            record.name = f"{self.service_name}.{record.name.removeprefix(KIT_LOGGER_PREFIX)}"
+        return True
+
+
+def configure_logging(service_name: str, level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_ServiceLoggerNames(service_name))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class Metrics:
+    """The service's Prometheus metrics, each named `<service_name>_...`."""
+
+    def __init__(self, service_name: str) -> None:
+        def name(suffix: str) -> str:
+            return f"{service_name}_{suffix}"
+
+        self.requests = Counter(
+            name("requests_total"), "Requests handled, by method and outcome.", ["method", "outcome"]
+        )
+        self.latency = Histogram(
+            name("request_duration_seconds"),
+            "Time from a whole request to its reply being ready, by method.",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.busy_workers = Gauge(
+            name("busy_workers"), "Worker threads handling a request.", multiprocess_mode="livesum"
+        )
+        self.open_connections = Gauge(name("open_connections"), "Open client connections.", multiprocess_mode="livesum")
+        self.db_connections_opened = Counter(name("db_connections_opened_total"), "MySQL connections the pool opened.")
+        self.db_connections = Gauge(
+            name("db_connections"), "MySQL connections the pool holds.", multiprocess_mode="livesum"
+        )
+        self.db_errors = Counter(name("db_errors_total"), "Database errors, by MySQL error number.", ["code"])
+        self.transaction_retries = Counter(
+            name("transaction_retries_total"), "Transactions re-run after a deadlock or lock wait."
+        )
+        self.build = Gauge(name("build_info"), "The running version (always 1).", ["version"], multiprocess_mode="max")
+
+    def pool_hooks(self) -> PoolHooks:
+        """Callbacks for db.py's pool."""
+        return PoolHooks(
+            connection_opened=self.db_connections_opened.inc,
+            error=lambda code: self.db_errors.labels(str(code)).inc(),
+            transaction_retried=self.transaction_retries.inc,
+        )
+
+    def report_stats(self, open_connections: int, busy_workers: int, database_connections: int) -> None:
+        self.open_connections.set(open_connections)
+        self.busy_workers.set(busy_workers)
+        self.db_connections.set(database_connections)
+
+    def observer(self, slow_request_ms: float) -> "RequestObserver":
+        return RequestObserver(self, slow_request_ms)
+
+    def serve(self, host: str, port: int, version: str, several_processes: bool) -> None:
+        """Serve /metrics; with several processes, the sum over all of them."""
+        self.build.labels(version).set(1)
+        if several_processes:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            start_http_server(port, host, registry=registry)
+        else:
+            start_http_server(port, host)
+
+    @staticmethod
+    def forget_process(pid: int) -> None:
+        """Drop a dead server process's live gauges (multiprocess mode)."""
+        multiprocess.mark_process_dead(pid)
+
+
+class RequestObserver:
+    """Counts, times and logs each request: DEBUG always, WARNING when slow."""
+
+    def __init__(self, metrics: Metrics, slow_request_ms: float) -> None:
+        self.metrics = metrics
+        self.slow_request_ms = slow_request_ms
+        self.logger = logging.getLogger(KIT_LOGGER_PREFIX + "requests")
+        # (method, outcome) -> its counter and histogram; labels() on every
+        # request would cost as much as the rest of the observation.
+        self._series: dict[tuple[str, str], tuple] = {}
+
+    def __call__(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None) -> None:
+        # A method name the IDL lacks is the client's choice: one label for
+        # all of them, or a client could add metric series without limit.
+        key = ("unknown" if outcome == "unknown_method" else method, outcome)
+        if (series := self._series.get(key)) is None:
+            series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(key[0]))
+        series[0].inc()
+        series[1].observe(seconds)
+        duration_ms = round(seconds * 1000, 3)
+        slow = duration_ms >= self.slow_request_ms
+        if slow or self.logger.isEnabledFor(logging.DEBUG):
+            fields = {"method": method, "peer": peer, "duration_ms": duration_ms, "outcome": outcome}
+            if request_id is not None:
+                fields["request_id"] = request_id
+            self.logger.log(
+                logging.WARNING if slow else logging.DEBUG,
+                "%s %s in %.1f ms%s",
+                method,
+                outcome,
+                duration_ms,
+                " (slow)" if slow else "",
+                extra=fields,
+            )

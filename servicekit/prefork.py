@@ -1,0 +1,88 @@
+"""The pre-fork supervisor: several server processes on one listening socket.
+
+One process is limited by the GIL. `serve_in_processes()` forks copies of a
+listening TThreadPoolServer; the kernel spreads new connections over them.
+Each child opens its own database pool (connections must not cross a fork).
+SIGTERM or SIGINT to the parent drains every child; a child that dies
+otherwise is replaced; a child whose parent dies drains and exits.
+"""
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import suppress
+
+from servicekit.thread_pool_server import TThreadPoolServer
+
+logger = logging.getLogger(__name__)
+RESTART_PAUSE_SECONDS = 1.0  # no tight restart loop if children keep failing
+
+
+class _Supervisor:
+    def __init__(self, server: TThreadPoolServer, prepare_child: Callable[[], None]) -> None:
+        self.server = server
+        self.prepare_child = prepare_child
+        self.children: set[int] = set()
+        self.stopping = False
+
+    def start_child(self) -> None:
+        pid = os.fork()
+        if pid:
+            self.children.add(pid)
+            return
+        status = 1
+        try:
+            self.server.parent_pid = os.getppid()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.server.close())
+            self.prepare_child()
+            self.server.serve()
+            status = 0
+        except BaseException:
+            logger.exception("server process failed")
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+        for pid in self.children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def replace(self, pid: int, status: int) -> None:
+        logger.error("server process %d exited with status %d; starting another", pid, status)
+        time.sleep(RESTART_PAUSE_SECONDS)
+        if not self.stopping:  # a SIGTERM may have arrived during the pause
+            self.start_child()
+
+
+def serve_in_processes(
+    server: TThreadPoolServer,
+    processes: int,
+    prepare_child: Callable[[], None],
+    children_started: Callable[[], None] = lambda: None,
+    child_exited: Callable[[int], None] = lambda pid: None,
+) -> None:
+    """Run `processes` forked copies of `server` until SIGTERM; return when all have exited.
+
+    Call after server.listen() and before any thread starts. Each child runs
+    prepare_child(), then serve(). children_started() runs once the first
+    children are forked (a place to start threads, which must not exist at
+    fork time); child_exited(pid) after each child ends.
+    """
+    supervisor = _Supervisor(server, prepare_child)
+    for _ in range(processes):
+        supervisor.start_child()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, supervisor.stop)
+    children_started()
+    while supervisor.children:
+        pid, status = os.wait()
+        supervisor.children.discard(pid)
+        child_exited(pid)
+        if not supervisor.stopping:
+            supervisor.replace(pid, status)
+    server.close_listener()

@@ -1,0 +1,170 @@
+"""GuardedProcessor: one decoded request to one handler call and back; errors mapped here.
+
+The engine (thread_pool_server.py) hands it a whole, checked message. It
+answers ping and health itself, calls the service's handler for the rest,
+and is the one place errors are mapped: a KitError (a database outage, a bad
+or reused request_id) becomes the exception of that name in base.thrift; an
+exception the method does not declare becomes INTERNAL_ERROR with one logged
+traceback, and the connection stays usable. `check_contract()` finds at
+start-up what would otherwise reach a client as INTERNAL_ERROR.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from thriftpy2.thrift import TApplicationException, TException, TProcessor, TType
+
+from servicekit.base import BASE_METHODS, base_module
+from servicekit.errors import ContractError, KitError
+from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
+
+CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
+logger = logging.getLogger(__name__)
+current_request = threading.local()  # .peer: the client address of the request a worker handles
+# observe(method, peer, outcome, seconds, request_id) is told of every request.
+Observer = Callable[[str, str, str, float, str | None], None]
+
+
+@dataclass(frozen=True)
+class _Method:
+    """What every request to one method needs, worked out once at start-up."""
+
+    arguments: type  # the thriftpy2 struct of its arguments
+    result: type  # and of its result
+    names: list[str]  # argument names in field-id order
+    declared: tuple[type, ...]  # the exceptions it declares
+    call: Callable
+
+
+def _declared(service: type, method: str) -> tuple[type, ...]:
+    result = getattr(service, method + "_result")
+    return tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
+
+
+def _argument_names(service: type, method: str) -> list[str]:
+    return [spec[1] for _, spec in sorted(getattr(service, method + "_args").thrift_spec.items())]
+
+
+def check_contract(service: type, handler: object) -> None:
+    """Raise ContractError naming every rule `service` or `handler` breaks (see base.thrift)."""
+    base = base_module(service)
+    problems = []
+    for method in service.thrift_services:
+        if method in BASE_METHODS:
+            continue
+        declared = _declared(service, method)
+        if not callable(getattr(handler, method, None)):
+            problems.append(f"{type(handler).__name__} has no method {method}")
+        needed = [base.Unavailable]
+        arguments = _argument_names(service, method)
+        if CURSOR_ARGUMENT in arguments:
+            needed.append(base.InvalidArgument)
+        if REQUEST_ID_ARGUMENT in arguments:
+            needed += [base.InvalidArgument, base.Conflict]
+            if len(method) > METHOD_NAME_MAX:
+                problems.append(f"write method {method} has a name longer than {METHOD_NAME_MAX} characters")
+        problems += [f"{method} does not declare base.{e.__name__}" for e in dict.fromkeys(needed) if e not in declared]
+    if problems:
+        raise ContractError("; ".join(problems))
+
+
+class _BaseHandler:
+    """ping and health, which every service answers the same way."""
+
+    def __init__(self, health: type, version: str, is_serving: Callable[[], bool], database_answers) -> None:
+        self._health, self._version = health, version
+        self._is_serving, self._database_answers = is_serving, database_answers
+
+    def ping(self) -> str:
+        return "pong"
+
+    def health(self):
+        return self._health(serving=self._is_serving(), database=self._database_answers(), version=self._version)
+
+
+class GuardedProcessor(TProcessor):
+    """A TProcessor for `service` that calls `handler` and maps every error; see the module docstring."""
+
+    def __init__(
+        self,
+        service: type,
+        handler: object,
+        *,
+        version: str,
+        is_serving: Callable[[], bool],
+        database_answers: Callable[[], bool],
+        observe: Observer | None = None,
+    ) -> None:
+        check_contract(service, handler)
+        super().__init__(service, handler)
+        self.observe = observe
+        self._base = base_module(service)
+        base_handler = _BaseHandler(self._base.Health, version, is_serving, database_answers)
+        self._methods = {
+            name: _Method(
+                getattr(service, name + "_args"),
+                getattr(service, name + "_result"),
+                _argument_names(service, name),
+                _declared(service, name),
+                getattr(base_handler if name in BASE_METHODS else handler, name),
+            )
+            for name in service.thrift_services
+        }
+
+    def process_in(self, iprot):
+        name, _, seqid = iprot.read_message_begin()
+        method = self._methods.get(name)
+        if method is None:
+            iprot.skip(TType.STRUCT)
+            iprot.read_message_end()
+            logger.warning("unknown method %r", name)
+            self._observe(name, "unknown_method", 0.0, None)
+            return name, seqid, TApplicationException(TApplicationException.UNKNOWN_METHOD), None
+        arguments = method.arguments()
+        arguments.read(iprot)
+        iprot.read_message_end()
+        values = [getattr(arguments, argument) for argument in method.names]
+
+        def call():
+            started, outcome = time.perf_counter(), "ok"
+            try:
+                try:
+                    return method.call(*values)
+                except KitError as error:
+                    raise getattr(self._base, error.thrift_name)(**error.fields) from None
+            except method.declared as error:
+                outcome = type(error).__name__
+                raise
+            except Exception as error:  # noqa: BLE001 - logged with its traceback by _log_unexpected
+                outcome = "internal_error"
+                self._log_unexpected(name, error)
+                raise TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error") from None
+            finally:
+                request_id = getattr(arguments, REQUEST_ID_ARGUMENT, None)
+                self._observe(name, outcome, time.perf_counter() - started, request_id)
+
+        return name, seqid, method.result(), call
+
+    def _log_unexpected(self, method: str, error: Exception) -> None:
+        if isinstance(error, TException):  # an IDL exception, but not one this method declares
+            logger.error(
+                "%s raised %s, which service.thrift does not declare for %s: sent as INTERNAL_ERROR",
+                method,
+                type(error).__name__,
+                method,
+                exc_info=error,
+            )
+        else:
+            logger.exception("unexpected error in %s", method)
+
+    def _observe(self, method: str, outcome: str, seconds: float, request_id: str | None) -> None:
+        if self.observe:
+            self.observe(method, getattr(current_request, "peer", ""), outcome, seconds, request_id)
+
+    def argument_spec(self, method: str) -> dict | None:
+        """The thrift_spec of `method`'s arguments, None for a method the service lacks."""
+        found = self._methods.get(method)
+        return found.arguments.thrift_spec if found else None

@@ -1,0 +1,225 @@
+"""Every setting of a service, declared once: name, type, default, meaning, limits.
+
+`load()` merges the service's config.env (python-dotenv) with the process
+environment and validates each value into a frozen dataclass; nothing else
+reads the environment. `python -m servicekit.settings update config.env README.md`
+rewrites config.env's comments and the README's settings table from these
+declarations, keeping config.env's values; a test checks both are current.
+"""
+
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dotenv import dotenv_values
+
+S = TypeVar("S")
+TABLE_START, TABLE_END = "<!-- settings table: start -->", "<!-- settings table: end -->"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def setting(
+    default: Any = MISSING,
+    meaning: str = "",
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] = (),
+    pattern: str = "",
+    secret: bool = False,
+) -> Any:
+    """Declare one setting. No default: config.env must set it (names and secrets)."""
+    limits = {"meaning": meaning, "low": low, "high": high, "choices": choices, "pattern": pattern}
+    return field(default=default, repr=not secret, metadata=limits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonSettings:
+    """Read by the server and by the client."""
+
+    service_name: str = setting(
+        meaning="Names the service in logs (logger names) and metrics (their prefix).",
+        pattern=r"[a-z][a-z0-9_]{0,30}",
+    )
+    thrift_host: str = setting(
+        "127.0.0.1",
+        "Address the server binds (`::` binds every IPv4 and IPv6 address); the client connects there, "
+        "or to localhost when it is `0.0.0.0` or `::`.",
+    )
+    thrift_port: int = setting(9090, "Thrift port.", low=1, high=65535)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings(CommonSettings):
+    thrift_workers: int = setting(8, "Worker threads per server process.", low=1, high=1024)
+    thrift_processes: int = setting(
+        1, "Server processes sharing the port (pre-fork), to use more than one core.", low=1, high=256
+    )
+    thrift_idle_timeout: float = setting(
+        600, "Seconds an open connection may sit idle before the server closes it.", low=0.1, high=86400
+    )
+    thrift_read_timeout: float = setting(
+        10,
+        "Seconds a client may take to send a whole message, finish a TLS handshake, "
+        "or take a reply the server is sending.",
+        low=0.1,
+        high=3600,
+    )
+    thrift_drain_timeout: float = setting(
+        10, "Seconds a SIGTERM waits for running requests before the server exits.", low=0, high=3600
+    )
+    thrift_max_message_bytes: int = setting(65536, "Largest request accepted, in bytes.", low=1024, high=2**30)
+    thrift_max_connections: int = setting(
+        10000, "Open connections per server process; more are closed at once.", low=1, high=1_000_000
+    )
+    thrift_tls_cert: str = setting("", "PEM certificate: with THRIFT_TLS_KEY, serve TLS only (1.2 or newer).")
+    thrift_tls_key: str = setting("", "PEM private key of THRIFT_TLS_CERT.")
+    thrift_tls_client_ca: str = setting("", "Require client certificates signed by this CA (PEM).")
+    mysql_host: str = setting("127.0.0.1", "Database server.")
+    mysql_port: int = setting(3306, "Database port.", low=1, high=65535)
+    mysql_user: str = setting(meaning="The service's own database user (never root).")
+    mysql_password: str = setting(
+        meaning="That user's password; never logged. Change it before running anywhere but a laptop.", secret=True
+    )
+    mysql_database: str = setting(meaning="Database name.")
+    mysql_connect_timeout: int = setting(5, "Seconds to connect to the database.", low=1, high=3600)
+    mysql_read_timeout: int = setting(10, "Seconds to wait for a query's result.", low=1, high=3600)
+    mysql_write_timeout: int = setting(10, "Seconds to wait while sending a query.", low=1, high=3600)
+    mysql_ssl_ca: str = setting("", "TLS to MySQL: the CA that signed the server's certificate; empty: no TLS.")
+    mysql_ssl_cert: str = setting("", "TLS to MySQL: a client certificate (optional).")
+    mysql_ssl_key: str = setting("", "TLS to MySQL: the client certificate's key.")
+    db_pool: str = setting(
+        "persistent",
+        "`persistent`: one connection per worker thread (PersistentDB); "
+        "`pooled`: a shared pool of DB_POOL_SIZE (PooledDB).",
+        choices=("persistent", "pooled"),
+    )
+    db_pool_size: int = setting(16, "Connections in the shared pool (DB_POOL=pooled).", low=1, high=1024)
+    db_deadlock_retries: int = setting(
+        3, "Times a transaction is re-run after a deadlock or lock-wait timeout.", low=0, high=100
+    )
+    db_migration_lock_timeout: int = setting(
+        60, "Seconds to wait while another process applies migrations.", low=0, high=3600
+    )
+    log_level: str = setting("INFO", "`DEBUG` logs every request.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = setting(
+        "text", "`text` for people, `json` for log collectors (one object per line).", choices=("text", "json")
+    )
+    slow_request_ms: float = setting(500, "Requests slower than this are logged at WARNING.", low=0, high=3_600_000)
+    metrics_port: int = setting(
+        0, "Prometheus metrics on http://THRIFT_HOST:METRICS_PORT/metrics; 0 turns them off.", low=0, high=65535
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSettings(CommonSettings):
+    client_timeout: float = setting(
+        10, "Seconds a client.py command may take in all, retries included.", low=0.01, high=3600
+    )
+    client_tls_ca: str = setting(
+        "", "client.py over TLS: the CA that signed the server's certificate (chain and host name are verified)."
+    )
+    client_tls_cert: str = setting("", "client.py over TLS: a client certificate (optional).")
+    client_tls_key: str = setting("", "client.py over TLS: the client certificate's key.")
+
+
+def declared() -> list[Field]:
+    """Every setting once, in the order config.env lists them."""
+    server = fields(ServerSettings)
+    return [*server, *(f for f in fields(ClientSettings) if f not in server)]
+
+
+def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = None) -> S:
+    """Merge `config_file` with `environ` (default: os.environ) and validate the settings of `kind`."""
+    values = {**dotenv_values(config_file), **(os.environ if environ is None else environ)}
+    return kind(**{declaration.name: _parse(declaration, values) for declaration in fields(kind)})
+
+
+def _parse(declaration: Field, values: Mapping[str, str | None]) -> Any:
+    name, limits = declaration.name.upper(), declaration.metadata
+    raw = values.get(name)
+    if raw is None:
+        if declaration.default is MISSING:
+            raise SettingsError(f"{name} is not set (add it to config.env)")
+        return declaration.type(declaration.default)
+    if declaration.type is str:
+        if limits["choices"] and raw not in limits["choices"]:
+            raise SettingsError(f"{name} must be one of {', '.join(limits['choices'])}, not {raw!r}")
+        if limits["pattern"] and not re.fullmatch(limits["pattern"], raw):
+            raise SettingsError(f"{name} must match {limits['pattern']}, not {raw!r}")
+        return raw
+    try:
+        value = declaration.type(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if not limits["low"] <= value <= limits["high"]:
+        raise SettingsError(f"{name} must be between {limits['low']:g} and {limits['high']:g}, not {raw!r}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def render_config_env(current: Mapping[str, str | None]) -> str:
+    """config.env from the declarations: each setting's meaning, then NAME=value (kept from `current`)."""
+    lines = [
+        "# Settings of this service, its client and docker-compose: the values are",
+        "# yours to change; any variable set in the process environment overrides",
+        "# the value here. Names, meanings and limits are declared in",
+        "# servicekit/settings.py; this file's comments come from there.",
+    ]
+    previous_group = ""
+    for declaration in declared():
+        name = declaration.name.upper()
+        group = name.split("_", 1)[0]
+        if group != previous_group:
+            lines.append("")
+            previous_group = group
+        meaning = declaration.metadata["meaning"].replace("`", "")
+        lines += textwrap.wrap(meaning, 79, initial_indent="# ", subsequent_indent="# ")
+        default = "" if declaration.default is MISSING else _shown(declaration.default)
+        lines.append(f"{name}={current.get(name, default) or ''}")
+    return "\n".join(lines) + "\n"
+
+
+def render_table() -> str:
+    """The README's settings table."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for declaration in declared():
+        default = "set in config.env" if declaration.default is MISSING else f"`{_shown(declaration.default)}`"
+        if declaration.default == "":
+            default = "empty"
+        rows.append(f"| `{declaration.name.upper()}` | {default} | {declaration.metadata['meaning']} |")
+    return "\n".join(rows)
+
+
+def updated_readme(text: str) -> str:
+    """`text` with the part between the table markers replaced by render_table()."""
+    before, _, rest = text.partition(TABLE_START)
+    _, _, after = rest.partition(TABLE_END)
+    if not after and not rest:
+        raise SettingsError(f"the README has no {TABLE_START} marker")
+    return f"{before}{TABLE_START}\n{render_table()}\n{TABLE_END}{after}"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "update":
+        print("usage: python -m servicekit.settings update CONFIG_ENV README", file=sys.stderr)
+        return 2
+    config_env, readme = Path(argv[1]), Path(argv[2])
+    config_env.write_text(render_config_env(dotenv_values(config_env)))
+    readme.write_text(updated_readme(readme.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,166 @@
+"""The steps a service's server.py runs, in order, each failing with one clear line.
+
+load_settings -> observe -> migrate -> build_server -> serve. A step that
+cannot go on raises StartupError (message and exit status); server.py prints
+it. `database` is the service's db.py module: init_pool(), close_pool(),
+migrate(), database_answers(), pooled_connections().
+"""
+
+import logging
+import os
+import signal
+import ssl
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import MySQLdb
+
+from servicekit.errors import ContractError, DatabaseUnavailable
+from servicekit.prefork import serve_in_processes
+from servicekit.processor import GuardedProcessor
+from servicekit.settings import ServerSettings, SettingsError, load
+from servicekit.thread_pool_server import TThreadPoolServer
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start: one line for the operator, and the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def load_settings(config_file: Path) -> ServerSettings:
+    try:
+        return load(ServerSettings, config_file)
+    except SettingsError as error:
+        raise StartupError(str(error), 2) from None
+
+
+def observe(settings: ServerSettings):
+    """Configure logging; return the service's observability.Metrics."""
+    if settings.metrics_port and settings.thrift_processes > 1:
+        # prometheus-client adds up several processes' metrics through files
+        # in this directory, and reads the variable when first imported:
+        # hence the import below, after it is set.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{settings.service_name}-metrics-")
+    from servicekit import observability
+
+    observability.configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    return observability.Metrics(settings.service_name)
+
+
+def migrate(database: ModuleType, settings: ServerSettings) -> None:
+    try:
+        applied = database.migrate(settings)
+    except (MySQLdb.Error, DatabaseUnavailable) as error:
+        where = f"{settings.mysql_database} on {settings.mysql_host}:{settings.mysql_port}"
+        raise StartupError(f"cannot migrate {where}: {error.args[-1]}", 1) from None
+    if applied:
+        logger.info("applied migrations: %s", ", ".join(applied))
+
+
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server's TLS settings, or None to serve plain TCP."""
+    if not settings.thrift_tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.thrift_tls_cert, settings.thrift_tls_key or None)
+        if settings.thrift_tls_client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(settings.thrift_tls_client_ca)
+    except OSError as error:  # a missing file, or ssl.SSLError
+        raise StartupError(f"cannot load the TLS certificate or key (THRIFT_TLS_*): {error}", 2) from None
+    return context
+
+
+def build_server(
+    service: type, handler: object, database: ModuleType, settings: ServerSettings, version: str, metrics
+) -> TThreadPoolServer:
+    """`handler` serving `service` on a TThreadPoolServer, not yet listening."""
+
+    def is_serving() -> bool:
+        return server.serving
+
+    try:
+        processor = GuardedProcessor(
+            service,
+            handler,
+            version=version,
+            is_serving=is_serving,
+            database_answers=database.database_answers,
+            observe=metrics.observer(settings.slow_request_ms),
+        )
+    except ContractError as error:
+        raise StartupError(f"service.thrift and the handler disagree: {error}", 2) from None
+    server = TThreadPoolServer(
+        processor,
+        host=settings.thrift_host,
+        port=settings.thrift_port,
+        workers=settings.thrift_workers,
+        idle_timeout=settings.thrift_idle_timeout,
+        read_timeout=settings.thrift_read_timeout,
+        drain_timeout=settings.thrift_drain_timeout,
+        max_message_bytes=settings.thrift_max_message_bytes,
+        max_connections=settings.thrift_max_connections,
+        tls=tls_context(settings),
+        report_stats=lambda connections, busy: metrics.report_stats(connections, busy, database.pooled_connections()),
+    )
+    return server
+
+
+def serve(server: TThreadPoolServer, database: ModuleType, settings: ServerSettings, version: str, metrics) -> None:
+    """Listen, then serve in one process or several until SIGTERM or SIGINT has drained them."""
+    try:
+        server.listen()
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen on {settings.thrift_host}:{settings.thrift_port}: {error.strerror}", 1
+        ) from None
+    _log_serving(settings)
+    hooks = metrics.pool_hooks()
+    if settings.thrift_processes > 1:
+        serve_in_processes(
+            server,
+            settings.thrift_processes,
+            lambda: database.init_pool(settings, hooks),
+            children_started=lambda: _serve_metrics(settings, version, metrics),
+            child_exited=metrics.forget_process if settings.metrics_port else lambda pid: None,
+        )
+    else:
+        database.init_pool(settings, hooks)
+        _serve_metrics(settings, version, metrics)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: server.close())
+        try:
+            server.serve()
+        finally:
+            database.close_pool()
+    logger.info("stopped")
+
+
+def _log_serving(settings: ServerSettings) -> None:
+    logger.info(
+        "serving %s on %s:%s (framed binary protocol%s), %d processes x %d workers, %s pool, database %s on %s:%s",
+        settings.service_name,
+        settings.thrift_host,
+        settings.thrift_port,
+        ", TLS" if settings.thrift_tls_cert else "",
+        settings.thrift_processes,
+        settings.thrift_workers,
+        settings.db_pool,
+        settings.mysql_database,
+        settings.mysql_host,
+        settings.mysql_port,
+    )
+
+
+def _serve_metrics(settings: ServerSettings, version: str, metrics) -> None:
+    if settings.metrics_port:
+        metrics.serve(settings.thrift_host, settings.metrics_port, version, settings.thrift_processes > 1)
+        logger.info("metrics on http://%s:%s/metrics", settings.thrift_host, settings.metrics_port)

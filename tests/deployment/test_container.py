@@ -1,0 +1,146 @@
+"""The container path, checked without a Docker engine.
+
+docker-compose.yml (and compose.scale.yaml over it) must match the Compose
+specification, the Dockerfile must pass hadolint and run the Python the
+suite runs on, and the service's own compose command and environment,
+started here against the test database, must serve client.py.
+"""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from dotenv import dotenv_values
+
+from client import LedgerClient
+from helpers.processes import ROOT, ServerProcess, run_python
+from servicekit.settings import declared
+from tools.throwaway_db import free_port
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+CONFIG = dotenv_values(ROOT / "config.env")
+SERVICE = CONFIG["SERVICE_NAME"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# Variables the mysql:8.4 image reads that the service's code does not.
+IMAGE_ONLY_VARIABLES = {"MYSQL_RANDOM_ROOT_PASSWORD"}
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's own tag: `!reset` drops what the files before set."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: [])
+
+
+def dockerfile_exec_form(instruction: str) -> list[str]:
+    """The JSON array of the last CMD (or HEALTHCHECK ... CMD) in the Dockerfile."""
+    joined = DOCKERFILE.replace("\\\n", " ")
+    pattern = r"^CMD (\[.*\])$" if instruction == "CMD" else r"^HEALTHCHECK .* CMD (\[.*\])$"
+    return json.loads(re.findall(pattern, joined, flags=re.M)[-1])
+
+
+def service_environment(service: str) -> dict[str, str]:
+    """What compose gives the service: its env_file, then its environment."""
+    definition = COMPOSE["services"][service]
+    env: dict[str, str] = {}
+    for env_file in [definition["env_file"]] if isinstance(definition["env_file"], str) else definition["env_file"]:
+        env.update(dotenv_values(ROOT / env_file))
+    env.update({name: str(value) for name, value in definition.get("environment", {}).items()})
+    return env
+
+
+def validate_compose(document: dict) -> None:
+    schema = json.loads((Path(__file__).with_name("compose-spec.json")).read_text())
+    jsonschema.Draft7Validator(schema).validate(document)
+
+
+def test_the_compose_file_matches_the_compose_specification():
+    validate_compose(COMPOSE)
+    assert COMPOSE["name"] == SERVICE and SERVICE in COMPOSE["services"]
+
+
+def test_ports_are_published_on_localhost_only():
+    for service in COMPOSE["services"].values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+
+
+def test_the_scale_override_drops_host_ports_so_replicas_do_not_clash():
+    override = yaml.load((ROOT / "compose.scale.yaml").read_text(), ComposeLoader)
+    merged = {**COMPOSE, "services": {**COMPOSE["services"]}}
+    merged["services"][SERVICE] = {**COMPOSE["services"][SERVICE], **override["services"][SERVICE]}
+    validate_compose(merged)
+    assert merged["services"][SERVICE]["ports"] == []
+    assert service_environment("client")["THRIFT_HOST"] == SERVICE  # the name that resolves to every replica
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_the_image_runs_the_python_the_suite_runs_on():
+    tags = re.findall(r"^FROM python:(\d+\.\d+)-", DOCKERFILE, flags=re.M)
+    assert tags and set(tags) == {f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+def test_the_dockerfile_copies_files_that_exist_and_dockerignore_keeps_them():
+    for line in re.findall(r"^COPY (?!--from)(.*)$", DOCKERFILE, flags=re.M):
+        for source in line.split()[:-1]:
+            assert list(ROOT.glob(source)), source
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for needed in ("server.py", "handlers.py", "db.py", "client.py", "servicekit", "requirements-client.txt"):
+        assert needed not in ignored
+
+
+def test_compose_overrides_only_declared_settings():
+    names = {setting.name.upper() for setting in declared()}
+    for service in ("mysql", SERVICE, "client"):
+        overrides = set(COMPOSE["services"][service].get("environment", {}))
+        assert overrides <= names | IMAGE_ONLY_VARIABLES, service
+
+
+def test_the_stop_grace_period_outlasts_the_drain_timeout():
+    grace = int(COMPOSE["services"][SERVICE]["stop_grace_period"].removesuffix("s"))
+    assert grace > float(service_environment(SERVICE)["THRIFT_DRAIN_TIMEOUT"]) + 5
+
+
+def test_the_healthcheck_finishes_inside_its_own_timeout():
+    healthcheck = re.search(r"^HEALTHCHECK .*--timeout=(\d+)s", DOCKERFILE.replace("\\\n", " "), flags=re.M)
+    command = dockerfile_exec_form("HEALTHCHECK")
+    assert float(command[command.index("--timeout") + 1]) + 1 < int(healthcheck.group(1))
+
+
+@pytest.fixture
+def compose_server(database_server, tmp_path):
+    env = service_environment(SERVICE)
+    # Only what cannot be the same outside a container changes: the database
+    # address, and the ports (the container's 9090 and 9100 may be taken here).
+    env.update(database_server.database("compose_test"))
+    env["METRICS_PORT"] = str(free_port())
+    command = [sys.executable if part == "python" else part for part in dockerfile_exec_form("CMD")]
+    server = ServerProcess("server.py", LedgerClient, env, tmp_path / "compose.log", command=command)
+    yield server
+    assert server.stop(signal.SIGTERM) == 0
+
+
+def test_the_compose_command_serves_client_py_the_healthcheck_and_metrics(compose_server):
+    port = compose_server.port
+    created = run_python("client.py", "--servers", f"127.0.0.1:{port}", "create-account", "alice")
+    assert created.returncode == 0 and "alice" in created.stdout
+    healthcheck = dockerfile_exec_form("HEALTHCHECK")
+    assert healthcheck[:2] == ["python", "client.py"]
+    health = run_python(*healthcheck[1:], **compose_server.env)
+    assert health.returncode == 0, health.stdout + health.stderr
+    metrics_port = compose_server.env["METRICS_PORT"]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    assert f"{SERVICE}_requests_total".encode() in metrics

@@ -1,0 +1,57 @@
+"""Straight to the test database, around the service: setup, inspection, invariants."""
+
+import MySQLdb
+
+
+def connect_kwargs(database: dict[str, str]) -> dict:
+    """MySQLdb.connect arguments for the database described by MYSQL_* variables."""
+    return {
+        "host": database["MYSQL_HOST"],
+        "port": int(database["MYSQL_PORT"]),
+        "user": database["MYSQL_USER"],
+        "password": database["MYSQL_PASSWORD"],
+        "database": database["MYSQL_DATABASE"],
+        "charset": "utf8mb4",
+    }
+
+
+def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement straight against the test database (autocommit)."""
+    connection = MySQLdb.connect(**connect_kwargs(database), autocommit=True)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(query, params or None)
+        return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def connections_opened(database: dict[str, str]) -> int:
+    """How many connections the database server has accepted since it started."""
+    return int(sql(database, "SHOW GLOBAL STATUS LIKE 'Connections'")[0][1])
+
+
+def statement_waits(database: dict[str, str], statement_start: str) -> bool:
+    """True while a session runs a statement beginning with `statement_start` (say, blocked on a lock)."""
+    waiting = sql(
+        database,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()",
+        (statement_start.replace("%", "\\%") + "%",),
+    )
+    return waiting[0][0] > 0
+
+
+class RowLock:
+    """A separate transaction holding rows locked (`SELECT ... FOR UPDATE`) until release()."""
+
+    def __init__(self, database: dict[str, str], query: str, params: tuple) -> None:
+        self.connection = MySQLdb.connect(**connect_kwargs(database))
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN")
+        cursor.execute(query, params)
+
+    def release(self) -> None:
+        self.connection.commit()
+
+    def close(self) -> None:
+        self.connection.close()

@@ -1,0 +1,91 @@
+"""Real processes for the tests: a server on a free port, and `python ...` runs of the project's scripts."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from servicekit.client import PooledClient, ServerUnreachable
+from tools.throwaway_db import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+# Scripts outside the project's root (the kit's test service) import its modules too.
+PROJECT_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run_python(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """Run `python ARGS` in the project directory with extra environment variables."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env={**PROJECT_ENV, **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+class ServerProcess:
+    """A server process (`python -W error SCRIPT` by default) on a free port, logging to `log_path`.
+
+    client_class(servers, **options) makes a client of it (see client()).
+    """
+
+    def __init__(
+        self,
+        script: str,
+        client_class: Callable[..., PooledClient],
+        env: dict[str, str],
+        log_path: Path,
+        command: list[str] | None = None,
+        port: int | None = None,
+        ready: bool = True,
+    ) -> None:
+        self.port = port or free_port()
+        self.client_class = client_class
+        self.log_path = log_path
+        self.env = {"THRIFT_HOST": "127.0.0.1", **PROJECT_ENV, **env, "THRIFT_PORT": str(self.port)}
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command or [sys.executable, "-W", "error", script],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if ready:  # a plain ping answers (not so for a TLS server)
+            wait_for(self._answers, 30, f"{script} to start")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with self.client(timeout=1, retries=0) as client:
+                return client.ping() == "pong"
+        except ServerUnreachable:
+            return False
+
+    @property
+    def address(self) -> str:
+        """host:port where clients reach it (THRIFT_HOST, or localhost when it binds every address)."""
+        host = self.env["THRIFT_HOST"]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def client(self, timeout: float = 10, **options) -> PooledClient:
+        return self.client_class(self.address, timeout=timeout, **options)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes `pid` forked (THRIFT_PROCESSES > 1)."""
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])

@@ -1,0 +1,65 @@
+"""The Counters test service in the tests: its server processes, load on it, and its invariant."""
+
+import random
+import threading
+import time
+from pathlib import Path
+
+from counters import CountersClient, counters_thrift
+from helpers.mysql import sql
+from helpers.processes import ServerProcess
+from servicekit.client import ServerUnreachable, new_request_id
+
+SCRIPT = "tests/servicekit/counters.py"
+
+
+def counters_process(env: dict[str, str], log_path: Path, **options) -> ServerProcess:
+    """`python -W error tests/servicekit/counters.py` on a free port (see ServerProcess)."""
+    return ServerProcess(SCRIPT, CountersClient, {"SERVICE_NAME": "counters", **env}, log_path, **options)
+
+
+def run_adds(client: CountersClient, names: list[str], seconds: float, threads: int = 8) -> dict:
+    """Random adds from several threads: what was acknowledged (request id, name, amount) and what failed how."""
+    outcome = {"acknowledged": [], "errors": [], "slowest_failure": 0.0}
+    stop_at = time.monotonic() + seconds
+
+    def loop(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop_at:
+            request_id, name, amount = new_request_id(), rng.choice(names), rng.randint(1, 50)
+            started = time.monotonic()
+            try:
+                client.add(name, amount, request_id)
+                outcome["acknowledged"].append((request_id, name, amount))
+            except (counters_thrift.base.Unavailable, ServerUnreachable) as error:
+                outcome["errors"].append(type(error).__name__)
+                outcome["slowest_failure"] = max(outcome["slowest_failure"], time.monotonic() - started)
+
+    workers = [threading.Thread(target=loop, args=(seed,)) for seed in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(seconds + 120)
+        assert not worker.is_alive(), "a call hung"
+    return outcome
+
+
+def assert_consistent(database: dict[str, str]) -> None:
+    """Every counter's total is the sum of its additions: no add half-applied."""
+    mismatched = sql(
+        database,
+        "SELECT c.name FROM counters c"
+        " WHERE c.total <> (SELECT COALESCE(SUM(a.amount), 0) FROM additions a WHERE a.name = c.name)",
+    )
+    assert mismatched == []
+
+
+def assert_applied_once(database: dict[str, str], acknowledged: list[tuple[str, str, int]]) -> None:
+    """Every acknowledged add is stored exactly once, and nothing else was added to those counters."""
+    names = sorted({name for _, name, _ in acknowledged})
+    stored = sql(
+        database,
+        "SELECT request_id FROM additions WHERE name IN (" + ", ".join(["%s"] * len(names)) + ")",  # noqa: S608
+        tuple(names),
+    )
+    assert sorted(row[0] for row in stored) == sorted(request_id for request_id, _, _ in acknowledged)

@@ -1,0 +1,16 @@
+-- The kit test service's tables. Runs on MySQL 8.4 and MariaDB 10.11.
+
+CREATE TABLE counters (
+  id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  name VARCHAR(64) NOT NULL,
+  total BIGINT NOT NULL DEFAULT 0,
+  UNIQUE KEY counters_by_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE additions (
+  id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  name VARCHAR(64) NOT NULL,
+  amount BIGINT NOT NULL,
+  total BIGINT NOT NULL,
+  request_id VARCHAR(64) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

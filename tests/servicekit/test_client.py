@@ -1,0 +1,89 @@
+"""PooledClient under load and failure: pool bounds, waiting, failover, closing; and its address parsing."""
+
+import threading
+import time
+
+import pytest
+
+from counters import CountersClient
+from helpers.load import connections_to, run_threads
+from helpers.mysql import statement_waits
+from servicekit.client import ServerUnreachable, parse_servers
+from tools.throwaway_db import wait_for
+
+
+def test_the_pool_never_opens_more_than_its_size_under_32_threads(server):
+    most_seen = 0
+    with server.client(pool_size=4) as client:
+
+        def call(rng) -> None:
+            nonlocal most_seen
+            client.get("pool") if rng.random() < 0.8 else client.add("pool", 1)
+            most_seen = max(most_seen, connections_to(server.port))
+
+        client.add("pool", 1)
+        errors = run_threads(32, call, seconds=2)
+    assert errors == []
+    assert 1 < most_seen <= 4
+
+
+def test_a_busy_pool_makes_a_caller_wait_then_give_up(server, database):
+    with server.client(pool_size=1, acquire_timeout=0.5, retries=0) as client:
+        holding = threading.Thread(target=client.call, args=("hold", 2.0))
+        holding.start()
+        wait_for(lambda: statement_waits(database, "SELECT SLEEP"), 10, "the call to hold the only connection")
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachable, match="busy"):
+            client.ping()
+        assert 0.4 < time.monotonic() - started < 3
+        holding.join(10)
+        assert client.ping() == "pong"
+
+
+def test_calls_spread_over_servers_and_survive_one_stopping(start_server):
+    first, second = start_server(), start_server()
+    with CountersClient(f"127.0.0.1:{first.port},127.0.0.1:{second.port}", pool_size=4) as client:
+        client.add("two servers", 1)
+        errors = run_threads(8, lambda rng: client.get("two servers"), seconds=0.5)
+        assert errors == []
+        assert connections_to(first.port) > 0 and connections_to(second.port) > 0
+        assert first.stop() == 0
+        errors = run_threads(8, lambda rng: client.add("two servers", 1), seconds=1)
+        assert errors == []
+        assert client.get("two servers").total > 1
+
+
+def test_closing_the_client_closes_every_connection(server):
+    client = server.client(pool_size=4)
+    run_threads(8, lambda rng: client.ping(), seconds=0.3)
+    assert connections_to(server.port) > 0
+    client.close()
+    assert connections_to(server.port) == 0
+    with pytest.raises(ServerUnreachable, match="closed"):
+        client.ping()
+
+
+@pytest.mark.parametrize(
+    ("servers", "parsed"),
+    [
+        ("db1:9090", [("db1", 9090)]),
+        ("10.0.0.5:9090, 10.0.0.6:9091", [("10.0.0.5", 9090), ("10.0.0.6", 9091)]),
+        ("[::1]:9090,[fd00::5]:1", [("::1", 9090), ("fd00::5", 1)]),
+    ],
+)
+def test_servers_parse_host_port_pairs_and_bracketed_ipv6(servers, parsed):
+    assert parse_servers(servers) == parsed
+
+
+@pytest.mark.parametrize("servers", ["no-port", "host:", ":9090", "host:0", "host:65536", "host:-1", "::1:9090", ""])
+def test_malformed_servers_are_refused(servers):
+    with pytest.raises(ValueError):
+        parse_servers(servers)
+
+
+@pytest.mark.parametrize(("bind", "reached_at"), [("::1", ["[::1]"]), ("::", ["127.0.0.1", "[::1]"])])
+def test_a_server_binds_ipv6_and_both_families_and_is_called_there(start_server, bind, reached_at):
+    server = start_server(THRIFT_HOST=bind)
+    for host in reached_at:
+        with CountersClient(f"{host}:{server.port}", retries=0) as client:
+            assert client.ping() == "pong"

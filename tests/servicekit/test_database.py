@@ -1,0 +1,141 @@
+"""The database through the kit: outages, lock waits, the outage log, migrations, the write record."""
+
+import re
+import threading
+import time
+
+import MySQLdb
+import pytest
+from counters_testing import assert_consistent, run_adds
+
+import db
+from counters import counters_thrift
+from helpers.mysql import connect_kwargs, sql
+from helpers.processes import run_python
+from servicekit.idempotency import IdempotentWrites
+from servicekit.settings import ServerSettings, load
+from tools.throwaway_db import wait_for
+
+Unavailable = counters_thrift.base.Unavailable
+
+
+def test_a_database_outage_is_unavailable_then_recovers(start_server, own_database):
+    server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="2")
+    with server.client(retries=0) as once, server.client() as retrying:
+        once.add("outage", 100)
+        own_database.stop()
+        with pytest.raises(Unavailable):
+            once.get("outage")
+        with pytest.raises(Unavailable):
+            once.add("outage", 1, "retry-after-outage")
+        assert once.health().database is False
+        own_database.start()
+        wait_for(lambda: once.health().database, 10, "the service to reconnect")
+        assert retrying.add("outage", 1, "retry-after-outage").total == 101
+        assert retrying.get("outage").total == 101
+
+
+def test_an_outage_logs_one_warning_then_one_info_when_the_database_answers(start_server, own_database):
+    server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="2")
+    with server.client(retries=0) as client:
+        client.add("logged outage", 1)
+        own_database.stop()
+        for _ in range(5):
+            with pytest.raises(Unavailable):
+                client.get("logged outage")
+        own_database.start()
+        wait_for(lambda: _answers(client), 10, "the database to answer")
+        wait_for(lambda: "database answers again" in server.log(), 5, "the recovery line")
+    log = server.log()
+    assert len(re.findall(r" WARNING \S+ \[\d+\] database unavailable: ", log)) == 1
+    assert re.search(r" INFO \S+ \[\d+\] database answers again after [\d.]+ s; \d+ calls failed meanwhile", log)
+
+
+def _answers(client) -> bool:
+    try:
+        return client.get("logged outage").total == 1
+    except Unavailable:
+        return False
+
+
+def test_the_database_stopped_mid_load_gives_unavailable_then_recovers(start_server, own_database):
+    server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="2", MYSQL_READ_TIMEOUT="3")
+    names = [f"outage-{n}" for n in range(6)]
+    with server.client(pool_size=8, retries=2, deadline=4, timeout=5) as client:
+
+        def restart_database() -> None:
+            time.sleep(1)
+            own_database.stop()
+            time.sleep(2)
+            own_database.start()
+
+        restarter = threading.Thread(target=restart_database)
+        restarter.start()
+        during = run_adds(client, names, seconds=5)
+        restarter.join()
+        wait_for(lambda: client.health().database, 10, "the service to reconnect")
+        after = run_adds(client, names, seconds=1)
+    assert "Unavailable" in during["errors"] or "ServerUnreachable" in during["errors"]
+    assert during["slowest_failure"] < 15
+    assert after["errors"] == [] and after["acknowledged"]
+    assert_consistent(own_database.env)
+
+
+def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_database):
+    sql(own_database.env, "SET GLOBAL innodb_lock_wait_timeout = 1")
+    server = start_server(**own_database.env, DB_DEADLOCK_RETRIES="2")
+    with server.client(retries=0) as client:
+        client.add("contended", 1)
+        blocker = MySQLdb.connect(**connect_kwargs(own_database.env))
+        blocker.cursor().execute("SELECT total FROM counters WHERE name = 'contended' FOR UPDATE")
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            client.add("contended", 1)
+        assert time.monotonic() - started >= 3  # three attempts of one second each
+        blocker.rollback()
+        assert client.add("contended", 1).total == 2
+    assert server.log().count("retrying transaction after error 1205") == 2
+
+
+def test_migrations_are_recorded_once_each_kit_first(start_server, database_server):
+    database = database_server.database("kit_migrations")
+    start_server(**database).stop()
+    start_server(**database)  # a second start applies nothing again
+    assert sql(database, "SELECT name FROM kit_schema_migrations") == [("001_write_requests.sql",)]
+    assert sql(database, "SELECT name FROM schema_migrations") == [("001_counters.sql",)]
+
+
+def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(database_server):
+    database = database_server.database("kit_migration_lock")
+    holder = MySQLdb.connect(**connect_kwargs(database))
+    holder.cursor().execute("SELECT GET_LOCK(CONCAT('migrations:', DATABASE()), 10)")
+    try:
+        result = run_python("db.py", "migrate", **database, DB_MIGRATION_LOCK_TIMEOUT="1")
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot migrate: another process held the migration lock for 1 s\n"
+
+
+def test_a_write_method_name_of_255_characters_is_recorded(database_server):
+    database = database_server.database("kit_method_width")
+    sql(database, "CREATE TABLE IF NOT EXISTS things (id BIGINT AUTO_INCREMENT PRIMARY KEY)")
+    settings = load(ServerSettings, db.CONFIG_FILE, {**database, "SERVICE_NAME": "things"})
+    db.migrate(settings)  # the kit's write record (and the example's tables, unused here)
+    db.init_pool(settings)
+    try:
+        writes = IdempotentWrites(db.run_transaction)
+
+        def insert(cursor) -> int:
+            cursor.execute("INSERT INTO things () VALUES ()")
+            return cursor.lastrowid
+
+        def load_id(cursor, thing_id: int) -> int:
+            return thing_id
+
+        method = "m" * 255
+        first = writes.apply(method, "long-name", (), insert, load_id)
+        assert writes.apply(method, "long-name", (), insert, load_id) == first
+    finally:
+        db.close_pool()
+    assert sql(database, "SELECT method FROM write_requests") == [(method,)]

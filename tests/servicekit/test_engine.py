@@ -1,0 +1,218 @@
+"""The server engine on real processes: errors, draining, pooling, timeouts, processes, start-up."""
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from thriftpy2.protocol import TCyBinaryProtocolFactory
+from thriftpy2.rpc import make_client
+from thriftpy2.thrift import TApplicationException
+from thriftpy2.transport import TCyFramedTransportFactory
+
+from counters import counters_thrift
+from helpers.load import connections_to
+from helpers.mysql import connections_opened, statement_waits
+from helpers.processes import child_pids, run_python
+from helpers.wire import call_bytes, framed, reply_names
+from servicekit.client import ServerUnreachable
+from tools.throwaway_db import wait_for
+
+Counters = counters_thrift.Counters
+
+
+def bare_client(port: int):
+    """One plain thriftpy2 connection (no pool, no retries): the same socket carries every call."""
+    return make_client(
+        Counters,
+        "127.0.0.1",
+        port,
+        trans_factory=TCyFramedTransportFactory(),
+        proto_factory=TCyBinaryProtocolFactory(),
+        timeout=10_000,
+    )
+
+
+def test_unexpected_handler_error_is_internal_error_and_the_connection_survives(server):
+    bare = bare_client(server.port)
+    with pytest.raises(TApplicationException) as error:
+        bare.fail()
+    assert error.value.type == TApplicationException.INTERNAL_ERROR
+    assert bare.ping() == "pong"
+    bare.close()
+    wait_for(lambda: "unexpected error in fail" in server.log(), 5, "the traceback")
+    assert server.log().count("RuntimeError: a bug") == 1
+
+
+def test_an_undeclared_idl_exception_is_internal_error_and_a_logged_contract_bug(server):
+    bare = bare_client(server.port)
+    with pytest.raises(TApplicationException) as error:
+        bare.undeclared()
+    assert error.value.type == TApplicationException.INTERNAL_ERROR
+    assert bare.ping() == "pong"
+    bare.close()
+    message = "undeclared raised NotFound, which service.thrift does not declare for undeclared"
+    wait_for(lambda: message in server.log(), 5, "the contract error")
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(start_server, database):
+    server = start_server(THRIFT_DRAIN_TIMEOUT="20")
+    with server.client(retries=0) as client:
+        caller = threading.Thread(target=client.call, args=("hold", 2.0))
+        caller.start()
+        wait_for(lambda: statement_waits(database, "SELECT SLEEP"), 10, "the request to be running")
+        server.process.send_signal(signal.SIGTERM)
+
+        def refuses_connections() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+        wait_for(refuses_connections, 10, "the server to stop accepting")
+        assert caller.is_alive()
+        caller.join(10)
+    assert server.process.wait(10) == 0
+    assert "Traceback" not in server.log()
+
+
+def test_drain_timeout_bounds_shutdown(start_server, database):
+    server = start_server(THRIFT_DRAIN_TIMEOUT="1")
+    errors = []
+    with server.client(timeout=30, retries=0) as client:
+
+        def hold() -> None:
+            try:
+                client.call("hold", 30.0)
+            except ServerUnreachable as error:
+                errors.append(error)
+
+        caller = threading.Thread(target=hold)
+        caller.start()
+        wait_for(lambda: statement_waits(database, "SELECT SLEEP"), 10, "the request to be running")
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=15) == 0
+        assert time.monotonic() - started < 5
+        caller.join(10)
+    assert len(errors) == 1  # a clean error, not a hang
+
+
+def test_database_connections_are_reused_across_1000_requests(start_server, database):
+    workers = 4
+    server = start_server(THRIFT_WORKERS=str(workers))
+    with server.client() as setup:
+        setup.add("reuse", 1)
+    before = connections_opened(database)
+
+    def call_250_times() -> None:
+        with server.client() as own:
+            for _ in range(125):
+                own.get("reuse")
+                own.add("reuse", 1)
+
+    threads = [threading.Thread(target=call_250_times) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    new_connections = connections_opened(database) - before - 1  # minus the one that measured
+    assert new_connections <= workers
+    with server.client() as check:
+        assert check.get("reuse").total == 501
+
+
+def test_idle_connections_do_not_hold_workers(start_server):
+    server = start_server(THRIFT_WORKERS="2")
+    idle = [server.client() for _ in range(50)]
+    try:
+        for client in idle:
+            assert client.ping() == "pong"  # each now holds an open connection
+        with server.client(timeout=2) as active:
+            assert active.add("still served", 1).total >= 1
+    finally:
+        for client in idle:
+            client.close()
+
+
+def test_idle_timeout_closes_quietly_and_the_client_reconnects(start_server):
+    server = start_server(THRIFT_IDLE_TIMEOUT="0.5")
+    with server.client(retries=0) as client:  # no retries: the stale connection must be noticed before use
+        assert client.ping() == "pong"
+        wait_for(lambda: connections_to(server.port) == 0, 5, "the server to close the idle connection")
+        assert client.ping() == "pong"
+    assert server.stop() == 0
+    log = server.log()
+    assert "ERROR" not in log and "Traceback" not in log
+
+
+def test_a_timed_out_call_never_leaks_its_reply_into_the_next(server):
+    with server.client(timeout=0.5, retries=0, pool_size=1) as client:
+        with pytest.raises(ServerUnreachable):
+            client.call("hold", 1.0)
+        assert client.call("repeat", "next", 1) == "next"
+
+
+def test_requests_sent_together_or_byte_by_byte_are_all_answered_in_order(server):
+    calls = [call_bytes(Counters, "ping"), call_bytes(Counters, "get", "no such counter"), call_bytes(Counters, "ping")]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"".join(map(framed, calls)))  # all three arrive in one read
+        for byte in framed(call_bytes(Counters, "ping")):  # and one more, a byte at a time
+            sock.send(bytes([byte]))
+            time.sleep(0.005)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert reply_names(received) == ["ping", "get", "ping", "ping"]
+
+
+def test_pooled_db_mode_serves_too(start_server):
+    server = start_server(DB_POOL="pooled", DB_POOL_SIZE="2")
+    with server.client() as client:
+        client.add("pooled", 3)
+        assert client.get("pooled").total >= 3
+
+
+def test_several_processes_share_the_port_replace_a_dead_one_and_drain_together(start_server):
+    server = start_server(THRIFT_PROCESSES="2")
+    parent = server.process.pid
+    original = child_pids(parent)
+    assert len(original) == 2
+    with server.client(pool_size=4) as client:
+        first = client.add("two processes", 1).total
+        os.kill(min(original), signal.SIGKILL)
+        wait_for(lambda: child_pids(parent) - original, 10, "a replacement process")
+        for _ in range(20):
+            client.add("two processes", 1)
+        assert client.get("two processes").total == first + 20
+    survivors = child_pids(parent)
+    assert server.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
+
+
+def test_server_processes_exit_when_their_parent_is_killed(start_server):
+    server = start_server(THRIFT_PROCESSES="2")
+    children = child_pids(server.process.pid)
+    server.stop(signal.SIGKILL)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10, "orphaned processes to exit")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("THRIFT_PORT", "http"), ("THRIFT_WORKERS", "0"), ("DB_POOL", "magic"), ("MYSQL_READ_TIMEOUT", "-1")],
+)
+def test_a_bad_setting_stops_with_one_line_and_status_2(variable, value):
+    result = run_python("tests/servicekit/counters.py", SERVICE_NAME="counters", **{variable: value})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and variable in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_database_password_is_one_line_without_the_password(database):
+    env = {**database, "MYSQL_PASSWORD": "s3cret-Pa55", "SERVICE_NAME": "counters"}
+    result = run_python("tests/servicekit/counters.py", **env)
+    assert result.returncode == 1
+    assert "cannot migrate" in result.stderr
+    assert "s3cret-Pa55" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

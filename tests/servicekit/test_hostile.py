@@ -1,0 +1,144 @@
+"""Hostile input, fuzzing, stalled senders and connection limits against a real server."""
+
+import socket
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from thriftpy2.protocol import TCyBinaryProtocol
+from thriftpy2.thrift import TMessageType
+from thriftpy2.transport import TCyMemoryBuffer
+
+from counters import counters_thrift
+from helpers.processes import rss_kb
+from helpers.wire import call_bytes, exchange, framed, message_header
+from tools.throwaway_db import wait_for
+
+Counters = counters_thrift.Counters
+HOSTILE = {
+    "garbage bytes": b"\x13\x37" * 50,
+    "an HTTP request": b"GET / HTTP/1.1\r\nHost: service\r\n\r\n",
+    "a truncated message": framed(call_bytes(Counters, "get", "truncated")[:-6]),
+    "a negative frame length": struct.pack("!i", -5) + b"12345",
+    "a huge frame length": struct.pack("!i", 2**31 - 1),
+    "a 1 GiB string": framed(message_header(b"add") + b"\x0b\x00\x01" + struct.pack("!i", 2**30) + b"\x00"),
+    "a list of 2 billion": framed(
+        message_header(b"ping") + b"\x0f\x00\x09\x02" + struct.pack("!i", 2**31 - 1) + b"\x00"
+    ),
+    "5 million empty structs": framed(
+        message_header(b"ping") + b"\x0f\x00\x09\x0c" + struct.pack("!i", 5_000_000) + b"\x00" * 1000
+    ),
+    "deep nesting": framed(message_header(b"ping") + b"\x0c\x00\x09" * 100 + b"\x00" * 101),
+    "a wrong argument type": framed(message_header(b"get") + b"\x0a\x00\x01" + b"\x00" * 8 + b"\x00"),
+    "a negative string length": framed(message_header(b"add") + b"\x0b\x00\x01\xff\xff\xff\xfe\x00"),
+    "bytes after the message": framed(call_bytes(Counters, "ping") + b"extra"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_input_closes_only_that_connection_with_one_warning(server, client, name):
+    log_start = len(server.log())
+    reply, peer = exchange(server.port, HOSTILE[name])
+    assert reply == b""  # closed, nothing allocated or answered
+
+    def lines_about_peer() -> list[str]:
+        return [line for line in server.log().splitlines() if f"{peer}:" in line or line.endswith(peer)]
+
+    wait_for(lines_about_peer, 5, "the warning")
+    assert len(lines_about_peer()) == 1 and " WARNING " in lines_about_peer()[0]
+    assert "Traceback" not in server.log()[log_start:]
+    assert client.ping() == "pong"
+
+
+def test_an_oversized_frame_is_refused_before_its_bytes_are_read(server, client):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as hostile:
+        hostile.sendall(struct.pack("!i", 2**31 - 1) + b"x" * 100)
+        assert hostile.recv(1) == b""  # closed without reading the body
+    assert client.ping() == "pong"
+    assert "frame of 2147483647 bytes" in server.log()
+
+
+def test_an_unknown_method_gets_an_error_reply_and_a_warning(server, client):
+    reply, _ = exchange(server.port, framed(message_header(b"steal_money") + b"\x00"))
+    protocol = TCyBinaryProtocol(TCyMemoryBuffer(reply[4:]))
+    name, kind, _ = protocol.read_message_begin()
+    assert (name, kind) == ("steal_money", TMessageType.EXCEPTION)
+    assert "unknown method 'steal_money'" in server.log()
+    assert client.ping() == "pong"
+
+
+def mutations() -> st.SearchStrategy[bytes]:
+    valid = [
+        call_bytes(Counters, "get", "fuzzed"),
+        call_bytes(Counters, "add", "x" * 30, 5, "req-1"),
+        call_bytes(Counters, "ping"),
+    ]
+
+    def mutate(data: tuple) -> bytes:
+        message, position, replacement, cut = data
+        position %= len(message)
+        return (message[:position] + replacement + message[position + len(replacement) :])[: cut or None]
+
+    return st.one_of(
+        st.binary(max_size=300),
+        st.tuples(
+            st.sampled_from(valid), st.integers(0, 300), st.binary(min_size=1, max_size=8), st.integers(0, 300)
+        ).map(mutate),
+    )
+
+
+def test_fuzzed_messages_never_hurt_the_server(start_server):
+    server = start_server(LOG_LEVEL="ERROR")
+    before = rss_kb(server.process.pid)
+    sent = []
+
+    @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(payload=mutations(), frame_it=st.booleans())
+    def send(payload: bytes, frame_it: bool) -> None:
+        exchange(server.port, framed(payload) if frame_it else payload)
+        sent.append(payload)
+
+    send()
+    assert len(sent) >= 10_000
+    with server.client() as client:
+        assert client.ping() == "pong"
+    assert rss_kb(server.process.pid) - before < 50 * 1024
+    assert server.stop() == 0
+
+
+def test_stalled_senders_are_closed_after_the_read_timeout_and_do_not_block_others(start_server):
+    server = start_server(THRIFT_READ_TIMEOUT="1", THRIFT_WORKERS="2")
+    stalled = []
+    try:
+        for _ in range(1000):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(framed(call_bytes(Counters, "ping"))[:7])  # part of a message, then silence
+            stalled.append(sock)
+        with server.client(timeout=2, retries=0) as client:
+            client.add("not blocked", 1)
+            for _ in range(50):
+                client.get("not blocked")
+        for sock in stalled:
+            sock.settimeout(10)
+            assert sock.recv(1) == b""  # the server closed it
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_connections_beyond_the_maximum_are_closed_at_once_with_one_log_line(start_server):
+    server = start_server(THRIFT_MAX_CONNECTIONS="20")
+    kept = [server.client(pool_size=1) for _ in range(20)]
+    try:
+        for client in kept:
+            assert client.ping() == "pong"
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as refused:
+                assert refused.recv(1) == b""
+        assert all(client.ping() == "pong" for client in kept)
+        wait_for(lambda: "refused 50 connections" in server.log(), 5, "the refusal warning")
+        assert server.log().count("refused") == 1
+    finally:
+        for client in kept:
+            client.close()

@@ -1,0 +1,117 @@
+"""Logs and metrics as an operator sees them: exact counts after known calls, names from SERVICE_NAME."""
+
+import json
+import re
+import signal
+import time
+
+import pytest
+
+from counters import counters_thrift
+from helpers.metrics import sample, scrape
+from helpers.wire import exchange, framed, message_header
+from servicekit.client import new_request_id
+from tools.throwaway_db import free_port, wait_for
+
+base = counters_thrift.base
+
+
+def known_calls(client) -> str:
+    """3 pings, 1 add, 2 missing counters, 1 bad add; returns the add's request id."""
+    for _ in range(3):
+        client.ping()
+    request_id = new_request_id()
+    client.add("observed", 1, request_id)
+    for _ in range(2):
+        with pytest.raises(counters_thrift.NotFound):
+            client.get("never added")
+    with pytest.raises(base.InvalidArgument):
+        client.add("observed", 0)
+    return request_id
+
+
+def assert_known_counts(before: dict[str, float], after: dict[str, float]) -> None:
+    """known_calls() happened between the two scrapes, and nothing else."""
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grew("counters_requests_total", method="ping", outcome="ok") == 3
+    assert grew("counters_requests_total", method="add", outcome="ok") == 1
+    assert grew("counters_requests_total", method="get", outcome="NotFound") == 2
+    assert grew("counters_requests_total", method="add", outcome="InvalidArgument") == 1
+    assert grew("counters_request_duration_seconds_count", method="ping") == 3
+    assert sample(after, "counters_build_info", version="0.1.0") == 1
+
+
+def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_fields(start_server):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port), LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+    before = scrape(metrics_port)
+    with server.client(retries=0) as client:
+        request_id = known_calls(client)
+        for gauge in ("counters_open_connections", "counters_db_connections"):  # sampled once a second
+            wait_for(lambda gauge=gauge: sample(scrape(metrics_port), gauge) >= 1, 5, gauge)
+    samples = scrape(metrics_port)
+    assert_known_counts(before, samples)
+    assert sample(samples, "counters_db_connections_opened_total") >= 1
+    assert sample(samples, "counters_db_connections") <= 8  # at most one per worker
+    assert sample(samples, "counters_busy_workers") == 0
+    assert server.stop() == 0
+
+    lines = [json.loads(line) for line in server.log().splitlines()]
+    (add,) = [entry for entry in lines if entry.get("method") == "add" and entry["outcome"] == "ok"]
+    assert set(add) == {"time", "level", "logger", "message", "method", "peer", "duration_ms", "outcome", "request_id"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", add["time"])
+    assert (add["level"], add["logger"]) == ("DEBUG", "counters.requests")
+    assert (add["method"], add["outcome"], add["request_id"]) == ("add", "ok", request_id)
+    assert add["peer"].startswith("127.0.0.1:") and 0 < add["duration_ms"] < 10_000
+    assert add["message"].startswith("add ok in ")
+    (ping,) = [entry for entry in lines if entry.get("method") == "ping"][:1]
+    assert "request_id" not in ping  # reads carry none
+    assert {entry["logger"].split(".")[0] for entry in lines} == {"counters"}  # every logger under the service
+
+
+def test_metrics_add_up_across_server_processes(start_server):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port), THRIFT_PROCESSES="2")
+    wait_for(lambda: "metrics on" in server.log(), 10, "the metrics endpoint")
+    before = scrape(metrics_port)
+    with server.client(pool_size=4, retries=0) as client:
+        known_calls(client)
+    assert_known_counts(before, scrape(metrics_port))
+    assert server.stop() == 0
+
+
+def test_unknown_method_names_share_one_metric_series(start_server):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port))
+    names = [f"probe_{n}".encode() for n in range(20)]
+    for name in names:
+        exchange(server.port, framed(message_header(name) + b"\x00"))
+    samples = scrape(metrics_port)
+    assert sample(samples, "counters_requests_total", method="unknown", outcome="unknown_method") == len(names)
+    assert not [key for key in samples if "probe_" in key]  # a client cannot add series
+    assert server.stop() == 0
+
+
+def test_slow_requests_are_logged_as_warnings(start_server):
+    server = start_server(SLOW_REQUEST_MS="0", LOG_LEVEL="WARNING")
+    with server.client() as client:
+        client.ping()
+    assert server.stop() == 0
+    assert re.search(r" WARNING counters.requests \[\d+\] ping ok in [\d.]+ ms \(slow\)", server.log())
+
+
+def test_health_reports_a_hung_database_within_seconds(start_server, own_database):
+    server = start_server(**own_database.env)
+    with server.client(timeout=10, retries=0) as client:
+        assert client.health().database is True
+        own_database.process.send_signal(signal.SIGSTOP)  # the database hangs without closing anything
+        try:
+            started = time.monotonic()
+            assert client.health().database is False
+            assert time.monotonic() - started < 5  # the check's own 2 s timeout, not MYSQL_READ_TIMEOUT
+        finally:
+            own_database.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: client.health().database, 10, "the database to answer again")

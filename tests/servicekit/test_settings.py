@@ -1,0 +1,75 @@
+"""Settings: each declared once, validated with one clear line, and config.env and the README kept in step."""
+
+import pytest
+from dotenv import dotenv_values
+
+from helpers.processes import ROOT
+from servicekit.settings import (
+    ClientSettings,
+    ServerSettings,
+    SettingsError,
+    declared,
+    load,
+    render_config_env,
+    updated_readme,
+)
+
+CONFIG_ENV = ROOT / "config.env"
+REQUIRED = {"SERVICE_NAME": "things", "MYSQL_USER": "things", "MYSQL_PASSWORD": "pw", "MYSQL_DATABASE": "things"}
+
+
+def test_declared_defaults_apply_and_the_environment_overrides_config_env(tmp_path):
+    config = tmp_path / "config.env"
+    config.write_text("THRIFT_PORT=7000\nTHRIFT_WORKERS=3\n")
+    settings = load(ServerSettings, config, {**REQUIRED, "THRIFT_WORKERS": "5"})
+    assert (settings.thrift_port, settings.thrift_workers, settings.db_pool) == (7000, 5, "persistent")
+    assert settings.thrift_read_timeout == 10.0 and isinstance(settings.thrift_read_timeout, float)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("THRIFT_PORT", "http", "THRIFT_PORT must be a number, not 'http'"),
+        ("THRIFT_PORT", "70000", "THRIFT_PORT must be between 1 and 65535, not '70000'"),
+        ("THRIFT_WORKERS", "", "THRIFT_WORKERS must be a number, not ''"),
+        ("DB_POOL", "magic", "DB_POOL must be one of persistent, pooled, not 'magic'"),
+        ("SERVICE_NAME", "Bad-Name", "SERVICE_NAME must match [a-z][a-z0-9_]{0,30}, not 'Bad-Name'"),
+    ],
+)
+def test_a_bad_value_names_the_variable(tmp_path, variable, value, message):
+    with pytest.raises(SettingsError) as error:
+        load(ServerSettings, tmp_path / "none.env", {**REQUIRED, variable: value})
+    assert str(error.value) == message
+
+
+def test_a_setting_without_a_default_must_be_set(tmp_path):
+    with pytest.raises(SettingsError, match=r"MYSQL_PASSWORD is not set \(add it to config.env\)"):
+        load(ServerSettings, tmp_path / "none.env", {k: v for k, v in REQUIRED.items() if k != "MYSQL_PASSWORD"})
+
+
+def test_the_password_never_shows_in_repr(tmp_path):
+    settings = load(ServerSettings, tmp_path / "none.env", {**REQUIRED, "MYSQL_PASSWORD": "Hunter2-secret"})
+    assert "Hunter2-secret" not in repr(settings)
+
+
+def test_the_client_reads_only_its_own_settings(tmp_path):
+    settings = load(ClientSettings, tmp_path / "none.env", {"SERVICE_NAME": "things", "MYSQL_PORT": "abc"})
+    assert settings.client_timeout == 10 and not hasattr(settings, "mysql_port")
+
+
+def test_config_env_lists_every_setting_once_with_its_meaning():
+    text = CONFIG_ENV.read_text()
+    assert text == render_config_env(dotenv_values(CONFIG_ENV)), (
+        "config.env is out of step with servicekit/settings.py: "
+        "run `python -m servicekit.settings update config.env README.md`"
+    )
+    assert list(dotenv_values(CONFIG_ENV)) == [f.name.upper() for f in declared()]
+    load(ServerSettings, CONFIG_ENV, {})
+    load(ClientSettings, CONFIG_ENV, {})
+
+
+def test_the_readme_settings_table_is_the_declarations():
+    readme = (ROOT / "README.md").read_text()
+    assert readme == updated_readme(readme), "run `python -m servicekit.settings update config.env README.md`"
+    for setting in declared():
+        assert f"| `{setting.name.upper()}` |" in readme

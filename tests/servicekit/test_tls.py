@@ -1,0 +1,116 @@
+"""TLS between clients and the server, and between the server and MySQL."""
+
+import socket
+import ssl
+
+import pytest
+from counters_testing import counters_process
+
+from counters import CountersClient
+from helpers.mysql import sql
+from helpers.pki import make_pki
+from servicekit.client import ServerUnreachable, tls_context
+from tools.throwaway_db import wait_for
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, str]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(pki, database, tmp_path_factory):
+    """A server that requires TLS and a client certificate signed by the test CA."""
+    env = {
+        **database,
+        "THRIFT_TLS_CERT": pki["server"],
+        "THRIFT_TLS_KEY": pki["server_key"],
+        "THRIFT_TLS_CLIENT_CA": pki["ca"],
+        "THRIFT_READ_TIMEOUT": "2",
+    }
+    process = counters_process(env, tmp_path_factory.mktemp("tls") / "server.log", ready=False)
+    wait_for(lambda: _tls_answers(process.port, pki), 30, "the TLS server")
+    yield process
+    assert process.stop() == 0
+
+
+def _tls_answers(port: int, pki) -> bool:
+    try:
+        with _tls_client(port, tls_context(pki["ca"], pki["client"], pki["client_key"])) as client:
+            return client.ping() == "pong"
+    except ServerUnreachable:
+        return False
+
+
+def _tls_client(port: int, context: ssl.SSLContext, host: str = "localhost") -> CountersClient:
+    return CountersClient(f"{host}:{port}", tls=context, retries=0, timeout=5)
+
+
+def test_a_tls_client_with_the_right_ca_and_certificate_is_served(tls_server, pki):
+    with _tls_client(tls_server.port, tls_context(pki["ca"], pki["client"], pki["client_key"])) as client:
+        assert client.add("over TLS 🔒", 3).total >= 3
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("wrong CA", "certificate verify failed"),
+        ("wrong hostname", "certificate verify failed"),
+        ("no client certificate", None),
+    ],
+)
+def test_tls_refuses_what_it_must(tls_server, pki, case, expected):
+    context = {
+        "wrong CA": lambda: tls_context(pki["other_ca"], pki["client"], pki["client_key"]),
+        "wrong hostname": lambda: tls_context(pki["ca"], pki["client"], pki["client_key"]),
+        "no client certificate": lambda: tls_context(pki["ca"]),
+    }[case]()
+    host = "127.0.0.1" if case == "wrong hostname" else "localhost"
+    with pytest.raises(ServerUnreachable, match=expected), _tls_client(tls_server.port, context, host) as client:
+        client.ping()
+
+
+def test_tls_refuses_an_expired_server_certificate(start_server, pki):
+    server = start_server(THRIFT_TLS_CERT=pki["expired"], THRIFT_TLS_KEY=pki["expired_key"], ready=False)
+    wait_for(lambda: "serving counters" in server.log(), 30, "the server")
+    with pytest.raises(ServerUnreachable, match="expired"), _tls_client(server.port, tls_context(pki["ca"])) as client:
+        client.ping()
+
+
+def test_a_plain_text_client_is_refused_by_a_tls_server(tls_server):
+    with pytest.raises(ServerUnreachable), CountersClient(f"127.0.0.1:{tls_server.port}", retries=0) as plain:
+        plain.ping()
+
+
+def test_stalled_tls_handshakes_do_not_block_other_clients(tls_server, pki):
+    stalled = [socket.create_connection(("127.0.0.1", tls_server.port)) for _ in range(50)]
+    try:
+        with _tls_client(tls_server.port, tls_context(pki["ca"], pki["client"], pki["client_key"])) as client:
+            assert client.ping() == "pong"
+        for sock in stalled:  # closed after THRIFT_READ_TIMEOUT
+            sock.settimeout(10)
+            assert sock.recv(1) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_missing_certificate_file_stops_the_server_with_one_line_and_status_2(start_server, pki):
+    server = start_server(THRIFT_TLS_CERT="/no/such/cert.pem", ready=False)
+    assert server.process.wait(30) == 2
+    assert server.log().startswith("error: cannot load the TLS certificate or key (THRIFT_TLS_*)")
+    assert server.log().count("\n") == 1
+
+
+def test_the_server_reaches_mysql_over_tls_when_the_database_requires_it(start_server, own_database, pki):
+    own_database.stop()
+    own_database.start(f"--ssl-ca={pki['ca']}", f"--ssl-cert={pki['database']}", f"--ssl-key={pki['database_key']}")
+    sql(own_database.env, "CREATE USER 'tls_only'@'%' REQUIRE SSL")
+    sql(own_database.env, f"GRANT ALL ON `{own_database.database}`.* TO 'tls_only'@'%'")
+    env = {**own_database.env, "MYSQL_USER": "tls_only"}
+    with pytest.raises(RuntimeError, match="cannot migrate"):
+        start_server(**env)  # this user is refused over plain TCP
+    server = start_server(**env, MYSQL_SSL_CA=pki["ca"])
+    with server.client() as client:
+        assert client.health().database is True
+        assert client.add("tls to mysql", 1).total == 1
