@@ -1,8 +1,9 @@
 # `make test` runs the whole suite on a fresh clone: it installs the system
-# library mysqlclient builds against (when missing), creates .venv, installs
-# the pinned packages, lints, and runs pytest against a throwaway database.
+# packages it needs (when missing), creates .venv, installs the pinned
+# packages, lints, and runs pytest against a throwaway database.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
+APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
 .PHONY: test run migrate bench
 
@@ -20,9 +21,11 @@ migrate: $(VENV)/installed
 bench: $(VENV)/installed
 	$(PYTHON) -m tools.bench
 
-$(VENV)/installed: requirements.txt requirements-dev.txt
-	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || \
-		(apt-get update -qq && apt-get install -y -qq libmariadb-dev pkg-config)
+# mysqlclient compiles against libmariadb-dev; the tests start throwaway
+# MariaDB servers from mariadb-server's programs.
+$(VENV)/installed: requirements.txt requirements-client.txt requirements-dev.txt
+	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || ($(APT_INSTALL) libmariadb-dev pkg-config)
+	PATH="$$PATH:/usr/sbin" command -v mariadbd >/dev/null || ($(APT_INSTALL) mariadb-server)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@

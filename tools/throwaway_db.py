@@ -43,8 +43,11 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
 
 
 def server_programs(search_path: str | None = None) -> tuple[str, str]:
-    """The database server and its installer; MissingPrograms names what is missing."""
-    path = os.pathsep.join([os.environ.get("PATH", "") if search_path is None else search_path, *SBIN])
+    """The database server and its installer, looked for on PATH and in sbin (or on `search_path`).
+
+    MissingPrograms names what is missing and how to install it.
+    """
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN]) if search_path is None else search_path
     server = next(filter(None, (shutil.which(name, path=path) for name in SERVER_PROGRAMS)), None)
     install = next(filter(None, (shutil.which(name, path=path) for name in INSTALL_PROGRAMS)), None)
     if not (server and install):

@@ -20,8 +20,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from client import LedgerClient
-from helpers.processes import ROOT, ServerProcess, run_python
+from helpers.processes import ROOT, ServerProcess, base_client, run_python
 from servicekit.settings import declared
 from tools.throwaway_db import free_port
 
@@ -128,7 +127,7 @@ def compose_server(database_server, tmp_path):
     env.update(database_server.database("compose_test"))
     env["METRICS_PORT"] = str(free_port())
     command = [sys.executable if part == "python" else part for part in dockerfile_exec_form("CMD")]
-    server = ServerProcess("server.py", LedgerClient, env, tmp_path / "compose.log", command=command)
+    server = ServerProcess("server.py", base_client, env, tmp_path / "compose.log", command=command)
     yield server
     assert server.stop(signal.SIGTERM) == 0
 

@@ -7,18 +7,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import thriftpy2
+
+from servicekit.base import BASE_THRIFT
 from servicekit.client import PooledClient, ServerUnreachable
 from tools.throwaway_db import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+# ping and health, which every service on the kit answers: a client of any of them.
+BaseService = thriftpy2.load(str(BASE_THRIFT), module_name="servicekit_base_thrift").BaseService
 # Scripts outside the project's root (the kit's test service) import its modules too.
 PROJECT_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_python(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    """Run `python ARGS` in the project directory with extra environment variables."""
+def run_python(*args: str, timeout: float = 60, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
+    """Run `python ARGS` in the project directory (or `cwd`) with extra environment variables."""
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env={**PROJECT_ENV, **env}, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=cwd, env={**PROJECT_ENV, **env}, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -37,15 +42,22 @@ class ServerProcess:
         command: list[str] | None = None,
         port: int | None = None,
         ready: bool = True,
+        cwd: Path = ROOT,
     ) -> None:
         self.port = port or free_port()
         self.client_class = client_class
         self.log_path = log_path
-        self.env = {"THRIFT_HOST": "127.0.0.1", **PROJECT_ENV, **env, "THRIFT_PORT": str(self.port)}
+        self.env = {
+            "THRIFT_HOST": "127.0.0.1",
+            **PROJECT_ENV,
+            "PYTHONPATH": str(cwd),
+            **env,
+            "THRIFT_PORT": str(self.port),
+        }
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command or [sys.executable, "-W", "error", script],
-                cwd=ROOT,
+                cwd=cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -79,6 +91,11 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         return self.process.wait(timeout)
+
+
+def base_client(servers: str, **options) -> PooledClient:
+    """A client of any service on the kit, for ping and health."""
+    return PooledClient(BaseService, servers, **options)
 
 
 def child_pids(pid: int) -> set[int]:

@@ -30,6 +30,25 @@ def test_kill_9_mid_load_loses_no_acknowledged_write_and_duplicates_none(start_s
     assert_consistent(database)
 
 
+def test_the_only_server_killed_and_back_3_s_later_fails_no_call_in_flight(start_server, database):
+    server = start_server()
+    names = [f"restart-{n}" for n in range(4)]
+    with server.client(pool_size=8) as client:  # the defaults: retry until the 30 s deadline
+
+        def kill_and_restart_3_s_later() -> None:
+            time.sleep(1)
+            server.stop(signal.SIGKILL)
+            time.sleep(3)
+            start_server(port=server.port)
+
+        restarter = threading.Thread(target=kill_and_restart_3_s_later)
+        restarter.start()
+        outcome = run_adds(client, names, seconds=6)
+        restarter.join()
+    assert outcome["errors"] == []
+    assert_applied_once(database, outcome["acknowledged"])
+
+
 def test_sigterm_under_load_commits_or_rolls_back_whole_and_never_hangs(start_server, database):
     server = start_server(THRIFT_DRAIN_TIMEOUT="5")
     with server.client(pool_size=8, retries=0, timeout=10) as client:

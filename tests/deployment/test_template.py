@@ -1,0 +1,53 @@
+"""`copier copy` starts a new service from this repository: named after it, with a fresh password, running."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from helpers.processes import ROOT, ServerProcess, base_client, run_python
+
+COPIER = Path(sys.executable).with_name("copier")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    """A copy of this repository made by copier for a service named catalog."""
+    destination = tmp_path_factory.mktemp("template") / "catalog"
+    result = subprocess.run(
+        [COPIER, "copy", "--trust", "--defaults", "--data", "NAME=catalog", str(ROOT), str(destination)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return destination
+
+
+def test_the_copy_is_named_after_its_service_with_a_fresh_password(catalog):
+    for deployment_file in ("config.env", "docker-compose.yml", "Dockerfile"):
+        assert "ledger" not in (catalog / deployment_file).read_text().lower(), deployment_file
+    config = dotenv_values(catalog / "config.env")
+    assert (config["SERVICE_NAME"], config["MYSQL_USER"], config["MYSQL_DATABASE"]) == ("catalog",) * 3
+    assert config["MYSQL_PASSWORD"] != dotenv_values(ROOT / "config.env")["MYSQL_PASSWORD"]
+    assert len(config["MYSQL_PASSWORD"]) >= 24
+    assert "NAME: catalog" in (catalog / ".copier" / ".copier-answers.yml").read_text()
+
+
+def test_the_copy_keeps_the_example_to_replace_and_leaves_the_template_behind(catalog):
+    assert (catalog / "service.thrift").read_text() == (ROOT / "service.thrift").read_text()
+    assert not (catalog / "copier.yml").exists()
+    assert not (catalog / "tests" / "deployment" / "test_template.py").exists()
+
+
+def test_the_copy_serves_and_its_client_reports_health(catalog, database_server, tmp_path):
+    database = database_server.database("catalog_test")
+    server = ServerProcess("server.py", base_client, database, tmp_path / "catalog.log", cwd=catalog)
+    try:
+        health = run_python("client.py", "--servers", f"127.0.0.1:{server.port}", "health", cwd=catalog)
+        assert health.returncode == 0, health.stderr
+        assert "serving catalog on 127.0.0.1:" in server.log()
+    finally:
+        assert server.stop() == 0
