@@ -13,6 +13,7 @@ import ssl
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import MySQLdb
 
@@ -21,6 +22,9 @@ from servicekit.prefork import serve_in_processes
 from servicekit.processor import GuardedProcessor
 from servicekit.settings import ServerSettings, SettingsError, load
 from servicekit.thread_pool_server import TThreadPoolServer
+
+if TYPE_CHECKING:  # imported for real in observe(), once the metrics mode is chosen
+    from servicekit.observability import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ def load_settings(config_file: Path) -> ServerSettings:
         raise StartupError(str(error), 2) from None
 
 
-def observe(settings: ServerSettings):
+def observe(settings: ServerSettings) -> "Metrics":
     """Configure logging; return the service's observability.Metrics."""
     if settings.metrics_port and settings.thrift_processes > 1:
         # prometheus-client adds up several processes' metrics through files
@@ -80,7 +84,7 @@ def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 def build_server(
-    service: type, handler: object, database: ModuleType, settings: ServerSettings, version: str, metrics
+    service: type, handler: object, database: ModuleType, settings: ServerSettings, version: str, metrics: "Metrics"
 ) -> TThreadPoolServer:
     """`handler` serving `service` on a TThreadPoolServer, not yet listening."""
 
@@ -114,7 +118,9 @@ def build_server(
     return server
 
 
-def serve(server: TThreadPoolServer, database: ModuleType, settings: ServerSettings, version: str, metrics) -> None:
+def serve(
+    server: TThreadPoolServer, database: ModuleType, settings: ServerSettings, version: str, metrics: "Metrics"
+) -> None:
     """Listen, then serve in one process or several until SIGTERM or SIGINT has drained them."""
     try:
         server.listen()
@@ -160,7 +166,7 @@ def _log_serving(settings: ServerSettings) -> None:
     )
 
 
-def _serve_metrics(settings: ServerSettings, version: str, metrics) -> None:
+def _serve_metrics(settings: ServerSettings, version: str, metrics: "Metrics") -> None:
     if settings.metrics_port:
         metrics.serve(settings.thrift_host, settings.metrics_port, version, settings.thrift_processes > 1)
         logger.info("metrics on http://%s:%s/metrics", settings.thrift_host, settings.metrics_port)

@@ -9,6 +9,7 @@ import pytest
 
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
+from helpers.mysql import sql
 from helpers.wire import exchange, framed, message_header
 from servicekit.client import new_request_id
 from tools.throwaway_db import free_port, wait_for
@@ -115,3 +116,13 @@ def test_health_reports_a_hung_database_within_seconds(start_server, own_databas
         finally:
             own_database.process.send_signal(signal.SIGCONT)
         wait_for(lambda: client.health().database, 10, "the database to answer again")
+
+
+def test_logs_at_debug_never_show_the_database_password(start_server, database):
+    sql(database, "CREATE USER IF NOT EXISTS 'pw_user'@'%' IDENTIFIED BY 'Hunter2-secret'")
+    sql(database, f"GRANT ALL ON `{database['MYSQL_DATABASE']}`.* TO 'pw_user'@'%'")
+    server = start_server(MYSQL_USER="pw_user", MYSQL_PASSWORD="Hunter2-secret", LOG_LEVEL="DEBUG")
+    with server.client() as client:
+        client.add("secret keeper", 1)
+    assert server.stop() == 0
+    assert "Hunter2-secret" not in server.log()
