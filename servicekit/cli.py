@@ -10,6 +10,7 @@ its own exit status.
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -228,9 +229,16 @@ class CommandLine:
         except OSError as error:  # ssl.SSLError and a missing file are OSErrors
             print(f"error: cannot load the TLS files (CLIENT_TLS_*): {error}", file=sys.stderr)
             return EXIT_USAGE
+        give_up_at = time.monotonic() + timeout
+
+        def call(**arguments: object) -> object:
+            client.deadline = give_up_at - time.monotonic()  # --all makes several calls: one --timeout for all
+            if client.deadline <= 0:
+                raise ServerUnreachable(f"{servers} (no reply within --timeout {timeout:g} s)")
+            return getattr(client, method)(**arguments)
+
         try:
             with client:
-                call = getattr(client, method)
                 result = every_page(call, options) if follow else call(**options)
         except ServerUnreachable as error:
             print(f"error: cannot reach the {self.service_name} server at {error}", file=sys.stderr)
