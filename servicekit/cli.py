@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from thriftpy2.thrift import TApplicationException
+from thriftpy2.thrift import TApplicationException, TException
 
 from servicekit.base import base_module
 from servicekit.client import PooledClient, ServerUnreachable, parse_servers, reason, tls_context
 from servicekit.settings import ClientSettings, SettingsError, load
 
 EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
+EXIT_OTHER_DECLARED = 9  # an exception the IDL declares that exit_statuses gives no status of its own
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
@@ -127,7 +128,8 @@ class CommandLine:
     """client.py's command line for `client_class` (a PooledClient with typed methods).
 
     exit_statuses: the service's own exceptions and their statuses; the
-    kit's InvalidArgument (3), Conflict (5) and Unavailable (7) are added.
+    kit's InvalidArgument (3), Conflict (5) and Unavailable (7) are added,
+    and any other exception the IDL declares exits 9.
     show(result) -> str: a result for people; `--json` prints as_dict(result).
     """
 
@@ -174,7 +176,7 @@ class CommandLine:
         parser = _OneLineParser(
             description=f"Call the {self.service_name} service.",
             epilog=f"exit status: 0 ok, 1 internal error, 2 usage, {statuses} (or health not ok), "
-            f"8 server unreachable, 130 interrupted",
+            f"8 server unreachable, 9 another declared error, 130 interrupted",
         )
         parser.add_argument(
             "--servers",
@@ -243,12 +245,12 @@ class CommandLine:
         except ServerUnreachable as error:
             print(f"error: cannot reach the {self.service_name} server at {error}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        except tuple(self.exit_statuses) as error:
-            print(f"error: {type(error).__name__}: {reason(error)}", file=sys.stderr)
-            return self.exit_statuses[type(error)]
         except TApplicationException as error:
             print(f"error: the server failed: {error}", file=sys.stderr)
             return EXIT_INTERNAL
+        except TException as error:  # declared by the IDL
+            print(f"error: {type(error).__name__}: {reason(error)}", file=sys.stderr)
+            return self.exit_statuses.get(type(error), EXIT_OTHER_DECLARED)
         print(json.dumps(as_dict(result), ensure_ascii=False) if as_json else self._human(result))
         if method == "health" and not (result.serving and result.database):
             return EXIT_UNAVAILABLE  # lets a container healthcheck use this command

@@ -62,7 +62,7 @@ def server_programs(search_path: str | None = None) -> tuple[str, str]:
 class ThrowawayDatabase:
     """A database server in `directory` with one empty database, `database`."""
 
-    def __init__(self, directory: Path, database: str = "ledger_test") -> None:
+    def __init__(self, directory: Path, database: str = "test") -> None:
         self.server, install = server_programs()
         self.directory = directory
         self.port = free_port()

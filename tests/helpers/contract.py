@@ -5,13 +5,35 @@ exception its method declares, never INTERNAL_ERROR: `answer()` says which.
 """
 
 import uuid
+from pathlib import Path
 
+import thriftpy2
 from hypothesis import strategies as st
 from thriftpy2.thrift import TApplicationException, TType
 
-from servicekit.base import BASE_METHODS
+from servicekit.base import BASE_METHODS, base_module
+from servicekit.errors import ContractError
 
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
+
+
+def service_in(idl: Path) -> type:
+    """The one service an IDL file defines that extends the kit's BaseService."""
+    module = thriftpy2.load(str(idl), module_name=f"{idl.stem}_under_test_thrift")
+    (service,) = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and hasattr(value, "thrift_services") and _extends_base(value)
+    ]
+    return service
+
+
+def _extends_base(service: type) -> bool:
+    try:
+        base_module(service)
+    except ContractError:
+        return False
+    return True
 
 
 def methods(service: type) -> list[str]:

@@ -153,3 +153,15 @@ def test_concurrent_random_transfers_keep_the_ledger_consistent(ledger, database
     )
     assert stored == [(len(acknowledged) + len(accounts),)]  # plus the opening deposits
     assert_ledger_invariant(database)
+
+
+def test_money_is_never_truncated_by_the_client(client):
+    account = funded_account(client, 0)
+    for wrong in (5.5, True, "5", None):
+        with pytest.raises(TypeError):
+            client.deposit(account, wrong)
+    with pytest.raises(TypeError):
+        client.get_account(str(account))
+    with pytest.raises(ValueError, match="range"):
+        client.withdraw(account, 2**63)
+    assert client.get_account(account).balance == 0

@@ -9,9 +9,9 @@ import signal
 import uuid
 
 import pytest
-from counters_testing import counters_process
 
 from counters import CountersClient
+from counters_testing import counters_process
 from helpers.mysql import RowLock, statement_waits
 from helpers.processes import ServerProcess
 

@@ -6,10 +6,10 @@ import time
 
 import MySQLdb
 import pytest
-from counters_testing import assert_consistent, run_adds
 
 import db
 from counters import counters_thrift
+from counters_testing import assert_consistent, run_adds
 from helpers.mysql import connect_kwargs, sql
 from helpers.processes import run_python
 from servicekit.idempotency import IdempotentWrites

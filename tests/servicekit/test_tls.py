@@ -4,9 +4,9 @@ import socket
 import ssl
 
 import pytest
-from counters_testing import counters_process
 
 from counters import CountersClient
+from counters_testing import counters_process
 from helpers.mysql import sql
 from helpers.pki import make_pki
 from servicekit.client import ServerUnreachable, tls_context

@@ -11,8 +11,8 @@ WITHOUT_MYSQL = (
 )
 
 
-def test_client_py_runs_where_mysqlclient_cannot_be_imported(ledger):
-    result = run_python("-c", WITHOUT_MYSQL, "--servers", f"127.0.0.1:{ledger.port}", "ping")
+def test_client_py_runs_where_mysqlclient_cannot_be_imported(server):
+    result = run_python("-c", WITHOUT_MYSQL, "--servers", server.address, "ping")
     assert (result.returncode, result.stdout, result.stderr) == (0, "pong\n", "")
 
 

@@ -1,0 +1,78 @@
+"""The service keeps its IDL: every RPC, whatever it is sent, answers a result or a declared error.
+
+Generic over service.thrift: it walks every RPC the service defines, with
+arguments from the edges of each type, with the database up and down.
+"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers.contract import answer, arguments, methods, plausible_arguments, service_in
+from helpers.processes import ROOT
+from servicekit.client import PooledClient
+
+SERVICE = service_in(ROOT / "service.thrift")
+
+
+@pytest.mark.parametrize("method", methods(SERVICE))
+def test_every_rpc_answers_edge_arguments_with_a_result_or_a_declared_error(server, method):
+    with PooledClient(SERVICE, server.address, retries=0) as client:
+
+        @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @given(args=arguments(SERVICE, method))
+        def call(args: tuple) -> None:
+            answer(client, method, args)  # fails the test on INTERNAL_ERROR
+
+        call()
+
+
+def test_a_database_outage_is_unavailable_for_every_rpc_that_reached_it(start_server, own_database):
+    server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="1")
+    calls = {method: plausible_arguments(SERVICE, method) for method in methods(SERVICE)}
+    with PooledClient(SERVICE, server.address, retries=0) as client:
+        up = {method: answer(client, method, args) for method, args in calls.items()}
+        own_database.stop()
+        down = {method: answer(client, method, args) for method, args in calls.items()}
+    # Only an argument refused before the database was reached may answer otherwise.
+    reached = [method for method, outcome in up.items() if outcome != "InvalidArgument"]
+    assert reached, up
+    assert {method: down[method] for method in reached} == dict.fromkeys(reached, "Unavailable")
+
+
+@settings(max_examples=300)
+@given(
+    method=st.sampled_from(methods(SERVICE)),
+    bad=st.one_of(
+        st.floats(), st.booleans(), st.text(max_size=3), st.none(), st.binary(max_size=3), st.lists(st.integers())
+    ),
+    position=st.integers(0, 5),
+)
+def test_the_client_refuses_wrong_types_before_a_byte_is_sent(method, bad, position):
+    client = PooledClient(SERVICE, "127.0.0.1:9", retries=0, deadline=0.5)  # nothing listens: a sent byte would fail
+    args = list(plausible_arguments(SERVICE, method))
+    if not args:
+        return
+    position %= len(args)
+    if isinstance(bad, type(args[position])) and not isinstance(bad, bool):
+        return  # the right type after all
+    args[position] = bad
+    with pytest.raises((TypeError, ValueError)):
+        client.call(method, *args)
+
+
+@settings(max_examples=200)
+@given(
+    method=st.sampled_from(methods(SERVICE)),
+    position=st.integers(0, 5),
+    big=st.integers(2**63, 2**80) | st.integers(-(2**80), -(2**63) - 1),
+)
+def test_the_client_refuses_integers_out_of_range(method, position, big):
+    client = PooledClient(SERVICE, "127.0.0.1:9", retries=0, deadline=0.5)
+    args = list(plausible_arguments(SERVICE, method))
+    integers = [i for i, value in enumerate(args) if type(value) is int]
+    if not integers:
+        return
+    args[integers[position % len(integers)]] = big
+    with pytest.raises(ValueError, match="range"):
+        client.call(method, *args)
