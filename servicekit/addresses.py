@@ -4,7 +4,7 @@ A server given by name stands for every IPv4 and IPv6 address the name
 resolves to (one per ready pod behind a Kubernetes headless Service). The
 client (client.py) asks for them before each call and spreads its pool over
 them. Names are resolved again in a background thread, so a call waits on
-DNS only the first time; addresses that stop answering are marked down.
+DNS only the first time; an address a connection failed to is marked down.
 """
 
 import ipaddress
@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 # A host name -> its IP addresses. A name that cannot be resolved raises OSError.
 Resolver = Callable[[str], Sequence[str]]
-# How long an address that refused a connection is skipped (doubling per failure, capped).
+# How long an address a connection failed to is skipped (doubling per failure, capped).
 DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 # After a connection failure, names are resolved again, but not more often than this.
 RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
@@ -95,7 +95,7 @@ class AddressBook:
         return address in self._addresses
 
     def up(self) -> list[Address]:
-        """The addresses that have not refused a connection lately."""
+        """The addresses no connection has failed to lately."""
         now = time.monotonic()
         return [address for address in self._addresses if self.down_until(address) <= now]
 
@@ -105,7 +105,7 @@ class AddressBook:
             self._due_at = min(self._due_at, self._resolved_at + RESOLVE_AT_MOST_EVERY_SECONDS)
 
     def mark_down(self, address: Address) -> None:
-        """`address` refused a connection: skip it for a while, longer each time it fails again."""
+        """A connection to `address` failed: skip it for a while, longer each time it fails again."""
         with self._lock:
             down_for = min(self._down_for.get(address, DOWN_FOR_SECONDS / 2) * 2, DOWN_AT_MOST_SECONDS)
             self._down_for[address] = down_for
@@ -118,7 +118,7 @@ class AddressBook:
             self._down_until.pop(address, None)
 
     def down_until(self, address: Address) -> float:
-        """When `address` may be tried again: in the past unless it refused a connection lately."""
+        """When `address` may be tried again: in the past unless a connection to it failed lately."""
         return self._down_until.get(address, float("-inf"))
 
     def _collect(self) -> list[Address]:
@@ -131,6 +131,9 @@ class AddressBook:
             before = self._addresses
             self._found.update((server, found) for server, (found, _) in results.items() if found)
             self._addresses = after = self._collect()
+            for marks in (self._down_until, self._down_for):  # of addresses gone for good, say old pods'
+                for address in set(marks) - set(after):
+                    del marks[address]
             self._resolved_at = time.monotonic()
             self._due_at = self._resolved_at + self._resolve_every
             self._resolving = False
