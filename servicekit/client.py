@@ -2,9 +2,10 @@
 
 A service's typed client (its client.py) subclasses it with one method per
 RPC, each a `self.call("method", ...)`. Connections speak framed binary
-Thrift, optionally over TLS; calls are spread over several servers, and
-connection failures, timeouts and the exceptions named safe to retry are
-retried with the same arguments (so the same request_id: applied once).
+Thrift, optionally over TLS, and are spread over every address of the
+servers (addresses.py); connection failures, timeouts and the exceptions
+named safe to retry are retried with the same arguments (so the same
+request_id: applied once).
 """
 
 import enum
@@ -15,15 +16,15 @@ import ssl
 import threading
 import time
 import uuid
+from collections import Counter
 
 from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.thrift import TClient, TException, TType
 from thriftpy2.transport import TCyFramedTransport, TSocket, TTransportException
 
+from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
 
-# How long a server that refused a connection is skipped (doubling per failure, capped).
-DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
@@ -79,17 +80,17 @@ class _Connection:
     def __init__(
         self,
         service: type,
-        address: tuple[str, int],
+        address: Address,
         connect_timeout: float,
         timeout: float,
         tls: ssl.SSLContext | None,
     ) -> None:
         self.address = address
-        sock = socket.create_connection(address, timeout=connect_timeout)
+        sock = socket.create_connection((address.ip, address.port), timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls:
-                sock = tls.wrap_socket(sock, server_hostname=address[0])
+                sock = tls.wrap_socket(sock, server_hostname=address.host)
         except BaseException:
             sock.close()
             raise
@@ -123,8 +124,17 @@ class _Connection:
 class PooledClient:
     """A thread-safe, pooled, retrying client of `service` (a thriftpy2 service class).
 
-    servers: "host:port" or "host:port,[::1]:port,..."; calls are spread over
-        them, and one that refuses connections is skipped for a while.
+    servers: "host:port" or "host:port,[::1]:port,..."; a name stands for
+        every IPv4 and IPv6 address `resolve` gives it (one per pod behind a
+        Kubernetes headless Service). Connections are spread over the
+        addresses (to the one with fewest first, in turn when even); one that
+        refuses connections is skipped for a while.
+    resolve / resolve_every: host name -> IP addresses (default: the
+        system's resolver), asked again every `resolve_every` seconds and
+        soon after a connection fails, without holding up calls. New
+        addresses get connections as the pool evens out; connections to
+        addresses that are gone close, idle ones at once, busy ones when
+        their call returns. IP addresses are used as they are.
     retry_on: exceptions safe to retry besides base.thrift's Unavailable.
     deadline: seconds a call may take in all, retries included. Connection
         failures, timeouts and `retry_on` are retried with the same arguments
@@ -158,9 +168,10 @@ class PooledClient:
         acquire_timeout: float = 10.0,
         max_idle: float = 300.0,
         tls: ssl.SSLContext | None = None,
+        resolve: Resolver = resolve_both_families,
+        resolve_every: float = 30.0,
     ) -> None:
         self.service = service
-        self.servers = parse_servers(servers)
         self.retry_on = (base_module(service).Unavailable, *retry_on)
         self.deadline = deadline
         self.retries = retries
@@ -174,13 +185,13 @@ class PooledClient:
             method: [spec for _, spec in sorted(getattr(service, method + "_args").thrift_spec.items())]
             for method in service.thrift_services
         }
+        self._addresses = AddressBook(parse_servers(servers), resolve, resolve_every, self._retire_idle)
         self._idle: list[_Connection] = []
-        self._open = 0
+        self._open = 0  # connections open or being opened
+        self._open_to: Counter[Address] = Counter()
         self._closed = False
         self._available = threading.Condition()
-        self._next_server = itertools.cycle(range(len(self.servers)))
-        self._down_until: dict[tuple[str, int], float] = {}
-        self._down_for: dict[tuple[str, int], float] = {}
+        self._turn = random.randrange(1 << 16)  # where the round starts: one-shot clients spread too
 
     def __enter__(self):
         return self
@@ -193,10 +204,9 @@ class PooledClient:
         with self._available:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._open -= len(idle)
+            for connection in idle:
+                self._forget(connection)
             self._available.notify_all()
-        for connection in idle:
-            connection.close()
 
     def ping(self) -> str:
         """Returns "pong" when the server answers."""
@@ -221,6 +231,10 @@ class PooledClient:
         raise AssertionError("unreachable")
 
     def _acquire(self, give_up_at: float) -> _Connection:
+        try:
+            addresses = self._addresses.current()
+        except OSError as error:
+            raise ServerUnreachable(str(error)) from None
         give_up_at = min(give_up_at, time.monotonic() + self.acquire_timeout)
         with self._available:
             while True:
@@ -230,8 +244,7 @@ class PooledClient:
                     connection = self._idle.pop()  # most recently used: least likely to be stale
                     if time.monotonic() - connection.idle_since < self.max_idle and not connection.closed_by_server():
                         return connection
-                    self._open -= 1
-                    connection.close()
+                    self._forget(connection)
                     continue
                 if self._open < self.pool_size:
                     self._open += 1
@@ -239,52 +252,100 @@ class PooledClient:
                 if not self._available.wait(give_up_at - time.monotonic()):
                     raise ServerUnreachable(f"all {self.pool_size} connections stayed busy")
         try:
-            return self._connect(give_up_at)
+            return self._connect(addresses, give_up_at)
         except BaseException:
-            self._release(None)
+            with self._available:
+                self._open -= 1
+                self._available.notify()
             raise
 
-    def _release(self, connection: _Connection | None) -> None:
-        """Return a healthy connection to the pool; None gives up a slot."""
+    def _release(self, connection: _Connection) -> None:
+        """Back to the pool after a whole reply; closed instead if its place is gone or the pool is uneven."""
         with self._available:
-            if connection is not None and not self._closed:
+            if self._closed or not self._worth_keeping(connection.address):
+                self._forget(connection)
+            else:
                 connection.idle_since = time.monotonic()
                 self._idle.append(connection)
-            else:
-                self._open -= 1
-                if connection is not None:
-                    connection.close()
             self._available.notify()
 
-    def _connect(self, give_up_at: float) -> _Connection:
-        """Open a connection to the next server that is up, trying each once."""
+    def _discard(self, connection: _Connection) -> None:
+        """Out of the pool: the connection failed or may be out of step."""
+        with self._available:
+            self._forget(connection)
+            self._available.notify()
+
+    def _forget(self, connection: _Connection) -> None:
+        """Close a connection the pool counted; the caller holds the lock."""
+        self._open -= 1
+        self._uncount(connection.address)
+        connection.close()
+
+    def _uncount(self, address: Address) -> None:
+        self._open_to[address] -= 1
+        if not self._open_to[address]:
+            del self._open_to[address]
+
+    def _worth_keeping(self, address: Address) -> bool:
+        """Whether a connection to `address` stays: its address is current, and it holds
+        at most one more connection than the emptiest address that is up (a new or
+        restarted server fills up as busier ones give connections back)."""
+        if not self._addresses.is_current(address):
+            return False
+        return self._open_to[address] - min((self._open_to[up] for up in self._addresses.up()), default=0) < 2
+
+    def _retire_idle(self, current: frozenset[Address]) -> None:
+        """The addresses changed: close idle connections to those that are gone (busy ones close on release)."""
+        with self._available:
+            gone = [connection for connection in self._idle if connection.address not in current]
+            self._idle = [connection for connection in self._idle if connection.address in current]
+            for connection in gone:
+                self._forget(connection)
+            self._available.notify_all()
+
+    def _claim(self, addresses: list[Address], tried: set[Address]) -> Address | None:
+        """The address for the next connection, counted as taken: up ones first, then
+        the fewest connections, ties in turn (round-robin); None when all were tried."""
         with self._available:
             now = time.monotonic()
-            start = next(self._next_server)
-            order = self.servers[start:] + self.servers[:start]
-            # Servers that are up first; if all are down, try them anyway,
-            # soonest-to-recover first, rather than fail without trying.
-            order.sort(key=lambda address: max(self._down_until.get(address, 0.0), now))
-        errors = []
-        for address in order:
+            self._turn += 1
+            start = self._turn % len(addresses)
+            untried = [address for address in addresses[start:] + addresses[:start] if address not in tried]
+            if not untried:
+                return None
+            # Down ones last, soonest to recover first: rather tried than a call failed untried.
+            address = min(untried, key=lambda a: (max(self._addresses.down_until(a), now), self._open_to[a]))
+            self._open_to[address] += 1
+            return address
+
+    def _connect(self, addresses: list[Address], give_up_at: float) -> _Connection:
+        """Open a connection to the best address that accepts one, trying each at most once."""
+        errors, tried = [], set()
+        while address := self._claim(addresses, tried):
+            tried.add(address)
             connect_timeout = min(self.connect_timeout, give_up_at - time.monotonic())
-            if connect_timeout <= 0:
-                errors.append("no time left before the deadline")
-                break
             try:
-                connection = _Connection(self.service, address, connect_timeout, self.timeout, self.tls)
+                connection = self._open_connection(address, connect_timeout)
             except (TTransportException, OSError) as error:
-                with self._available:
-                    down_for = min(self._down_for.get(address, DOWN_FOR_SECONDS / 2) * 2, DOWN_AT_MOST_SECONDS)
-                    self._down_for[address] = down_for
-                    self._down_until[address] = time.monotonic() + down_for
-                errors.append(f"{address[0]}:{address[1]} ({reason(error)})")
+                errors.append(f"{address} ({reason(error)})")
+                if connect_timeout <= 0:
+                    break
+                self._addresses.mark_down(address)
                 continue
-            with self._available:
-                self._down_for.pop(address, None)
-                self._down_until.pop(address, None)
+            self._addresses.mark_up(address)
             return connection
         raise ServerUnreachable(", ".join(errors))
+
+    def _open_connection(self, address: Address, connect_timeout: float) -> _Connection:
+        """A connection to a claimed address; the claim is given back if it fails."""
+        try:
+            if connect_timeout <= 0:
+                raise TimeoutError("no time left before the deadline")
+            return _Connection(self.service, address, connect_timeout, self.timeout, self.tls)
+        except BaseException:
+            with self._available:
+                self._uncount(address)
+            raise
 
     def _call_once(self, method: str, args: tuple, give_up_at: float):
         connection = self._acquire(give_up_at)
@@ -292,16 +353,14 @@ class PooledClient:
             connection.socket.sock.settimeout(max(0.001, min(self.timeout, give_up_at - time.monotonic())))
             result = getattr(connection.thrift, method)(*args)
         except (TTransportException, OSError) as error:
-            self._release(None)
-            connection.close()
-            address = f"{connection.address[0]}:{connection.address[1]}"
-            raise ServerUnreachable(f"{address} ({reason(error)})") from None
+            self._discard(connection)
+            self._addresses.resolve_soon()
+            raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except TException:
             self._release(connection)  # a whole error reply was read: still in step
             raise
         except BaseException:
-            self._release(None)  # interrupted mid-call: the reply may still come
-            connection.close()
+            self._discard(connection)  # interrupted mid-call: the reply may still come
             raise
         self._release(connection)
         return result

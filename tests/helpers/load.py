@@ -1,5 +1,6 @@
 """Load from several threads, and counting this process's connections to a port."""
 
+import ipaddress
 import os
 import random
 import threading
@@ -31,8 +32,8 @@ def run_threads(count: int, target: Callable[[random.Random], object], seconds: 
     return errors
 
 
-def connections_to(port: int) -> int:
-    """Established TCP connections from this test process to port `port` (IPv4 or IPv6)."""
+def connections_to(port: int, host: str | None = None) -> int:
+    """Established TCP connections from this test process to port `port` (IPv4 or IPv6), of `host` if given."""
     inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -45,6 +46,14 @@ def connections_to(port: int) -> int:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            remote_port, state, inode = int(fields[2].split(":")[1], 16), fields[3], fields[9]
-            count += remote_port == port and state == "01" and inode in inodes
+            remote_ip, remote_port = fields[2].split(":")
+            if int(remote_port, 16) != port or fields[3] != "01" or fields[9] not in inodes:
+                continue
+            count += host is None or _kernel_ip(remote_ip) == ipaddress.ip_address(host)
     return count
+
+
+def _kernel_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp* shows it: 32-bit words of hex in the machine's (little-endian) byte order."""
+    words = [bytes.fromhex(hex_ip[i : i + 8])[::-1] for i in range(0, len(hex_ip), 8)]
+    return ipaddress.ip_address(b"".join(words))

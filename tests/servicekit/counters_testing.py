@@ -18,14 +18,18 @@ def counters_process(env: dict[str, str], log_path: Path, **options) -> ServerPr
     return ServerProcess(SCRIPT, CountersClient, {"SERVICE_NAME": "counters", **env}, log_path, **options)
 
 
-def run_adds(client: CountersClient, names: list[str], seconds: float, threads: int = 8) -> dict:
-    """Random adds from several threads: what was acknowledged (request id, name, amount) and what failed how."""
+def run_adds(
+    client: CountersClient, names: list[str], seconds: float, threads: int = 8, stop: threading.Event | None = None
+) -> dict:
+    """Random adds from several threads for `seconds` (or until `stop` is set): what was
+    acknowledged (request id, name, amount) and what failed how."""
     outcome = {"acknowledged": [], "errors": [], "slowest_failure": 0.0}
     stop_at = time.monotonic() + seconds
+    stop = stop or threading.Event()
 
     def loop(seed: int) -> None:
         rng = random.Random(seed)
-        while time.monotonic() < stop_at:
+        while time.monotonic() < stop_at and not stop.is_set():
             request_id, name, amount = new_request_id(), rng.choice(names), rng.randint(1, 50)
             started = time.monotonic()
             try:

@@ -1,0 +1,151 @@
+"""Where a PooledClient's connections can go: every address behind its servers, kept current.
+
+A server given by name stands for every IPv4 and IPv6 address the name
+resolves to (one per ready pod behind a Kubernetes headless Service). The
+client (client.py) asks for them before each call and spreads its pool over
+them. Names are resolved again in a background thread, so a call waits on
+DNS only the first time; an address a connection failed to is marked down.
+"""
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+# A host name -> its IP addresses. A name that cannot be resolved raises OSError.
+Resolver = Callable[[str], Sequence[str]]
+# How long an address a connection failed to is skipped (doubling per failure, capped).
+DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
+# After a connection failure, names are resolved again, but not more often than this.
+RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
+
+
+class Address(NamedTuple):
+    """One place to connect: the server's host as given (TLS checks its certificate for it), an IP, a port."""
+
+    host: str
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        ip_port = f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return ip_port if self.host == self.ip else f"{self.host}/{ip_port}"
+
+
+def resolve_both_families(host: str) -> list[str]:
+    """Every IPv4 and IPv6 address of `host`, in the system resolver's order, each once."""
+    found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(sockaddr[0] for *_, sockaddr in found))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class AddressBook:
+    """The addresses behind `servers` ([(host, port)]), names resolved again every `resolve_every` seconds.
+
+    changed(addresses) is called, from the resolving thread, when a
+    resolution changes them. A name that fails to resolve, or resolves to
+    nothing, keeps its previous addresses: a DNS hiccup retires nothing.
+    """
+
+    def __init__(
+        self,
+        servers: list[tuple[str, int]],
+        resolve: Resolver,
+        resolve_every: float,
+        changed: Callable[[frozenset[Address]], None],
+    ) -> None:
+        self._servers = servers
+        self._names = [(host, port) for host, port in servers if not _is_ip(host)]
+        self._resolve = resolve
+        self._resolve_every = resolve_every
+        self._changed = changed
+        self._lock = threading.Lock()
+        self._found = {(host, port): [Address(host, host, port)] for host, port in servers if _is_ip(host)}
+        self._addresses = self._collect()
+        self._resolved_at = self._due_at = float("-inf")
+        self._resolving = False
+        self._down_until: dict[Address, float] = {}
+        self._down_for: dict[Address, float] = {}
+
+    def current(self) -> list[Address]:
+        """Every address now. Until one is known names are resolved here (OSError if none
+        resolves); after that in a background thread when due."""
+        with self._lock:
+            addresses = self._addresses
+            if addresses and self._names and time.monotonic() >= self._due_at and not self._resolving:
+                self._resolving = True
+                threading.Thread(target=self._resolve_names, name="resolver", daemon=True).start()
+        if addresses:
+            return addresses
+        errors = self._resolve_names()
+        if not self._addresses:
+            raise OSError(", ".join(errors))
+        return self._addresses
+
+    def is_current(self, address: Address) -> bool:
+        return address in self._addresses
+
+    def up(self) -> list[Address]:
+        """The addresses no connection has failed to lately."""
+        now = time.monotonic()
+        return [address for address in self._addresses if self.down_until(address) <= now]
+
+    def resolve_soon(self) -> None:
+        """After a connection failure: the addresses may have changed (a pod replaced)."""
+        with self._lock:
+            self._due_at = min(self._due_at, self._resolved_at + RESOLVE_AT_MOST_EVERY_SECONDS)
+
+    def mark_down(self, address: Address) -> None:
+        """A connection to `address` failed: skip it for a while, longer each time it fails again."""
+        with self._lock:
+            down_for = min(self._down_for.get(address, DOWN_FOR_SECONDS / 2) * 2, DOWN_AT_MOST_SECONDS)
+            self._down_for[address] = down_for
+            self._down_until[address] = time.monotonic() + down_for
+        self.resolve_soon()
+
+    def mark_up(self, address: Address) -> None:
+        with self._lock:
+            self._down_for.pop(address, None)
+            self._down_until.pop(address, None)
+
+    def down_until(self, address: Address) -> float:
+        """When `address` may be tried again: in the past unless a connection to it failed lately."""
+        return self._down_until.get(address, float("-inf"))
+
+    def _collect(self) -> list[Address]:
+        return list(dict.fromkeys(address for server in self._servers for address in self._found.get(server, ())))
+
+    def _resolve_names(self) -> list[str]:
+        """Resolve every name, keep what did not resolve, report a change; returns one line per failure."""
+        results = {server: self._resolve_one(*server) for server in self._names}
+        with self._lock:
+            before = self._addresses
+            self._found.update((server, found) for server, (found, _) in results.items() if found)
+            self._addresses = after = self._collect()
+            for marks in (self._down_until, self._down_for):  # of addresses gone for good, say old pods'
+                for address in set(marks) - set(after):
+                    del marks[address]
+            self._resolved_at = time.monotonic()
+            self._due_at = self._resolved_at + self._resolve_every
+            self._resolving = False
+        if set(after) != set(before):
+            self._changed(frozenset(after))
+        return [error for _, error in results.values() if error]
+
+    def _resolve_one(self, host: str, port: int) -> tuple[list[Address], str]:
+        try:
+            ips = self._resolve(host)
+        except (OSError, UnicodeError) as error:  # UnicodeError: a label longer than 63 characters
+            return [], f"{host}:{port} (cannot resolve: {error})"
+        if not ips:
+            return [], f"{host}:{port} (resolves to no address)"
+        return [Address(host, ip, port) for ip in ips], ""
