@@ -48,6 +48,9 @@ class _Supervisor:
 
     def stop(self, *_: object) -> None:
         self.stopping = True
+        # The kernel keeps queueing connections while any process holds the
+        # listening socket: close ours, so a drain refuses them at once.
+        self.server.close_listener()
         for pid in self.children:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

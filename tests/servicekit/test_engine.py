@@ -58,8 +58,9 @@ def test_an_undeclared_idl_exception_is_internal_error_and_a_logged_contract_bug
     wait_for(lambda: message in server.log(), 5, "the contract error")
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(start_server, database):
-    server = start_server(THRIFT_DRAIN_TIMEOUT="20")
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_then_exits_0(start_server, database, processes):
+    server = start_server(THRIFT_DRAIN_TIMEOUT="20", THRIFT_PROCESSES=processes)
     with server.client(retries=0) as client:
         caller = threading.Thread(target=client.call, args=("hold", 2.0))
         caller.start()
