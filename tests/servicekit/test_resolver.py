@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
-from counters_testing import assert_applied_once, assert_consistent, counters_process, run_adds
 
 from counters import CountersClient
+from counters_testing import assert_applied_once, assert_consistent, counters_process, run_adds
 from helpers.load import connections_to, run_threads
 from helpers.metrics import sample, scrape
 from helpers.mysql import statement_waits

@@ -10,6 +10,13 @@ from dotenv import dotenv_values
 from helpers.processes import ROOT, ServerProcess, base_client, run_python
 
 COPIER = Path(sys.executable).with_name("copier")
+DEPLOYMENT = [
+    "config.env",
+    "docker-compose.yml",
+    "compose.scale.yaml",
+    "Dockerfile",
+    *(f"k8s/{manifest.name}" for manifest in sorted((ROOT / "k8s").glob("*.yaml"))),
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +34,7 @@ def catalog(tmp_path_factory) -> Path:
 
 
 def test_the_copy_is_named_after_its_service_with_a_fresh_password(catalog):
-    for deployment_file in ("config.env", "docker-compose.yml", "Dockerfile"):
+    for deployment_file in DEPLOYMENT:
         assert "ledger" not in (catalog / deployment_file).read_text().lower(), deployment_file
     config = dotenv_values(catalog / "config.env")
     assert (config["SERVICE_NAME"], config["MYSQL_USER"], config["MYSQL_DATABASE"]) == ("catalog",) * 3
@@ -39,7 +46,7 @@ def test_the_copy_is_named_after_its_service_with_a_fresh_password(catalog):
 def test_the_copy_keeps_the_example_to_replace_and_leaves_the_template_behind(catalog):
     assert (catalog / "service.thrift").read_text() == (ROOT / "service.thrift").read_text()
     assert not (catalog / "copier.yml").exists()
-    assert not (catalog / "tests" / "deployment" / "test_template.py").exists()
+    assert not (catalog / "tests" / "template" / "test_copier.py").exists()
 
 
 def test_the_copy_serves_and_its_client_reports_health(catalog, database_server, tmp_path):
