@@ -1,6 +1,7 @@
 # `make test` runs the whole suite on a fresh clone: it installs the system
-# library mysqlclient builds against (when missing), creates .venv, installs
-# the pinned packages, lints, and runs pytest against a throwaway database.
+# library mysqlclient builds against and the Apache Thrift compiler the
+# stock-client tests use (each when missing), creates .venv, installs the
+# pinned packages, lints, and runs pytest against a throwaway database.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
@@ -23,6 +24,7 @@ bench: $(VENV)/installed
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || \
 		(apt-get update -qq && apt-get install -y -qq libmariadb-dev pkg-config)
+	command -v thrift >/dev/null || (apt-get update -qq && apt-get install -y -qq thrift-compiler)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
