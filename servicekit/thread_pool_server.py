@@ -36,6 +36,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure 
 # Reported once, to one worker, then disarmed until that worker re-arms it.
 ARMED_TO_READ = select.EPOLLIN | select.EPOLLONESHOT
 ARMED_TO_WRITE = select.EPOLLOUT | select.EPOLLONESHOT
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 
 
@@ -358,8 +360,10 @@ class TThreadPoolServer(TServer):
         connection.last_active = time.monotonic()
         self._serve_ready(connection)  # the client may have sent its first request already
 
-    def _forget(self, connection: _Connection) -> None:
-        """Close a connection; the caller holds its lock."""
+    def _forget(self, connection: _Connection, reset: bool = False) -> None:
+        """Close a connection, with `reset` at once (RST): the kernel drops what it could not send. Holds its lock."""
+        if reset:
+            connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         connection.closed = True
         # Out of the table before the descriptor is closed and can be reused.
         self._connections.pop(connection.fd, None)
@@ -395,9 +399,12 @@ class TThreadPoolServer(TServer):
         if connection.last_active >= now - (self.read_timeout if stalled else self.idle_timeout):
             return
         if connection.unsent:
-            logger.info("closing %s: took no reply bytes for %ss", connection.peer, self.read_timeout)
-        elif stalled:
-            logger.info("closing %s: no complete message within %ss", connection.peer, self.read_timeout)
+            # A plain close would leave the kernel holding the reply until the client reads it.
+            logger.info("closing %s: took no reply bytes for %gs", connection.peer, self.read_timeout)
+            self._forget(connection, reset=True)
+            return
+        if stalled:
+            logger.info("closing %s: no complete message within %gs", connection.peer, self.read_timeout)
         else:
             logger.debug("closing idle connection %s", connection.peer)
         self._forget(connection)

@@ -1,9 +1,17 @@
 """Hostile input, fuzzing, stalled senders and connection limits against a real server."""
 
+import fcntl
+import os
+import resource
 import socket
 import struct
+import sys
+import termios
+import time
+from pathlib import Path
 
 import pytest
+from counters_testing import SCRIPT, counters_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from thriftpy2.protocol import TCyBinaryProtocol
@@ -11,6 +19,7 @@ from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TCyMemoryBuffer
 
 from counters import counters_thrift
+from helpers.load import connections_to
 from helpers.processes import rss_kb
 from helpers.wire import CODECS, call_bytes, exchange, framed, message_header, on_the_wire, varint
 from servicekit.wire import Codec
@@ -182,3 +191,67 @@ def test_connections_beyond_the_maximum_are_closed_at_once_with_one_log_line(sta
     finally:
         for client in kept:
             client.close()
+
+
+def test_clients_that_stop_reading_hold_no_worker_and_are_closed_after_the_read_timeout(start_server):
+    server = start_server(THRIFT_WORKERS="2", THRIFT_READ_TIMEOUT="2")
+    before = rss_kb(server.process.pid)
+    request = framed(call_bytes(Counters, "repeat", "x" * 100, 1000))  # a 100 kB reply
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2 + 4)]
+    try:
+        for sock in stalled:
+            sock.sendall(request * 200)  # and never read a byte
+        # Replies fill each socket's buffers, then the server must keep the rest.
+        wait_for(lambda: all(unread_bytes(sock) > 50_000 for sock in stalled), 10, "replies to pile up")
+        with server.client(timeout=1, retries=0) as other:
+            for _ in range(10):
+                assert other.ping() == "pong"
+                assert other.call("repeat", "y", 3) == "yyy"
+        wait_for(lambda: connections_to(server.port) == 0, 15, "the server to close the stalled connections")
+        assert server.log().count("took no reply bytes for 2s") == len(stalled)
+        assert rss_kb(server.process.pid) - before < 50 * 1024
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_out_of_file_descriptors_the_server_pauses_accepting_and_warns_once(database, tmp_path):
+    # Started with 64 descriptors of a hard limit of 128: it raises its own to 128 and lowers its connection limit.
+    limited = (
+        "import os, resource, sys; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 128)); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    command = [sys.executable, "-c", limited, sys.executable, "-W", "error", SCRIPT]
+    server = counters_process(database, tmp_path / "server.log", command=command)
+    flood = []
+    try:
+        assert (
+            "Max open files            128                  128"
+            in Path(f"/proc/{server.process.pid}/limits").read_text()
+        )
+        assert "THRIFT_MAX_CONNECTIONS=10000 is more than 128 open files allow" in server.log()
+        resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (40, 128))  # now fewer than it allows for
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", server.port)))
+        wait_for(lambda: "cannot accept connections (Too many open files)" in server.log(), 10, "the warning")
+        cpu_before, started = cpu_seconds(server.process.pid), time.monotonic()
+        time.sleep(2)  # a window to see that the server does not retry accept() at once, again and again
+        assert cpu_seconds(server.process.pid) - cpu_before < 0.5 * (time.monotonic() - started)
+        assert server.log().count("cannot accept connections") == 1
+        for sock in flood:
+            sock.close()
+        with server.client(timeout=5) as client:
+            assert client.ping() == "pong"
+    finally:
+        for sock in flood:
+            sock.close()
+        server.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
