@@ -98,7 +98,7 @@ def build_server(
             version=version,
             is_serving=is_serving,
             database_answers=database.database_answers,
-            observe=metrics.observer(settings.slow_request_ms),
+            observe=metrics.observer(settings.slow_request_ms, served=settings.metrics_port != 0),
         )
     except ContractError as error:
         raise StartupError(f"service.thrift and the handler disagree: {error}", 2) from None

@@ -185,7 +185,9 @@ class TThreadPoolServer(TServer):
         listener = self._listener.fileno()
         while True:
             # One event per wait: the other ready connections stay for other workers.
-            events = self._epoll.poll(HOUSEKEEPING_SECONDS, 1)
+            # No timeout: close() wakes every worker, and a worker woken for nothing
+            # would be first in line for the next event (epoll wakes the latest waiter).
+            events = self._epoll.poll(-1, 1)
             if self._closing:  # the wake-up socket's event, or one that arrived too late
                 return
             for fd, _ in events:
@@ -250,13 +252,14 @@ class TThreadPoolServer(TServer):
             elif not self._receive(connection):
                 self._forget(connection)  # the client closed the connection
                 return
-            if not connection.unsent:
-                self._answer_received(connection)
+            armed = not connection.unsent and self._answer_received(connection)
         except OSError as error:  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error)
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
             logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
         else:
+            if armed:
+                return
             if not self._closing:
                 self._epoll.modify(connection.fd, ARMED_TO_WRITE if connection.unsent else ARMED_TO_READ)
                 return
@@ -278,49 +281,57 @@ class TThreadPoolServer(TServer):
         connection.last_active = time.monotonic()
         return True
 
-    def _answer_received(self, connection: _Connection) -> None:
-        """Answer every whole message received, until one's reply cannot be sent at once."""
-        while (message := self._take_message(connection)) is not None:
-            reply = self._process(connection, *message)
+    def _answer_received(self, connection: _Connection) -> bool:
+        """Answer every whole message received, until one's reply cannot be sent at once.
+
+        Returns True if it re-armed the connection for reading, which it does
+        just before sending the reply to the last message received: the
+        client's next request cannot arrive before that reply, and by then
+        this worker is waiting again, and epoll wakes the latest waiter. Re-armed
+        after the reply, the request often arrives first and wakes another
+        worker, which then waits for the GIL this one still holds.
+        """
+        armed = False
+        while connection.received and (data := self._take_message(connection)) is not None:
+            reply = self._process(connection, data)
             if not reply:
                 continue  # a oneway call
-            if connection.codec.framed:
-                reply = FRAME_HEADER.pack(len(reply)) + reply
-            connection.unsent = memoryview(reply)
-            self._send_unsent(connection)
-            if connection.unsent:
-                return  # backpressure: the rest waits until the client takes this reply
+            if not connection.received and not self._closing:
+                self._epoll.modify(connection.fd, ARMED_TO_READ)
+                armed = True
+            if not self._send(connection, reply):
+                return False  # backpressure: the rest waits until the client takes this reply
+        return armed
 
-    def _take_message(self, connection: _Connection) -> tuple[bytes, str] | None:
-        """Remove the next whole, checked message from connection.received: (bytes, method); None if incomplete."""
-        received = connection.received
-        if connection.codec is None:
-            connection.codec = wire.detect(received, self.max_message_bytes)
-            if connection.codec is None:
-                return None
-        compact = connection.codec.compact
-        if connection.codec.framed:
+    def _take_message(self, connection: _Connection) -> bytes | None:
+        """Remove the next whole, checked message from connection.received; None if it is incomplete."""
+        received, codec = connection.received, connection.codec
+        if codec is None and (codec := wire.detect(received, self.max_message_bytes)) is None:
+            return None
+        connection.codec = codec
+        spec_of = self.processor.argument_spec
+        if codec.framed:
             if len(received) < FRAME_HEADER.size:
                 return None
             end = FRAME_HEADER.size + wire.frame_size(received, self.max_message_bytes)
             if len(received) < end:
                 return None
             data = bytes(received[FRAME_HEADER.size : end])
-            message = wire.walk_whole(data, compact, self.processor.argument_spec, MAX_NESTING)
+            message = wire.walk_whole(data, codec.compact, spec_of, MAX_NESTING)
         else:
             if connection.walking is None:
-                spec_of = self.processor.argument_spec
-                connection.walking = wire.walk(received, self.max_message_bytes, compact, spec_of, MAX_NESTING)
+                connection.walking = wire.walk(received, self.max_message_bytes, codec.compact, spec_of, MAX_NESTING)
             if (message := wire.resume(connection.walking)) is None:
                 return None
             connection.walking = None
             end = message.end
             data = bytes(received[:end])
         del received[:end]
-        wire.check_argument_types(message.name, message.argument_types, self.processor.argument_spec(message.name))
-        return data, message.name
+        wire.check_argument_types(message.name, message.argument_types, spec_of(message.name))
+        return data
 
-    def _process(self, connection: _Connection, data: bytes, method: str) -> bytes:
+    def _process(self, connection: _Connection, data: bytes) -> bytes:
+        """Decode, run and encode one checked message: the reply, framed if the connection is."""
         current_request.peer = connection.peer
         worker = threading.get_ident()
         self._busy.add(worker)
@@ -328,13 +339,25 @@ class TThreadPoolServer(TServer):
             protocols = self.protocols[connection.codec.compact]
             output = TCyMemoryBuffer()
             self.processor.process(protocols.get_protocol(TCyMemoryBuffer(data)), protocols.get_protocol(output))
-            return output.getvalue()
         finally:
             self._busy.discard(worker)
-            connection.last_active = time.monotonic()
+        reply = output.getvalue()
+        return FRAME_HEADER.pack(len(reply)) + reply if reply and connection.codec.framed else reply
+
+    def _send(self, connection: _Connection, reply: bytes) -> bool:
+        """Send `reply`; what the socket does not take now stays in connection.unsent. True if all was sent."""
+        try:
+            sent = connection.sock.send(reply)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            sent = 0
+        connection.last_active = time.monotonic()
+        if sent < len(reply):
+            connection.unsent = memoryview(reply)[sent:]
+            return False
+        return True
 
     def _send_unsent(self, connection: _Connection) -> None:
-        """Send what the socket takes now; the rest stays in connection.unsent."""
+        """Send what the socket takes now of connection.unsent."""
         try:
             sent = connection.sock.send(connection.unsent)
         except (BlockingIOError, ssl.SSLWantWriteError):

@@ -82,13 +82,13 @@ def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
 
 def walk(
     buffer: bytes | bytearray, limit: int | None, compact: bool, spec_of: SpecOf, max_depth: int = 16
-) -> Generator[None, None, Message]:
+) -> Generator[Message | None, None, None]:
     """Walk the message at the start of `buffer`, which may take up to `limit` bytes (None: all of `buffer`).
 
-    A generator: it yields while the message runs past the bytes present
-    (bytes appended to a bytearray `buffer` are seen when it is resumed) and
-    returns the Message. It raises MalformedMessage as soon as the bytes
-    cannot be a well-formed message within the limit.
+    A generator, advanced with resume(): it yields None while the message
+    runs past the bytes present (bytes appended to a bytearray `buffer` are
+    seen when it is resumed), then the Message. It raises MalformedMessage as
+    soon as the bytes cannot be a well-formed message within the limit.
     """
     if compact:
         return _CompactWalk(buffer, limit, max_depth, spec_of).message()
@@ -97,8 +97,7 @@ def walk(
 
 def walk_whole(buffer: bytes, compact: bool, spec_of: SpecOf, max_depth: int = 16) -> Message:
     """Walk a message that must fill `buffer` exactly (a frame's payload)."""
-    walking = walk(buffer, None, compact, spec_of, max_depth)
-    message = resume(walking)
+    message = resume(walk(buffer, None, compact, spec_of, max_depth))
     if message is None:
         raise MalformedMessage("message ends early")
     if message.end != len(buffer):
@@ -106,13 +105,9 @@ def walk_whole(buffer: bytes, compact: bool, spec_of: SpecOf, max_depth: int = 1
     return message
 
 
-def resume(walking: Generator[None, None, Message]) -> Message | None:
+def resume(walking: Generator[Message | None, None, None]) -> Message | None:
     """Continue a walk: its Message once complete, None while more bytes are needed."""
-    try:
-        next(walking)
-    except StopIteration as done:
-        return done.value
-    return None
+    return next(walking)
 
 
 def check_argument_types(method: str, argument_types: dict[int, int], spec: dict | None) -> None:
@@ -137,15 +132,15 @@ class _Walk:
     def __init__(self, buffer: bytes | bytearray, limit: int | None, max_depth: int) -> None:
         self.buffer = buffer
         self.position = 0
+        self.whole = limit is None  # the buffer is the whole message: running past it is ending early
         self.limit = len(buffer) if limit is None else limit
-        self.overrun = "message ends early" if limit is None else f"message longer than {limit} bytes"
         self.max_depth = max_depth
 
     def have(self, count: int) -> bool:
         """Whether the next `count` bytes are present; raises if the message may not reach them."""
         end = self.position + count
         if end > self.limit:
-            raise MalformedMessage(self.overrun)
+            raise MalformedMessage("message ends early" if self.whole else f"message longer than {self.limit} bytes")
         return end <= len(self.buffer)
 
     def check_length(self, length: int) -> None:
@@ -162,7 +157,7 @@ class _Walk:
         return depth + 1
 
     def name(self, start: int, length: int) -> str:
-        return bytes(self.buffer[start : start + length]).decode("utf-8", "replace")
+        return str(self.buffer[start : start + length], "utf-8", "replace")
 
 
 class _BinaryWalk(_Walk):
@@ -178,19 +173,33 @@ class _BinaryWalk(_Walk):
             yield
         name = self.name(8, name_length)
         self.position += name_length + 4
-        arguments: dict[int, int] = {}
+        buffer, arguments = self.buffer, {}
         while True:
+            # Every field is followed by another or by STOP, whose read checks
+            # that the field's bytes are present: fixed-size values and
+            # strings are skipped here without a check of their own.
             while not self.have(1):
                 yield
-            field_type = self.buffer[self.position]
+            field_type = buffer[self.position]
             if field_type == STOP:
                 self.position += 1
-                return Message(name, arguments, self.position)
+                yield Message(name, arguments, self.position)
+                return
             while not self.have(3):
                 yield
-            arguments[I16_AT(self.buffer, self.position + 1)[0]] = field_type
+            arguments[I16_AT(buffer, self.position + 1)[0]] = field_type
             self.position += 3
-            yield from self.value(field_type, 1)
+            if field_type in FIXED_SIZE:
+                self.position += FIXED_SIZE[field_type]
+            elif field_type == STRING:
+                while not self.have(4):
+                    yield
+                length = I32_AT(buffer, self.position)[0]
+                self.position += 4
+                self.check_length(length)
+                self.position += length
+            else:
+                yield from self.value(field_type, 1)
 
     def value(self, kind: int, depth: int) -> Generator[None, None, None]:
         if kind in FIXED_SIZE:
@@ -274,7 +283,7 @@ class _CompactWalk(_Walk):
         self.position += name_length
         arguments: dict[int, int] = {}
         yield from self.struct(self.spec_of(name), 1, arguments)
-        return Message(name, arguments, self.position)
+        yield Message(name, arguments, self.position)
 
     def varint(self, bits: int) -> Generator[None, None, int]:
         """An unsigned varint of at most `bits` bits."""
