@@ -1,15 +1,16 @@
 """TThreadPoolServer: a fixed pool of worker threads sharing one epoll set.
 
 thriftpy2 ships only a single-threaded and a thread-per-connection server.
-Here every open connection sits in one epoll set with EPOLLONESHOT, and each
-worker thread waits on that set itself: the kernel gives a ready connection
-to exactly one waiting worker, which reads what has arrived, answers every
-whole message in it from memory, and re-arms the connection. No thread hands
-a request to another (each hand-off is a thread switch and a wait for the
-GIL), yet an idle connection costs a file descriptor, never a worker, and no
-worker ever waits on a client: a partial message is kept, and a reply the
-client is slow to take is kept too and sent when the socket is writable
-(EPOLLOUT); until it is, no more requests are read from that connection.
+Here every open connection sits in one epoll set, edge-triggered, and each
+worker thread waits on that set itself: the kernel gives each event to one
+waiting worker, which reads what has arrived and answers every whole message
+in it from memory; an event for a connection another worker is serving is
+left to that worker. No thread hands a request to another (each hand-off is
+a thread switch and a wait for the GIL), yet an idle connection costs a file
+descriptor, never a worker, and no worker ever waits on a client: a partial
+message is kept, and a reply the client is slow to take is kept too and sent
+when the socket is writable (EPOLLOUT); until it is, no more requests are
+read from that connection.
 
 Each connection speaks the Thrift its first bytes show (wire.detect):
 framed or unframed, strict binary or compact, and is answered the same way
@@ -54,9 +55,16 @@ logger = logging.getLogger(__name__)
 RECV_SIZE = 65536
 HOUSEKEEPING_SECONDS = 1.0
 WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure warnings
-# Reported once, to one worker, then disarmed until that worker re-arms it.
-ARMED_TO_READ = select.EPOLLIN | select.EPOLLONESHOT
-ARMED_TO_WRITE = select.EPOLLOUT | select.EPOLLONESHOT
+# The listener is reported once, to one worker, then disarmed until that worker re-arms it.
+ARMED_TO_ACCEPT = select.EPOLLIN | select.EPOLLONESHOT
+# Connections are edge-triggered: an event each time bytes arrive (or, once
+# asked for, the send buffer frees up), and no epoll_ctl per request, which
+# would be a system call and a GIL release each time.
+# EPOLLRDHUP: the client shut down its side; the bytes before it may come
+# with the same event, and the end of file is read only after them.
+READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+READABLE_OR_WRITABLE = READABLE | select.EPOLLOUT
+HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 
@@ -76,6 +84,9 @@ class _Connection:
         self.unsent = memoryview(b"")
         self.codec: Codec | None = None  # detected from the first bytes
         self.walking = None  # the walk of an unframed message not yet complete
+        self.pending = False  # an event for it may not have been served yet (see _serve_events)
+        self.watching_writes = False  # epoll also reports it when writable
+        self.hung_up = False  # epoll reported the client's end of file (or an error)
         self.last_active = time.monotonic()
         self.handshaking = handshaking
         self.closed = False
@@ -157,7 +168,7 @@ class TThreadPoolServer(TServer):
         # The wake-up socket is level-triggered: once written to, every
         # worker's next wait returns at once.
         self._epoll.register(self._wake_reader, select.EPOLLIN)
-        self._epoll.register(self._listener, ARMED_TO_READ)
+        self._epoll.register(self._listener, ARMED_TO_ACCEPT)
         threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
         for thread in threads:
             thread.start()
@@ -190,13 +201,12 @@ class TThreadPoolServer(TServer):
             events = self._epoll.poll(-1, 1)
             if self._closing:  # the wake-up socket's event, or one that arrived too late
                 return
-            for fd, _ in events:
+            for fd, mask in events:
                 if fd == listener:
                     self._accept()
                 elif connection := self._connections.get(fd):
-                    with connection.lock:
-                        if not connection.closed:
-                            self._serve_ready(connection)
+                    connection.hung_up |= bool(mask & HUNG_UP)
+                    self._serve_events(connection)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -215,7 +225,7 @@ class TThreadPoolServer(TServer):
                 continue
             self._add_connection(sock, address)
         if not self._closing:
-            self._epoll.modify(self._listener, ARMED_TO_READ)
+            self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
 
     def _pause_accepting(self, error: OSError) -> None:
         """Leave the listener disarmed until the next housekeeping round, warning at most every 10 s."""
@@ -239,38 +249,58 @@ class TThreadPoolServer(TServer):
         sock.setblocking(False)  # a worker never waits on one client
         connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
         self._connections[connection.fd] = connection
-        self._epoll.register(connection.fd, ARMED_TO_READ)
+        self._epoll.register(connection.fd, READABLE)
+
+    def _serve_events(self, connection: _Connection) -> None:
+        """Serve `connection` until no event for it is left unserved.
+
+        Edge-triggered, a connection's events may wake several workers. Each
+        marks it pending; the one that holds its lock serves it again as long
+        as it is marked, and the others return to waiting.
+        """
+        connection.pending = True
+        while connection.pending and connection.lock.acquire(blocking=False):
+            try:
+                connection.pending = False
+                if not connection.closed:
+                    self._serve_ready(connection)
+            finally:
+                connection.lock.release()
 
     def _serve_ready(self, connection: _Connection) -> None:
-        """Send what is pending or read what has arrived; answer whole requests; re-arm. Holds connection.lock."""
+        """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock."""
         if connection.handshaking:
             self._continue_handshake(connection)
             return
         try:
             if connection.unsent:
                 self._send_unsent(connection)
+                if connection.unsent:
+                    return  # the client still takes nothing: wait for the send buffer to free up
+                connection.pending = True  # requests not read while it was full: read them next
             elif not self._receive(connection):
                 self._forget(connection)  # the client closed the connection
                 return
-            armed = not connection.unsent and self._answer_received(connection)
+            self._answer_received(connection)
         except OSError as error:  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error)
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
             logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
         else:
-            if armed:
-                return
             if not self._closing:
-                self._epoll.modify(connection.fd, ARMED_TO_WRITE if connection.unsent else ARMED_TO_READ)
                 return
         self._forget(connection)
 
     def _receive(self, connection: _Connection) -> bool:
-        """Append what has arrived to connection.received; False once the client has closed."""
+        """Append what has arrived to connection.received; False once the client has closed.
+
+        One read at most: if more may be waiting (a full read; TLS, whose
+        reads stop at a record; or the end of file after these bytes), the
+        connection is marked to be read again after what is in hand is
+        answered: edge-triggered, no new event comes for what is already there.
+        """
         try:
             data = connection.sock.recv(RECV_SIZE)
-            while isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
-                data += connection.sock.recv(RECV_SIZE)  # decrypted bytes epoll cannot see
         except (BlockingIOError, ssl.SSLWantReadError):
             return True  # nothing yet, or only part of a TLS record
         except ConnectionError:
@@ -279,29 +309,16 @@ class TThreadPoolServer(TServer):
             return False
         connection.received += data
         connection.last_active = time.monotonic()
+        if len(data) == RECV_SIZE or self.tls or connection.hung_up:
+            connection.pending = True
         return True
 
-    def _answer_received(self, connection: _Connection) -> bool:
-        """Answer every whole message received, until one's reply cannot be sent at once.
-
-        Returns True if it re-armed the connection for reading, which it does
-        just before sending the reply to the last message received: the
-        client's next request cannot arrive before that reply, and by then
-        this worker is waiting again, and epoll wakes the latest waiter. Re-armed
-        after the reply, the request often arrives first and wakes another
-        worker, which then waits for the GIL this one still holds.
-        """
-        armed = False
+    def _answer_received(self, connection: _Connection) -> None:
+        """Answer every whole message received, until one's reply cannot be sent at once (backpressure)."""
         while connection.received and (data := self._take_message(connection)) is not None:
             reply = self._process(connection, data)
-            if not reply:
-                continue  # a oneway call
-            if not connection.received and not self._closing:
-                self._epoll.modify(connection.fd, ARMED_TO_READ)
-                armed = True
-            if not self._send(connection, reply):
-                return False  # backpressure: the rest waits until the client takes this reply
-        return armed
+            if reply and not self._send(connection, reply):
+                return
 
     def _take_message(self, connection: _Connection) -> bytes | None:
         """Remove the next whole, checked message from connection.received; None if it is incomplete."""
@@ -353,8 +370,15 @@ class TThreadPoolServer(TServer):
         connection.last_active = time.monotonic()
         if sent < len(reply):
             connection.unsent = memoryview(reply)[sent:]
+            self._notify_when_writable(connection)
             return False
         return True
+
+    def _notify_when_writable(self, connection: _Connection) -> None:
+        """From now on, also report the connection when its send buffer frees up (only after it was full)."""
+        if not connection.watching_writes:
+            self._epoll.modify(connection.fd, READABLE_OR_WRITABLE)
+            connection.watching_writes = True
 
     def _send_unsent(self, connection: _Connection) -> None:
         """Send what the socket takes now of connection.unsent."""
@@ -370,10 +394,9 @@ class TThreadPoolServer(TServer):
         try:
             connection.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._epoll.modify(connection.fd, ARMED_TO_READ)
-            return
+            return  # the client's next bytes are the next event
         except ssl.SSLWantWriteError:
-            self._epoll.modify(connection.fd, ARMED_TO_WRITE)
+            self._notify_when_writable(connection)
             return
         except (ssl.SSLError, OSError) as error:
             logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error)
@@ -406,7 +429,7 @@ class TThreadPoolServer(TServer):
             self._next_refusal_warning = now + WARNING_INTERVAL_SECONDS
         if self._accept_paused and not self._closing:
             self._accept_paused = False
-            self._epoll.modify(self._listener, ARMED_TO_READ)
+            self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
         for connection in list(self._connections.values()):
             if not connection.lock.acquire(blocking=False):
                 continue  # a worker is serving it
@@ -415,6 +438,8 @@ class TThreadPoolServer(TServer):
                     self._close_if_stalled(connection, now)
             finally:
                 connection.lock.release()
+            if connection.pending and not connection.closed:  # an event came while this thread held it
+                self._epoll.modify(connection.fd, READABLE_OR_WRITABLE if connection.watching_writes else READABLE)
 
     def _close_if_stalled(self, connection: _Connection, now: float) -> None:
         """Close a connection past its read or idle timeout; the caller holds its lock."""

@@ -51,6 +51,14 @@ def test_a_well_formed_call_passes_with_its_name_and_argument_types(compact):
     check_argument_types("add", message.argument_types, Counters.add_args.thrift_spec)
 
 
+def test_numbers_and_strings_take_the_quick_pass_and_the_rest_the_full_walk():
+    # Both must accept exactly the well-formed: a struct argument (here an unknown field) goes the long way.
+    with_struct = message_header(b"ping") + b"\x0c\x00\x09" + b"\x08\x00\x01\x00\x00\x00\x07\x00" + b"\x00"
+    assert walk_whole(with_struct, False, spec_of).argument_types == {9: TType.STRUCT}
+    with_bool = message_header(b"ping") + b"\x02\x00\x09\x01" + b"\x00"
+    assert walk_whole(with_bool, False, spec_of).argument_types == {9: TType.BOOL}
+
+
 @pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
 def test_an_unframed_message_is_complete_only_once_its_last_byte_is_in(compact):
     whole = call_bytes(Counters, "add", "x" * 40, 5, "req-1", compact=compact) + b"next"
