@@ -175,7 +175,8 @@ def serve(server: TThreadPoolServer, database: ModuleType, settings: ServerSetti
 
 def _log_serving(settings: ServerSettings) -> None:
     logger.info(
-        "serving %s on %s:%s (framed binary protocol%s), %d processes x %d workers, %s pool, database %s on %s:%s",
+        "serving %s on %s:%s (Thrift framed or not, binary or compact%s), %d processes x %d workers, %s pool, "
+        "database %s on %s:%s",
         settings.service_name,
         settings.thrift_host,
         settings.thrift_port,

@@ -160,9 +160,11 @@ def test_stalled_senders_are_closed_after_the_read_timeout_and_do_not_block_othe
     server = start_server(THRIFT_READ_TIMEOUT="1", THRIFT_WORKERS="2")
     stalled = []
     try:
-        for _ in range(1000):
+        for n in range(1000):
+            codec = CODECS[n % len(CODECS)]
             sock = socket.create_connection(("127.0.0.1", server.port))
-            sock.sendall(framed(call_bytes(Counters, "ping"))[:7])  # part of a message, then silence
+            message = on_the_wire(call_bytes(Counters, "ping", compact=codec.compact), codec)
+            sock.sendall(message[:7])  # part of a message, then silence
             stalled.append(sock)
         with server.client(timeout=2, retries=0) as client:
             client.add("not blocked", 1)
