@@ -72,8 +72,9 @@ MAX_NESTING = 16  # a message and its arguments are 2; generous for nested struc
 class _Connection:
     """A client socket, the bytes received from it not yet answered, and the reply bytes it has not taken.
 
-    Whoever reads, writes, re-arms or closes it holds `lock`: a worker while
-    it serves the connection, the housekeeper while it closes an idle one.
+    Whoever reads, writes or closes it holds `lock`: a worker while it serves
+    the connection, the housekeeper while it closes a stalled one. An event
+    that comes meanwhile sets `pending`, for the holder to serve it.
     """
 
     def __init__(self, sock: socket.socket, peer: str, handshaking: bool = False) -> None:
@@ -439,7 +440,9 @@ class TThreadPoolServer(TServer):
             finally:
                 connection.lock.release()
             if connection.pending and not connection.closed:  # an event came while this thread held it
-                self._epoll.modify(connection.fd, READABLE_OR_WRITABLE if connection.watching_writes else READABLE)
+                mask = READABLE_OR_WRITABLE if connection.watching_writes else READABLE
+                with suppress(OSError):  # a worker closed it meanwhile
+                    self._epoll.modify(connection.fd, mask)  # reported again to a worker if still ready
 
     def _close_if_stalled(self, connection: _Connection, now: float) -> None:
         """Close a connection past its read or idle timeout; the caller holds its lock."""

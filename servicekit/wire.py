@@ -20,8 +20,9 @@ SMALLEST = {**FIXED_SIZE, STRING: 4, STRUCT: 1, MAP: 5, SET: 5, LIST: 5}
 VERSION_1 = 0x80010000
 COMPACT_ID, COMPACT_VERSION = 0x82, 1
 # Compact type codes and the types they carry (true and false are both bool).
-COMPACT_TYPES = {1: BOOL, 2: BOOL, 3: BYTE, 4: I16, 5: I32, 6: I64, 7: DOUBLE, 8: STRING, 9: LIST, 10: SET, 11: MAP}
-COMPACT_TYPES[12] = STRUCT
+COMPACT_TYPES = {
+    1: BOOL, 2: BOOL, 3: BYTE, 4: I16, 5: I32, 6: I64, 7: DOUBLE, 8: STRING, 9: LIST, 10: SET, 11: MAP, 12: STRUCT,
+}  # fmt: skip
 VARINT_BITS = {I16: 16, I32: 32, I64: 64}
 FRAME_HEADER = struct.Struct("!i")
 I32_AT = struct.Struct("!i").unpack_from
@@ -195,7 +196,7 @@ class _Walk:
 
 
 class _BinaryWalk(_Walk):
-    def message(self) -> Generator[None, None, Message]:
+    def message(self) -> Generator[Message | None, None, None]:
         while not self.have(8):
             yield
         version, name_length = I32_AT(self.buffer, 0)[0], I32_AT(self.buffer, 4)[0]
@@ -302,7 +303,7 @@ class _CompactWalk(_Walk):
         super().__init__(buffer, limit, max_depth)
         self.spec_of = spec_of
 
-    def message(self) -> Generator[None, None, Message]:
+    def message(self) -> Generator[Message | None, None, None]:
         while not self.have(2):
             yield
         if self.buffer[0] != COMPACT_ID or self.buffer[1] & 0x1F != COMPACT_VERSION:
