@@ -1,6 +1,6 @@
 # `make test` runs the whole suite on a fresh clone: it installs the system
-# packages it needs (when missing), creates .venv, installs the pinned
-# packages, lints, and runs pytest against a throwaway database.
+# packages it needs (each only when missing), creates .venv, installs the
+# pinned packages, lints, and runs pytest against a throwaway database.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
@@ -27,10 +27,12 @@ bench: $(VENV)/installed
 	$(PYTHON) -m tools.bench
 
 # mysqlclient compiles against libmariadb-dev; the tests start throwaway
-# MariaDB servers from mariadb-server's programs.
+# MariaDB servers from mariadb-server's programs, and generate a stock Apache
+# Thrift client with thrift-compiler.
 $(VENV)/installed: requirements.txt requirements-client.txt requirements-dev.txt
 	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || ($(APT_INSTALL) libmariadb-dev pkg-config)
 	PATH="$$PATH:/usr/sbin" command -v mariadbd >/dev/null || ($(APT_INSTALL) mariadb-server)
+	command -v thrift >/dev/null || ($(APT_INSTALL) thrift-compiler)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@

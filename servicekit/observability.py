@@ -104,8 +104,9 @@ class Metrics:
         self.busy_workers.set(busy_workers)
         self.db_connections.set(database_connections)
 
-    def observer(self, slow_request_ms: float) -> "RequestObserver":
-        return RequestObserver(self, slow_request_ms)
+    def observer(self, slow_request_ms: float, served: bool) -> "RequestObserver":
+        """What observes each request; unless the metrics are `served`, it only logs (nobody could read them)."""
+        return RequestObserver(self if served else None, slow_request_ms)
 
     def serve(self, host: str, port: int, version: str, several_processes: bool) -> None:
         """Serve /metrics; with several processes, the sum over all of them."""
@@ -124,9 +125,9 @@ class Metrics:
 
 
 class RequestObserver:
-    """Counts, times and logs each request: DEBUG always, WARNING when slow."""
+    """Counts (when the metrics are served), times and logs each request: DEBUG always, WARNING when slow."""
 
-    def __init__(self, metrics: Metrics, slow_request_ms: float) -> None:
+    def __init__(self, metrics: Metrics | None, slow_request_ms: float) -> None:
         self.metrics = metrics
         self.slow_request_ms = slow_request_ms
         self.logger = logging.getLogger(KIT_LOGGER_PREFIX + "requests")
@@ -137,23 +138,27 @@ class RequestObserver:
     def __call__(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None) -> None:
         # A method name the IDL lacks is the client's choice: one label for
         # all of them, or a client could add metric series without limit.
-        key = ("unknown" if outcome == "unknown_method" else method, outcome)
-        if (series := self._series.get(key)) is None:
-            series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(key[0]))
-        series[0].inc()
-        series[1].observe(seconds)
-        duration_ms = round(seconds * 1000, 3)
-        slow = duration_ms >= self.slow_request_ms
+        if self.metrics:
+            key = ("unknown" if outcome == "unknown_method" else method, outcome)
+            if (series := self._series.get(key)) is None:
+                series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(key[0]))
+            series[0].inc()
+            series[1].observe(seconds)
+        slow = seconds * 1000 >= self.slow_request_ms
         if slow or self.logger.isEnabledFor(logging.DEBUG):
-            fields = {"method": method, "peer": peer, "duration_ms": duration_ms, "outcome": outcome}
-            if request_id is not None:
-                fields["request_id"] = request_id
-            self.logger.log(
-                logging.WARNING if slow else logging.DEBUG,
-                "%s %s in %.1f ms%s",
-                method,
-                outcome,
-                duration_ms,
-                " (slow)" if slow else "",
-                extra=fields,
-            )
+            self._log(method, peer, outcome, seconds, request_id, slow)
+
+    def _log(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None, slow: bool) -> None:
+        duration_ms = round(seconds * 1000, 3)
+        fields = {"method": method, "peer": peer, "duration_ms": duration_ms, "outcome": outcome}
+        if request_id is not None:
+            fields["request_id"] = request_id
+        self.logger.log(
+            logging.WARNING if slow else logging.DEBUG,
+            "%s %s in %.1f ms%s",
+            method,
+            outcome,
+            duration_ms,
+            " (slow)" if slow else "",
+            extra=fields,
+        )

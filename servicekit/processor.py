@@ -21,6 +21,7 @@ from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError, KitError
 from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
 
+INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
 logger = logging.getLogger(__name__)
 current_request = threading.local()  # .peer: the client address of the request a worker handles
@@ -36,12 +37,17 @@ class _Method:
     result: type  # and of its result
     names: list[str]  # argument names in field-id order
     declared: tuple[type, ...]  # the exceptions it declares
+    result_fields: dict[type, str]  # the result field that carries each declared exception
     call: Callable
 
 
 def _declared(service: type, method: str) -> tuple[type, ...]:
+    return tuple(_result_fields(service, method))
+
+
+def _result_fields(service: type, method: str) -> dict[type, str]:
     result = getattr(service, method + "_result")
-    return tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
+    return {spec[2]: spec[1] for _, spec in sorted(result.thrift_spec.items()) if spec[1] != "success"}
 
 
 def _argument_names(service: type, method: str) -> list[str]:
@@ -109,12 +115,14 @@ class GuardedProcessor(TProcessor):
                 getattr(service, name + "_result"),
                 _argument_names(service, name),
                 _declared(service, name),
+                _result_fields(service, name),
                 getattr(base_handler if name in BASE_METHODS else handler, name),
             )
             for name in service.thrift_services
         }
 
-    def process_in(self, iprot):
+    def process(self, iprot, oprot) -> None:
+        """Read one call from `iprot`, run it, write the reply (or error) to `oprot`."""
         name, _, seqid = iprot.read_message_begin()
         method = self._methods.get(name)
         if method is None:
@@ -122,31 +130,37 @@ class GuardedProcessor(TProcessor):
             iprot.read_message_end()
             logger.warning("unknown method %r", name)
             self._observe(name, "unknown_method", 0.0, None)
-            return name, seqid, TApplicationException(TApplicationException.UNKNOWN_METHOD), None
+            self.send_exception(oprot, name, TApplicationException(TApplicationException.UNKNOWN_METHOD), seqid)
+            return
         arguments = method.arguments()
         arguments.read(iprot)
         iprot.read_message_end()
-        values = [getattr(arguments, argument) for argument in method.names]
-
-        def call():
-            started, outcome = time.perf_counter(), "ok"
-            try:
-                try:
-                    return method.call(*values)
-                except KitError as error:
-                    raise getattr(self._base, error.thrift_name)(**error.fields) from None
-            except method.declared as error:
-                outcome = type(error).__name__
-                raise
-            except Exception as error:  # noqa: BLE001 - logged with its traceback by _log_unexpected
+        result = method.result()
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            result.success = method.call(*[getattr(arguments, argument) for argument in method.names])
+        except Exception as error:  # noqa: BLE001 - every error becomes a reply; the unexpected are logged
+            reply = self._declared_error(method, name, error)
+            if reply is None:
                 outcome = "internal_error"
-                self._log_unexpected(name, error)
-                raise TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error") from None
-            finally:
-                request_id = getattr(arguments, REQUEST_ID_ARGUMENT, None)
-                self._observe(name, outcome, time.perf_counter() - started, request_id)
+                self.send_exception(oprot, name, INTERNAL_ERROR, seqid)
+                return
+            outcome = type(reply).__name__
+            setattr(result, method.result_fields[next(e for e in method.declared if isinstance(reply, e))], reply)
+        finally:
+            self._observe(name, outcome, time.perf_counter() - started, getattr(arguments, REQUEST_ID_ARGUMENT, None))
+        if not result.oneway:
+            self.send_result(oprot, name, result, seqid)
 
-        return name, seqid, method.result(), call
+    def _declared_error(self, method: _Method, name: str, error: Exception) -> TException | None:
+        """The declared exception to reply with: `error` itself, or a KitError's
+        base.thrift exception; None (and the traceback logged) for anything else."""
+        if isinstance(error, KitError):
+            error = getattr(self._base, error.thrift_name)(**error.fields)
+        if isinstance(error, method.declared):
+            return error
+        self._log_unexpected(name, error)
+        return None
 
     def _log_unexpected(self, method: str, error: Exception) -> None:
         if isinstance(error, TException):  # an IDL exception, but not one this method declares

@@ -59,7 +59,14 @@ class CommonSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings(CommonSettings):
-    thrift_workers: int = setting(8, "Worker threads per server process.", low=1, high=1024)
+    thrift_workers: int = setting(
+        4,
+        "Worker threads per server process: requests in progress at once. Raise it when requests spend "
+        "long waiting on the database (a remote or busy one); past what those waits need, more workers "
+        "only take turns with the GIL, which costs CPU (docs/performance.md).",
+        low=1,
+        high=1024,
+    )
     thrift_processes: int = setting(
         1, "Server processes sharing the port (pre-fork), to use more than one core.", low=1, high=256
     )

@@ -8,6 +8,7 @@ migrate(), database_answers(), pooled_connections().
 
 import logging
 import os
+import resource
 import signal
 import ssl
 import tempfile
@@ -27,6 +28,9 @@ if TYPE_CHECKING:  # imported for real in observe(), once the metrics mode is ch
     from servicekit.observability import Metrics
 
 logger = logging.getLogger(__name__)
+# Descriptors a server process needs besides its clients' and its database
+# connections: the listening socket, epoll, logs, metrics, imports.
+RESERVED_DESCRIPTORS = 64
 
 
 class StartupError(Exception):
@@ -98,7 +102,7 @@ def build_server(
             version=version,
             is_serving=is_serving,
             database_answers=database.database_answers,
-            observe=metrics.observer(settings.slow_request_ms),
+            observe=metrics.observer(settings.slow_request_ms, served=settings.metrics_port != 0),
         )
     except ContractError as error:
         raise StartupError(f"service.thrift and the handler disagree: {error}", 2) from None
@@ -111,11 +115,36 @@ def build_server(
         read_timeout=settings.thrift_read_timeout,
         drain_timeout=settings.thrift_drain_timeout,
         max_message_bytes=settings.thrift_max_message_bytes,
-        max_connections=settings.thrift_max_connections,
+        max_connections=connection_limit(settings),
         tls=tls_context(settings),
         report_stats=lambda connections, busy: metrics.report_stats(connections, busy, database.pooled_connections()),
     )
     return server
+
+
+def connection_limit(settings: ServerSettings) -> int:
+    """THRIFT_MAX_CONNECTIONS, or fewer if the open-file limit (raised to its hard limit first) cannot hold them.
+
+    Many hosts give a process 1,024 descriptors; out of them, accept() fails
+    and the server can only wait. One WARNING says the setting was lowered.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return settings.thrift_max_connections
+    database = settings.thrift_workers if settings.db_pool == "persistent" else settings.db_pool_size
+    allowed = max(1, soft - RESERVED_DESCRIPTORS - database)
+    if settings.thrift_max_connections <= allowed:
+        return settings.thrift_max_connections
+    logger.warning(
+        "THRIFT_MAX_CONNECTIONS=%d is more than %d open files allow: at most %d connections per process",
+        settings.thrift_max_connections,
+        soft,
+        allowed,
+    )
+    return allowed
 
 
 def serve(
@@ -152,7 +181,8 @@ def serve(
 
 def _log_serving(settings: ServerSettings) -> None:
     logger.info(
-        "serving %s on %s:%s (framed binary protocol%s), %d processes x %d workers, %s pool, database %s on %s:%s",
+        "serving %s on %s:%s (Thrift framed or not, binary or compact%s), %d processes x %d workers, %s pool, "
+        "database %s on %s:%s",
         settings.service_name,
         settings.thrift_host,
         settings.thrift_port,

@@ -1,28 +1,32 @@
 """TThreadPoolServer: a fixed pool of worker threads sharing one epoll set.
 
 thriftpy2 ships only a single-threaded and a thread-per-connection server.
-Here every open connection sits in one epoll set with EPOLLONESHOT, and each
-worker thread waits on that set itself: the kernel gives a ready connection
-to exactly one waiting worker, which reads what has arrived, and once a whole
-framed message (a 4-byte length, then the message) is in, decodes it from
-memory, runs the handler, writes the reply and re-arms the connection. No
-thread hands a request to another (each hand-off is a thread switch and a
-wait for the GIL), yet an idle connection costs a file descriptor, never a
-worker, and a slow sender never holds a worker: a partial message is kept and
-the worker moves on.
+Here every open connection sits in one epoll set, edge-triggered, and each
+worker thread waits on that set itself: the kernel gives each event to one
+waiting worker, which reads what has arrived and answers every whole message
+in it from memory; an event for a connection another worker is serving is
+left to that worker. No thread hands a request to another (each hand-off is
+a thread switch and a wait for the GIL), yet an idle connection costs a file
+descriptor, never a worker, and no worker ever waits on a client: a partial
+message is kept, and a reply the client is slow to take is kept too and sent
+when the socket is writable (EPOLLOUT); until it is, no more requests are
+read from that connection.
 
-Frames give exact message boundaries, which is what lets a worker know a
-request is complete without decoding it, and where the maximum message size
-is enforced before its bytes are read. Workers check every message's declared
-lengths (wire.py) before thriftpy2 decodes it. New connections and
-TLS handshakes (step by step, never blocking) are handled the same way.
+Each connection speaks the Thrift its first bytes show (wire.detect):
+framed or unframed, strict binary or compact, and is answered the same way
+for its whole life. Workers walk every message (wire.walk) before thriftpy2
+decodes it: declared lengths are checked, and the walk is how an unframed
+message's end is found. New connections and TLS handshakes (step by step,
+never blocking) are handled the same way.
 
 The thread that calls `serve()` keeps house once a second: it closes
-connections idle past the idle timeout or stuck in a partial message past the
-read timeout, and reports counts. Past max_connections, new connections are
-closed at once. `close()` stops accepting and reading; `serve()` then lets
-running requests finish (up to the drain timeout), closes every connection
-and returns. epoll makes this engine Linux-only (as in the Docker image).
+connections idle past the idle timeout, or stuck in a partial message or an
+untaken reply past the read timeout, and reports counts. Past
+max_connections, new connections are closed at once; out of file
+descriptors, accepting pauses until the next round. `close()` stops
+accepting and reading; `serve()` then lets running requests finish (up to
+the drain timeout), closes every connection and returns. epoll makes this
+engine Linux-only (as in the Docker image).
 
 One process is limited by the GIL; prefork.py forks several copies that
 accept from the same listening socket, each with its own workers and pool.
@@ -39,56 +43,59 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
-from thriftpy2.protocol import TCyBinaryProtocolFactory
+from thriftpy2.protocol import TCompactProtocolFactory, TCyBinaryProtocolFactory
 from thriftpy2.server import TServer
 from thriftpy2.transport import TCyMemoryBuffer
 
+from servicekit import wire
 from servicekit.processor import GuardedProcessor, current_request
-from servicekit.wire import MalformedMessage, check_argument_types, check_message
+from servicekit.wire import FRAME_HEADER, Codec
 
 logger = logging.getLogger(__name__)
-FRAME_HEADER = struct.Struct("!i")
 RECV_SIZE = 65536
 HOUSEKEEPING_SECONDS = 1.0
-# Reported once, to one worker, then disarmed until that worker re-arms it.
-ARMED_TO_READ = select.EPOLLIN | select.EPOLLONESHOT
+WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure warnings
+# The listener is reported once, to one worker, then disarmed until that worker re-arms it.
+ARMED_TO_ACCEPT = select.EPOLLIN | select.EPOLLONESHOT
+# Connections are edge-triggered: an event each time bytes arrive (or, once
+# asked for, the send buffer frees up), and no epoll_ctl per request, which
+# would be a system call and a GIL release each time.
+# EPOLLRDHUP: the client shut down its side; the bytes before it may come
+# with the same event, and the end of file is read only after them.
+READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+READABLE_OR_WRITABLE = READABLE | select.EPOLLOUT
+HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 
 
 class _Connection:
-    """A client socket and the bytes received from it that are not yet handled.
+    """A client socket, the bytes received from it not yet answered, and the reply bytes it has not taken.
 
-    Whoever reads, writes, re-arms or closes it holds `lock`: a worker while
-    it serves the connection, the housekeeper while it closes an idle one.
+    Whoever reads, writes or closes it holds `lock`: a worker while it serves
+    the connection, the housekeeper while it closes a stalled one. An event
+    that comes meanwhile sets `pending`, for the holder to serve it.
     """
 
     def __init__(self, sock: socket.socket, peer: str, handshaking: bool = False) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.received = bytearray()
+        self.received = bytearray()  # grows in place: an unframed walk in progress reads it
+        self.unsent = memoryview(b"")
+        self.codec: Codec | None = None  # detected from the first bytes
+        self.walking = None  # the walk of an unframed message not yet complete
+        self.pending = False  # an event for it may not have been served yet (see _serve_events)
+        self.watching_writes = False  # epoll also reports it when writable
+        self.hung_up = False  # epoll reported the client's end of file (or an error)
         self.last_active = time.monotonic()
         self.handshaking = handshaking
         self.closed = False
         self.lock = threading.Lock()
 
-    def take_frame(self, max_size: int) -> bytes | None:
-        """Remove and return the next whole message, None if it is incomplete."""
-        if len(self.received) < FRAME_HEADER.size:
-            return None
-        (size,) = FRAME_HEADER.unpack_from(self.received)
-        if not 0 < size <= max_size:  # refused before any of it is read
-            raise MalformedMessage(f"frame of {size} bytes (maximum {max_size})")
-        end = FRAME_HEADER.size + size
-        if len(self.received) < end:
-            return None
-        frame = bytes(self.received[FRAME_HEADER.size : end])
-        del self.received[:end]
-        return frame
-
 
 class TThreadPoolServer(TServer):
-    """Serves framed binary-protocol Thrift with `workers` threads; see module docstring."""
+    """Serves Thrift (framed or not, binary or compact) with `workers` threads; see module docstring."""
 
     def __init__(
         self,
@@ -106,7 +113,8 @@ class TThreadPoolServer(TServer):
     ) -> None:
         # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
         # server bind the same port silently; this server owns a plain socket.
-        super().__init__(processor, trans=None, iprot_factory=TCyBinaryProtocolFactory())
+        super().__init__(processor, trans=None)
+        self.protocols = {False: TCyBinaryProtocolFactory(), True: TCompactProtocolFactory()}  # by codec.compact
         self.address = (host, port)
         self.workers = workers
         self.idle_timeout = idle_timeout
@@ -117,8 +125,7 @@ class TThreadPoolServer(TServer):
         self.tls = tls
         self.report_stats = report_stats  # called each second with (open connections, busy workers)
         self.serving = False
-        self._busy_workers = 0
-        self._busy_lock = threading.Lock()
+        self._busy = set()  # idents of the workers running a request (set.add/discard need no lock)
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
         self._closing = False
@@ -130,6 +137,8 @@ class TThreadPoolServer(TServer):
         self._connections: dict[int, _Connection] = {}  # by file descriptor
         self._refused = 0  # connections refused over max_connections since the last warning
         self._next_refusal_warning = 0.0
+        self._accept_paused = False  # out of descriptors: the housekeeper re-arms the listener
+        self._next_accept_warning = 0.0
         # Set in a forked child: if that parent dies (even by SIGKILL), drain and exit.
         self.parent_pid: int | None = None
 
@@ -160,7 +169,7 @@ class TThreadPoolServer(TServer):
         # The wake-up socket is level-triggered: once written to, every
         # worker's next wait returns at once.
         self._epoll.register(self._wake_reader, select.EPOLLIN)
-        self._epoll.register(self._listener, ARMED_TO_READ)
+        self._epoll.register(self._listener, ARMED_TO_ACCEPT)
         threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
         for thread in threads:
             thread.start()
@@ -188,16 +197,17 @@ class TThreadPoolServer(TServer):
         listener = self._listener.fileno()
         while True:
             # One event per wait: the other ready connections stay for other workers.
-            events = self._epoll.poll(HOUSEKEEPING_SECONDS, 1)
+            # No timeout: close() wakes every worker, and a worker woken for nothing
+            # would be first in line for the next event (epoll wakes the latest waiter).
+            events = self._epoll.poll(-1, 1)
             if self._closing:  # the wake-up socket's event, or one that arrived too late
                 return
-            for fd, _ in events:
+            for fd, mask in events:
                 if fd == listener:
                     self._accept()
                 elif connection := self._connections.get(fd):
-                    with connection.lock:
-                        if not connection.closed:
-                            self._serve_ready(connection)
+                    connection.hung_up |= bool(mask & HUNG_UP)
+                    self._serve_events(connection)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -205,90 +215,189 @@ class TThreadPoolServer(TServer):
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as error:  # e.g. out of file descriptors; keep serving the others
-                logger.warning("accept failed: %s", error)
-                break
+            except ConnectionAbortedError:
+                continue  # reset before it was accepted
+            except OSError as error:  # e.g. out of file descriptors: retrying at once would spin
+                self._pause_accepting(error)
+                return
             if len(self._connections) >= self.max_connections:
                 sock.close()
                 self._refused += 1
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.tls:
-                # The handshake runs step by step in _serve_ready(), never
-                # blocking a worker (thriftpy2 does it inside accept()).
-                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            sock.setblocking(False)  # a worker never waits on one client
-            connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
-            self._connections[connection.fd] = connection
-            self._epoll.register(connection.fd, ARMED_TO_READ)
+            self._add_connection(sock, address)
         if not self._closing:
-            self._epoll.modify(self._listener, ARMED_TO_READ)
+            self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
+
+    def _pause_accepting(self, error: OSError) -> None:
+        """Leave the listener disarmed until the next housekeeping round, warning at most every 10 s."""
+        self._accept_paused = True
+        now = time.monotonic()
+        if now >= self._next_accept_warning:
+            logger.warning(
+                "cannot accept connections (%s) with %d open; accepting again in %gs",
+                error.strerror or error,
+                len(self._connections),
+                HOUSEKEEPING_SECONDS,
+            )
+            self._next_accept_warning = now + WARNING_INTERVAL_SECONDS
+
+    def _add_connection(self, sock: socket.socket, address: tuple) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls:
+            # The handshake runs step by step in _serve_ready(), never
+            # blocking a worker (thriftpy2 does it inside accept()).
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        sock.setblocking(False)  # a worker never waits on one client
+        connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
+        self._connections[connection.fd] = connection
+        self._epoll.register(connection.fd, READABLE)
+
+    def _serve_events(self, connection: _Connection) -> None:
+        """Serve `connection` until no event for it is left unserved.
+
+        Edge-triggered, a connection's events may wake several workers. Each
+        marks it pending; the one that holds its lock serves it again as long
+        as it is marked, and the others return to waiting.
+        """
+        connection.pending = True
+        while connection.pending and connection.lock.acquire(blocking=False):
+            try:
+                connection.pending = False
+                if not connection.closed:
+                    self._serve_ready(connection)
+            finally:
+                connection.lock.release()
 
     def _serve_ready(self, connection: _Connection) -> None:
-        """Read what has arrived; answer every whole request; re-arm. Holds connection.lock."""
+        """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock."""
         if connection.handshaking:
             self._continue_handshake(connection)
             return
         try:
-            data = connection.sock.recv(RECV_SIZE)
-            while isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending():
-                data += connection.sock.recv(RECV_SIZE)  # decrypted bytes epoll cannot see
-        except (BlockingIOError, ssl.SSLWantReadError):
-            data = None  # nothing yet, or only part of a TLS record
-        except OSError:
-            data = b""  # a reset is an ordinary way for a client to leave
-        if data == b"":
-            self._forget(connection)
-            return
-        if data:
-            connection.received += data
-            connection.last_active = time.monotonic()
-        try:
-            while (frame := connection.take_frame(self.max_message_bytes)) is not None:
-                self._answer(connection, frame)
-        except OSError as error:  # the client left mid-reply, or stopped reading it
+            if connection.unsent:
+                self._send_unsent(connection)
+                if connection.unsent:
+                    return  # the client still takes nothing: wait for the send buffer to free up
+                connection.pending = True  # requests not read while it was full: read them next
+            elif not self._receive(connection):
+                self._forget(connection)  # the client closed the connection
+                return
+            self._answer_received(connection)
+        except OSError as error:  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error)
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
             logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
         else:
             if not self._closing:
-                self._epoll.modify(connection.fd, ARMED_TO_READ)
                 return
         self._forget(connection)
 
-    def _answer(self, connection: _Connection, frame: bytes) -> None:
-        current_request.peer = connection.peer
-        with self._busy_lock:
-            self._busy_workers += 1
-        try:
-            reply = self._process(frame)
-        finally:
-            with self._busy_lock:
-                self._busy_workers -= 1
-        if reply:
-            self._send(connection.sock, FRAME_HEADER.pack(len(reply)) + reply)
-        connection.last_active = time.monotonic()
+    def _receive(self, connection: _Connection) -> bool:
+        """Append what has arrived to connection.received; False once the client has closed.
 
-    def _send(self, sock: socket.socket, data: bytes) -> None:
+        One read at most: if more may be waiting (a full read; TLS, whose
+        reads stop at a record; or the end of file after these bytes), the
+        connection is marked to be read again after what is in hand is
+        answered: edge-triggered, no new event comes for what is already there.
+        """
         try:
-            sent = sock.send(data)
+            data = connection.sock.recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True  # nothing yet, or only part of a TLS record
+        except ConnectionError:
+            return False  # a reset is an ordinary way for a client to leave
+        if not data:
+            return False
+        connection.received += data
+        connection.last_active = time.monotonic()
+        if len(data) == RECV_SIZE or self.tls or connection.hung_up:
+            connection.pending = True
+        return True
+
+    def _answer_received(self, connection: _Connection) -> None:
+        """Answer every whole message received, until one's reply cannot be sent at once (backpressure)."""
+        while connection.received and (data := self._take_message(connection)) is not None:
+            reply = self._process(connection, data)
+            if reply and not self._send(connection, reply):
+                return
+
+    def _take_message(self, connection: _Connection) -> bytes | None:
+        """Remove the next whole, checked message from connection.received; None if it is incomplete."""
+        received, codec = connection.received, connection.codec
+        if codec is None and (codec := wire.detect(received, self.max_message_bytes)) is None:
+            return None
+        connection.codec = codec
+        spec_of = self.processor.argument_spec
+        if codec.framed:
+            if len(received) < FRAME_HEADER.size:
+                return None
+            end = FRAME_HEADER.size + wire.frame_size(received, self.max_message_bytes)
+            if len(received) < end:
+                return None
+            data = bytes(received[FRAME_HEADER.size : end])
+            message = wire.walk_whole(data, codec.compact, spec_of, MAX_NESTING)
+        else:
+            if connection.walking is None:
+                connection.walking = wire.walk(received, self.max_message_bytes, codec.compact, spec_of, MAX_NESTING)
+            if (message := wire.resume(connection.walking)) is None:
+                return None
+            connection.walking = None
+            end = message.end
+            data = bytes(received[:end])
+        del received[:end]
+        wire.check_argument_types(message.name, message.argument_types, spec_of(message.name))
+        return data
+
+    def _process(self, connection: _Connection, data: bytes) -> bytes:
+        """Decode, run and encode one checked message: the reply, framed if the connection is."""
+        current_request.peer = connection.peer
+        worker = threading.get_ident()
+        self._busy.add(worker)
+        try:
+            protocols = self.protocols[connection.codec.compact]
+            output = TCyMemoryBuffer()
+            self.processor.process(protocols.get_protocol(TCyMemoryBuffer(data)), protocols.get_protocol(output))
+        finally:
+            self._busy.discard(worker)
+        reply = output.getvalue()
+        return FRAME_HEADER.pack(len(reply)) + reply if reply and connection.codec.framed else reply
+
+    def _send(self, connection: _Connection, reply: bytes) -> bool:
+        """Send `reply`; what the socket does not take now stays in connection.unsent. True if all was sent."""
+        try:
+            sent = connection.sock.send(reply)
         except (BlockingIOError, ssl.SSLWantWriteError):
             sent = 0
-        if sent < len(data):  # the client's receive buffer is full: wait for it, within bounds
-            sock.settimeout(self.idle_timeout)
-            try:
-                sock.sendall(data[sent:])
-            finally:
-                sock.setblocking(False)
+        connection.last_active = time.monotonic()
+        if sent < len(reply):
+            connection.unsent = memoryview(reply)[sent:]
+            self._notify_when_writable(connection)
+            return False
+        return True
+
+    def _notify_when_writable(self, connection: _Connection) -> None:
+        """From now on, also report the connection when its send buffer frees up (only after it was full)."""
+        if not connection.watching_writes:
+            self._epoll.modify(connection.fd, READABLE_OR_WRITABLE)
+            connection.watching_writes = True
+
+    def _send_unsent(self, connection: _Connection) -> None:
+        """Send what the socket takes now of connection.unsent."""
+        try:
+            sent = connection.sock.send(connection.unsent)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            return
+        if sent:
+            connection.unsent = connection.unsent[sent:]
+            connection.last_active = time.monotonic()
 
     def _continue_handshake(self, connection: _Connection) -> None:
         try:
             connection.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._epoll.modify(connection.fd, ARMED_TO_READ)
-            return
+            return  # the client's next bytes are the next event
         except ssl.SSLWantWriteError:
-            self._epoll.modify(connection.fd, select.EPOLLOUT | select.EPOLLONESHOT)
+            self._notify_when_writable(connection)
             return
         except (ssl.SSLError, OSError) as error:
             logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error)
@@ -298,47 +407,58 @@ class TThreadPoolServer(TServer):
         connection.last_active = time.monotonic()
         self._serve_ready(connection)  # the client may have sent its first request already
 
-    def _forget(self, connection: _Connection) -> None:
-        """Close a connection; the caller holds its lock."""
+    def _forget(self, connection: _Connection, reset: bool = False) -> None:
+        """Close a connection, with `reset` at once (RST): the kernel drops what it could not send. Holds its lock."""
+        if reset:
+            connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         connection.closed = True
         # Out of the table before the descriptor is closed and can be reused.
         self._connections.pop(connection.fd, None)
         connection.sock.close()  # which also removes it from the epoll set
 
     def _housekeeping(self) -> None:
-        """Close idle and stalled connections, report counts and refusals, watch the parent."""
+        """Close idle and stalled connections, report counts and refusals, resume accepting, watch the parent."""
         now = time.monotonic()
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             logger.warning("parent process is gone; draining")
             self.close()
         if self.report_stats:
-            self.report_stats(len(self._connections), self._busy_workers)
+            self.report_stats(len(self._connections), len(self._busy))
         if self._refused and now >= self._next_refusal_warning:
             logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
             self._refused = 0
-            self._next_refusal_warning = now + 10
+            self._next_refusal_warning = now + WARNING_INTERVAL_SECONDS
+        if self._accept_paused and not self._closing:
+            self._accept_paused = False
+            self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
         for connection in list(self._connections.values()):
             if not connection.lock.acquire(blocking=False):
                 continue  # a worker is serving it
             try:
-                if connection.closed:
-                    continue
-                if (connection.received or connection.handshaking) and connection.last_active < now - self.read_timeout:
-                    logger.info("closing %s: no complete message within %ss", connection.peer, self.read_timeout)
-                    self._forget(connection)
-                elif connection.last_active < now - self.idle_timeout:
-                    logger.debug("closing idle connection %s", connection.peer)
-                    self._forget(connection)
+                if not connection.closed:
+                    self._close_if_stalled(connection, now)
             finally:
                 connection.lock.release()
+            if connection.pending and not connection.closed:  # an event came while this thread held it
+                mask = READABLE_OR_WRITABLE if connection.watching_writes else READABLE
+                with suppress(OSError):  # a worker closed it meanwhile
+                    self._epoll.modify(connection.fd, mask)  # reported again to a worker if still ready
 
-    def _process(self, frame: bytes) -> bytes:
-        method, argument_types = check_message(frame, MAX_NESTING)
-        check_argument_types(method, argument_types, self.processor.argument_spec(method))
-        itrans = TCyMemoryBuffer(frame)
-        otrans = TCyMemoryBuffer()
-        self.processor.process(self.iprot_factory.get_protocol(itrans), self.oprot_factory.get_protocol(otrans))
-        return otrans.getvalue()
+    def _close_if_stalled(self, connection: _Connection, now: float) -> None:
+        """Close a connection past its read or idle timeout; the caller holds its lock."""
+        stalled = connection.unsent or connection.received or connection.handshaking
+        if connection.last_active >= now - (self.read_timeout if stalled else self.idle_timeout):
+            return
+        if connection.unsent:
+            # A plain close would leave the kernel holding the reply until the client reads it.
+            logger.info("closing %s: took no reply bytes for %gs", connection.peer, self.read_timeout)
+            self._forget(connection, reset=True)
+            return
+        if stalled:
+            logger.info("closing %s: no complete message within %gs", connection.peer, self.read_timeout)
+        else:
+            logger.debug("closing idle connection %s", connection.peer)
+        self._forget(connection)
 
     def _drain(self, threads: list[threading.Thread]) -> None:
         deadline = time.monotonic() + self.drain_timeout

@@ -10,12 +10,13 @@ own connection:
 Workloads get_account, transfer and a 90/10 mix at 1, 4, 16 and 64 clients;
 then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
 
-    python -m tools.bench            # about five minutes, on a throwaway MariaDB
+    python -m tools.bench            # about seven minutes, on a throwaway MariaDB
     python -m tools.bench --help     # fewer workloads, shorter runs, your own database
 
-Prints a table (calls per second, p50 and p99 latency, the server's peak RSS
-and its CPU time per call) and the ratios, writes bench-results.json and
-bench-results.png.
+Servers compared run side by side and their rounds alternate. Prints a table
+(calls per second and the server's CPU time per call, each the median round;
+p50 and p99 latency over all calls; the server's peak RSS) and the ratios,
+writes bench-results.json and bench-results.png.
 """
 
 import argparse
@@ -24,6 +25,7 @@ import multiprocessing
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +63,8 @@ class Run:
     p50_ms: float
     p99_ms: float
     server_peak_rss_mb: float | None
-    server_cpu_us_per_call: float | None  # user + system time of the server's processes
-    machine_cpu_us_per_call: float  # every process's, clients and database included
+    server_cpu_us_per_call: float | None  # user + system time of the server's processes, median round
+    machine_cpu_us_per_call: float  # every process's, clients and database included, median round
     note: str = ""
 
 
@@ -260,19 +262,23 @@ def summarize(
     server: ServerProcess | None,
     note: str,
 ) -> Run:
-    """One Run from several measurement rounds of the same configuration."""
+    """One Run from several interleaved rounds of the same configuration: latency
+    percentiles over every call; throughput and CPU per call as the median round."""
     latencies = sorted(latency for measurement in rounds for latency in measurement.latencies)
-    calls = max(len(latencies), 1)
+
+    def per_call(cpu_seconds: float, measurement: Measurement) -> float:
+        return cpu_seconds / max(len(measurement.latencies), 1) * 1e6
+
     return Run(
         variant,
         workload,
         clients,
-        calls_per_second=len(latencies) / (seconds * len(rounds)),
+        calls_per_second=statistics.median(len(m.latencies) / seconds for m in rounds),
         p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else 0.0,
         server_peak_rss_mb=server.peak_rss_mb() if server else None,
-        server_cpu_us_per_call=sum(m.server_cpu_seconds for m in rounds) / calls * 1e6 if server else None,
-        machine_cpu_us_per_call=sum(m.machine_cpu_seconds for m in rounds) / calls * 1e6,
+        server_cpu_us_per_call=statistics.median(per_call(m.server_cpu_seconds, m) for m in rounds) if server else None,
+        machine_cpu_us_per_call=statistics.median(per_call(m.machine_cpu_seconds, m) for m in rounds),
         note=note,
     )
 
@@ -312,85 +318,112 @@ def create_accounts(settings: ServerSettings) -> list[int]:
     return accounts
 
 
-def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
-    """Every measurement. The machine's speed drifts over minutes, so servers
-    being compared run side by side and their measurements alternate."""
-    settings = load(ServerSettings, db.CONFIG_FILE, {**os.environ, **env, "LOG_LEVEL": "WARNING"})
-    server_env = {**env, "LOG_LEVEL": "WARNING"}
-    accounts = create_accounts(settings)
-    plan = [(w, c) for w in options.workloads for c in options.concurrency]
-    total = len(plan) * len(options.variants) + 4
-    readers = max(c for c in options.concurrency if c <= 16)
-    runs: list[Run] = []
+class Session:
+    """One benchmark run: the database, the accounts, and every Run measured so far."""
 
-    def progress(run: Run) -> None:
-        runs.append(run)
+    def __init__(self, options: argparse.Namespace, env: dict[str, str]) -> None:
+        self.options = options
+        self.server_env = {**env, "LOG_LEVEL": "WARNING"}
+        self.settings = load(ServerSettings, db.CONFIG_FILE, {**os.environ, **self.server_env})
+        self.accounts = create_accounts(self.settings)
+        self.readers = max(c for c in options.concurrency if c <= 16)
+        self.total = len(options.workloads) * len(options.concurrency) * len(options.variants) + 4
+        self.runs: list[Run] = []
+
+    def measure(self, server: ServerProcess | None, workload: str, clients: int, seconds: float) -> Measurement:
+        return measure(server, self.settings, workload, clients, seconds, self.accounts)
+
+    def warm_up(self, servers: dict[str, ServerProcess | None]) -> None:
+        """Open database connections and fill caches; not counted."""
+        for server in servers.values():
+            self.measure(server, "mix", 16, min(self.options.seconds, 1.0))
+
+    def compare(self, servers: dict[str, ServerProcess | None], workload: str, clients: int, notes=None) -> None:
+        """Measure the servers in turn, options.rounds times each (the machine's
+        speed drifts over minutes, so rounds alternate); one Run for each.
+
+        Without `notes` the servers are the variants; with them, all are the
+        project's server and notes[name] tells them apart.
+        """
+        rounds: dict[str, list[Measurement]] = {name: [] for name in servers}
+        for _ in range(self.options.rounds):
+            for name, server in servers.items():
+                rounds[name].append(self.measure(server, workload, clients, self.options.seconds))
+        for name, server in servers.items():
+            variant, note = (name, "") if notes is None else ("project", notes[name])
+            self.record(summarize(variant, workload, clients, rounds[name], self.options.seconds, server, note))
+
+    def record(self, run: Run) -> None:
+        self.runs.append(run)
         print(
-            f"\r[{len(runs)}/{total}] {run.variant:<12} {run.workload:<12} {run.clients:>3} clients"
+            f"\r[{len(self.runs)}/{self.total}] {run.variant:<12} {run.workload:<12} {run.clients:>3} clients"
             f" {run.calls_per_second:>8.0f} calls/s  p99 {run.p99_ms:6.1f} ms {run.note}".ljust(100),
             end="",
             file=sys.stderr,
             flush=True,
         )
 
-    def compare(servers: dict[str, ServerProcess | None], workload: str, clients: int, notes=None) -> None:
-        """Measure the servers in turn, options.rounds times each; one Run for each.
 
-        Without `notes` the servers are the variants; with them, all are the
-        project's server and notes[name] tells them apart.
-        """
-        rounds: dict[str, list[Measurement]] = {name: [] for name in servers}
-        for _ in range(options.rounds):
-            for name, server in servers.items():
-                rounds[name].append(measure(server, settings, workload, clients, options.seconds, accounts))
-        for name, server in servers.items():
-            variant, note = (name, "") if notes is None else ("project", notes[name])
-            progress(summarize(variant, workload, clients, rounds[name], options.seconds, server, note))
-
-    def warm_up(servers: dict[str, ServerProcess | None]) -> None:
-        for server in servers.values():  # open database connections, fill caches; not counted
-            measure(server, settings, "mix", 16, min(options.seconds, 1.0), accounts)
-
-    servers = {v: None if v == "direct" else ServerProcess(v, server_env) for v in options.variants}
+@contextmanager
+def started(servers: dict[str, ServerProcess | None]):
+    """The servers, stopped at the end whatever happens."""
     try:
-        warm_up(servers)
-        for workload, clients in plan:
-            compare(servers, workload, clients)
+        yield servers
     finally:
         for server in servers.values():
             if server:
                 server.stop()
 
-    # Two identical servers, one of them holding idle connections throughout.
-    servers = {name: ServerProcess("project", server_env, THRIFT_WORKERS="16") for name in ("alone", "idle")}
-    context = multiprocessing.get_context("fork")
-    ready, stop = context.Event(), context.Event()
-    holder = context.Process(target=hold_idle, args=(servers["idle"].port, options.idle_connections, ready, stop))
-    holder.start()
-    try:
-        if not ready.wait(120):
-            raise RuntimeError("could not open the idle connections")
-        warm_up(servers)
-        notes = {"alone": "no idle connections", "idle": f"{options.idle_connections} idle connections"}
-        compare(servers, "get_account", readers, notes)
-    finally:
-        stop.set()
-        holder.join()
-        for server in servers.values():
-            server.stop()
 
-    servers = {
-        "1": ServerProcess("project", server_env),
-        "2": ServerProcess("project", server_env, THRIFT_PROCESSES="2"),
-    }
-    try:
-        warm_up(servers)
-        compare(servers, "get_account", readers, {name: f"THRIFT_PROCESSES={name}" for name in servers})
-    finally:
-        for server in servers.values():
-            server.stop()
+def compare_variants(session: Session) -> None:
+    """Every variant at every workload and concurrency, side by side."""
+    variants = {v: None if v == "direct" else ServerProcess(v, session.server_env) for v in session.options.variants}
+    with started(variants) as servers:
+        session.warm_up(servers)
+        for workload in session.options.workloads:
+            for clients in session.options.concurrency:
+                session.compare(servers, workload, clients)
+
+
+def compare_idle_connections(session: Session) -> None:
+    """Two identical servers of 16 workers, one of them holding idle connections throughout."""
+    count = session.options.idle_connections
+    with started(
+        {name: ServerProcess("project", session.server_env, THRIFT_WORKERS="16") for name in ("alone", "idle")}
+    ) as servers:
+        context = multiprocessing.get_context("fork")
+        ready, stop = context.Event(), context.Event()
+        holder = context.Process(target=hold_idle, args=(servers["idle"].port, count, ready, stop))
+        holder.start()
+        try:
+            if not ready.wait(120):
+                raise RuntimeError("could not open the idle connections")
+            session.warm_up(servers)
+            notes = {"alone": "no idle connections", "idle": f"{count} idle connections"}
+            session.compare(servers, "get_account", session.readers, notes)
+        finally:
+            stop.set()
+            holder.join()
+
+
+def compare_processes(session: Session) -> None:
+    """THRIFT_PROCESSES=1 against 2."""
+    env = session.server_env
+    with started(
+        {"1": ServerProcess("project", env), "2": ServerProcess("project", env, THRIFT_PROCESSES="2")}
+    ) as servers:
+        session.warm_up(servers)
+        session.compare(servers, "get_account", session.readers, {name: f"THRIFT_PROCESSES={name}" for name in servers})
+
+
+def run_all(options: argparse.Namespace, env: dict[str, str]) -> list[Run]:
+    """Every measurement, in one session."""
+    session = Session(options, env)
+    compare_variants(session)
+    compare_idle_connections(session)
+    compare_processes(session)
     print(file=sys.stderr)
-    return runs
+    return session.runs
 
 
 def find(runs: list[Run], variant: str, workload: str, clients: int, note: str = "") -> Run | None:
@@ -484,8 +517,8 @@ def plot(runs: list[Run], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.5, help="length of each measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating measurements of each configuration")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each configuration")
     parser.add_argument("--concurrency", default="1,4,16,64", help="client process counts")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--variants", default=",".join(VARIANTS))

@@ -1,17 +1,23 @@
-"""Raw Thrift bytes on a socket: well-formed calls, hand-made hostile ones, and what comes back."""
+"""Raw Thrift bytes on a socket: well-formed calls in either protocol, hand-made hostile ones, and what comes back."""
 
+import errno
 import socket
 import struct
 
-from thriftpy2.protocol import TCyBinaryProtocol
+from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
 from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TCyMemoryBuffer
 
+from servicekit.wire import Codec
 
-def call_bytes(service: type, method: str, *args: object) -> bytes:
-    """A well-formed binary-protocol CALL of `service.method(*args)`, without a frame header."""
+# Every transport and protocol a connection may speak, as pytest ids see them.
+CODECS = [Codec(framed, compact) for framed in (True, False) for compact in (False, True)]
+
+
+def call_bytes(service: type, method: str, *args: object, compact: bool = False) -> bytes:
+    """A well-formed CALL of `service.method(*args)` in the binary (or compact) protocol, without a frame header."""
     buffer = TCyMemoryBuffer()
-    protocol = TCyBinaryProtocol(buffer)
+    protocol = TCompactProtocol(buffer) if compact else TCyBinaryProtocol(buffer)
     protocol.write_message_begin(method, TMessageType.CALL, 1)
     getattr(service, method + "_args")(*args).write(protocol)
     return buffer.getvalue()
@@ -21,20 +27,43 @@ def framed(payload: bytes) -> bytes:
     return struct.pack("!i", len(payload)) + payload
 
 
-def message_header(name: bytes) -> bytes:
-    """The start of a strict binary CALL named `name` (sequence id 1); fields follow."""
+def on_the_wire(message: bytes, codec: Codec) -> bytes:
+    """`message` as a client speaking `codec` sends it."""
+    return framed(message) if codec.framed else message
+
+
+def varint(number: int) -> bytes:
+    """An unsigned varint, as the compact protocol writes lengths and sizes."""
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    return bytes(out + bytes([number]))
+
+
+def message_header(name: bytes, compact: bool = False) -> bytes:
+    """The start of a CALL named `name` (sequence id 1); fields follow."""
+    if compact:
+        return bytes([0x82, TMessageType.CALL << 5 | 1, 1]) + varint(len(name)) + name
     return struct.pack("!iI", -2147418112 | TMessageType.CALL, len(name)) + name + struct.pack("!i", 1)
 
 
 def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
-    """Send raw bytes and half-close; everything the server sends back, and our address."""
+    """Send raw bytes and half-close; everything the server sends back, and our address.
+
+    A server that closes before taking everything resets the connection; that is no reply.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         peer = "{}:{}".format(*sock.getsockname())
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
         received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError as error:
+            if received or error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                raise
         return received, peer
 
 
@@ -45,7 +74,7 @@ def send_and_hang_up(port: int, data: bytes) -> None:
 
 
 def reply_names(received: bytes) -> list[str]:
-    """The method names of the framed replies in `received`, in order."""
+    """The method names of the framed binary replies in `received`, in order."""
     names = []
     while received:
         (size,) = struct.unpack_from("!i", received)

@@ -1,7 +1,14 @@
 """Hostile input, fuzzing, stalled senders and connection limits against a real server."""
 
+import fcntl
+import os
+import resource
 import socket
 import struct
+import sys
+import termios
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,35 +18,76 @@ from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TCyMemoryBuffer
 
 from counters import counters_thrift
+from counters_testing import SCRIPT, counters_process
+from helpers.load import connections_to
 from helpers.processes import rss_kb
-from helpers.wire import call_bytes, exchange, framed, message_header
+from helpers.wire import CODECS, call_bytes, exchange, framed, message_header, on_the_wire, varint
+from servicekit.wire import Codec
 from tools.throwaway_db import wait_for
 
 Counters = counters_thrift.Counters
-HOSTILE = {
+# Not Thrift at all: refused from a connection's first bytes.
+NOT_THRIFT = {
     "garbage bytes": b"\x13\x37" * 50,
     "an HTTP request": b"GET / HTTP/1.1\r\nHost: service\r\n\r\n",
-    "a truncated message": framed(call_bytes(Counters, "get", "truncated")[:-6]),
+    "a TLS hello to the plain port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    "an old non-strict binary message": struct.pack("!i", 4) + b"ping" + b"\x01" + struct.pack("!i", 1) + b"\x00",
     "a negative frame length": struct.pack("!i", -5) + b"12345",
     "a huge frame length": struct.pack("!i", 2**31 - 1),
-    "a 1 GiB string": framed(message_header(b"add") + b"\x0b\x00\x01" + struct.pack("!i", 2**30) + b"\x00"),
-    "a list of 2 billion": framed(
-        message_header(b"ping") + b"\x0f\x00\x09\x02" + struct.pack("!i", 2**31 - 1) + b"\x00"
-    ),
-    "5 million empty structs": framed(
-        message_header(b"ping") + b"\x0f\x00\x09\x0c" + struct.pack("!i", 5_000_000) + b"\x00" * 1000
-    ),
-    "deep nesting": framed(message_header(b"ping") + b"\x0c\x00\x09" * 100 + b"\x00" * 101),
-    "a wrong argument type": framed(message_header(b"get") + b"\x0a\x00\x01" + b"\x00" * 8 + b"\x00"),
-    "a negative string length": framed(message_header(b"add") + b"\x0b\x00\x01\xff\xff\xff\xfe\x00"),
-    "bytes after the message": framed(call_bytes(Counters, "ping") + b"extra"),
 }
 
 
-@pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_input_closes_only_that_connection_with_one_warning(server, client, name):
+def hostile_messages(compact: bool) -> dict[str, bytes]:
+    """Malformed messages in one protocol, each refused before thriftpy2 decodes it."""
+
+    def header(name: bytes) -> bytes:
+        return message_header(name, compact)
+
+    if compact:  # field headers: the high nibble is the field id's delta, the low one the type
+        shapes = {
+            "a 1 GiB string": header(b"add") + b"\x18" + varint(2**30) + b"\x00",
+            "a list of 2 billion": header(b"ping") + b"\x99\xf5" + varint(2**31 - 1) + b"\x00",
+            "5 million empty structs": header(b"ping") + b"\x99\xfc" + varint(5_000_000) + b"\x00" * 1000,
+            "deep nesting": header(b"ping") + b"\x9c" + b"\x1c" * 99 + b"\x00" * 101,
+            "a wrong argument type": header(b"get") + b"\x16\x02\x00",
+            "a negative string length": header(b"add") + b"\x18" + varint(2**32 - 2) + b"\x00",
+        }
+    else:
+        shapes = {
+            "a 1 GiB string": header(b"add") + b"\x0b\x00\x01" + struct.pack("!i", 2**30) + b"\x00",
+            "a list of 2 billion": header(b"ping") + b"\x0f\x00\x09\x02" + struct.pack("!i", 2**31 - 1) + b"\x00",
+            "5 million empty structs": header(b"ping")
+            + b"\x0f\x00\x09\x0c"
+            + struct.pack("!i", 5_000_000)
+            + b"\x00" * 1000,
+            "deep nesting": header(b"ping") + b"\x0c\x00\x09" * 100 + b"\x00" * 101,
+            "a wrong argument type": header(b"get") + b"\x0a\x00\x01" + b"\x00" * 8 + b"\x00",
+            "a negative string length": header(b"add") + b"\x0b\x00\x01\xff\xff\xff\xfe\x00",
+        }
+    return shapes
+
+
+def hostile_input(codec: Codec) -> dict[str, bytes]:
+    """What a hostile client speaking `codec` sends, by name."""
+    cases = {name: on_the_wire(message, codec) for name, message in hostile_messages(codec.compact).items()}
+    if codec.framed:  # a frame's length says where its message ends, so these are refused too
+        cases["a truncated message"] = framed(call_bytes(Counters, "get", "truncated", compact=codec.compact)[:-3])
+        cases["bytes after the message"] = framed(call_bytes(Counters, "ping", compact=codec.compact) + b"extra")
+    else:  # a struct that never ends: past THRIFT_MAX_MESSAGE_BYTES (64 KiB) without a whole message
+        i32_field = b"\x15\x02" if codec.compact else b"\x08\x00\x01\x00\x00\x00\x02"
+        cases["a message past the maximum size"] = message_header(b"ping", codec.compact) + i32_field * 40_000
+    return cases
+
+
+HOSTILE = [(None, name) for name in NOT_THRIFT] + [(codec, name) for codec in CODECS for name in hostile_input(codec)]
+
+
+@pytest.mark.parametrize(
+    ("codec", "name"), HOSTILE, ids=[f"{codec or 'not Thrift'}: {name}" for codec, name in HOSTILE]
+)
+def test_hostile_input_closes_only_that_connection_with_one_warning(server, client, codec, name):
     log_start = len(server.log())
-    reply, peer = exchange(server.port, HOSTILE[name])
+    reply, peer = exchange(server.port, NOT_THRIFT[name] if codec is None else hostile_input(codec)[name])
     assert reply == b""  # closed, nothing allocated or answered
 
     def lines_about_peer() -> list[str]:
@@ -68,11 +116,11 @@ def test_an_unknown_method_gets_an_error_reply_and_a_warning(server, client):
     assert client.ping() == "pong"
 
 
-def mutations() -> st.SearchStrategy[bytes]:
+def mutations(compact: bool) -> st.SearchStrategy[bytes]:
     valid = [
-        call_bytes(Counters, "get", "fuzzed"),
-        call_bytes(Counters, "add", "x" * 30, 5, "req-1"),
-        call_bytes(Counters, "ping"),
+        call_bytes(Counters, "get", "fuzzed", compact=compact),
+        call_bytes(Counters, "add", "x" * 30, 5, "req-1", compact=compact),
+        call_bytes(Counters, "ping", compact=compact),
     ]
 
     def mutate(data: tuple) -> bytes:
@@ -88,19 +136,20 @@ def mutations() -> st.SearchStrategy[bytes]:
     )
 
 
-def test_fuzzed_messages_never_hurt_the_server(start_server):
+@pytest.mark.parametrize("codec", CODECS, ids=str)
+def test_fuzzed_messages_never_hurt_the_server(start_server, codec):
     server = start_server(LOG_LEVEL="ERROR")
     before = rss_kb(server.process.pid)
     sent = []
 
     @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(payload=mutations(), frame_it=st.booleans())
-    def send(payload: bytes, frame_it: bool) -> None:
-        exchange(server.port, framed(payload) if frame_it else payload)
+    @given(payload=mutations(codec.compact))
+    def send(payload: bytes) -> None:
+        exchange(server.port, on_the_wire(payload, codec))
         sent.append(payload)
 
     send()
-    assert len(sent) >= 10_000
+    assert len(sent) >= settings.default.max_examples
     with server.client() as client:
         assert client.ping() == "pong"
     assert rss_kb(server.process.pid) - before < 50 * 1024
@@ -111,9 +160,11 @@ def test_stalled_senders_are_closed_after_the_read_timeout_and_do_not_block_othe
     server = start_server(THRIFT_READ_TIMEOUT="1", THRIFT_WORKERS="2")
     stalled = []
     try:
-        for _ in range(1000):
+        for n in range(1000):
+            codec = CODECS[n % len(CODECS)]
             sock = socket.create_connection(("127.0.0.1", server.port))
-            sock.sendall(framed(call_bytes(Counters, "ping"))[:7])  # part of a message, then silence
+            message = on_the_wire(call_bytes(Counters, "ping", compact=codec.compact), codec)
+            sock.sendall(message[:7])  # part of a message, then silence
             stalled.append(sock)
         with server.client(timeout=2, retries=0) as client:
             client.add("not blocked", 1)
@@ -142,3 +193,67 @@ def test_connections_beyond_the_maximum_are_closed_at_once_with_one_log_line(sta
     finally:
         for client in kept:
             client.close()
+
+
+def test_clients_that_stop_reading_hold_no_worker_and_are_closed_after_the_read_timeout(start_server):
+    server = start_server(THRIFT_WORKERS="2", THRIFT_READ_TIMEOUT="2")
+    before = rss_kb(server.process.pid)
+    request = framed(call_bytes(Counters, "repeat", "x" * 100, 1000))  # a 100 kB reply
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2 + 4)]
+    try:
+        for sock in stalled:
+            sock.sendall(request * 200)  # and never read a byte
+        # Replies fill each socket's buffers, then the server must keep the rest.
+        wait_for(lambda: all(unread_bytes(sock) > 50_000 for sock in stalled), 10, "replies to pile up")
+        with server.client(timeout=1, retries=0) as other:
+            for _ in range(10):
+                assert other.ping() == "pong"
+                assert other.call("repeat", "y", 3) == "yyy"
+        wait_for(lambda: connections_to(server.port) == 0, 15, "the server to close the stalled connections")
+        assert server.log().count("took no reply bytes for 2s") == len(stalled)
+        assert rss_kb(server.process.pid) - before < 50 * 1024
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_out_of_file_descriptors_the_server_pauses_accepting_and_warns_once(database, tmp_path):
+    # Started with 64 descriptors of a hard limit of 128: it raises its own to 128 and lowers its connection limit.
+    limited = (
+        "import os, resource, sys; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 128)); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    command = [sys.executable, "-c", limited, sys.executable, "-W", "error", SCRIPT]
+    server = counters_process(database, tmp_path / "server.log", command=command)
+    flood = []
+    try:
+        assert (
+            "Max open files            128                  128"
+            in Path(f"/proc/{server.process.pid}/limits").read_text()
+        )
+        assert "THRIFT_MAX_CONNECTIONS=10000 is more than 128 open files allow" in server.log()
+        resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (40, 128))  # now fewer than it allows for
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", server.port)))
+        wait_for(lambda: "cannot accept connections (Too many open files)" in server.log(), 10, "the warning")
+        cpu_before, started = cpu_seconds(server.process.pid), time.monotonic()
+        time.sleep(2)  # a window to see that the server does not retry accept() at once, again and again
+        assert cpu_seconds(server.process.pid) - cpu_before < 0.5 * (time.monotonic() - started)
+        assert server.log().count("cannot accept connections") == 1
+        for sock in flood:
+            sock.close()
+        with server.client(timeout=5) as client:
+            assert client.ping() == "pong"
+    finally:
+        for sock in flood:
+            sock.close()
+        server.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

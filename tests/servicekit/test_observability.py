@@ -6,6 +6,8 @@ import signal
 import time
 
 import pytest
+from thriftpy2.protocol import TCompactProtocolFactory
+from thriftpy2.rpc import make_client
 
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
@@ -43,6 +45,21 @@ def assert_known_counts(before: dict[str, float], after: dict[str, float]) -> No
     assert grew("counters_requests_total", method="add", outcome="InvalidArgument") == 1
     assert grew("counters_request_duration_seconds_count", method="ping") == 3
     assert sample(after, "counters_build_info", version="0.1.0") == 1
+
+
+def test_a_stock_client_speaking_unframed_compact_is_counted_and_logged_the_same(start_server):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port), LOG_LEVEL="DEBUG")
+    before = scrape(metrics_port)
+    client = make_client(
+        counters_thrift.Counters, "127.0.0.1", server.port, proto_factory=TCompactProtocolFactory(), timeout=10_000
+    )
+    try:
+        known_calls(client)
+    finally:
+        client.close()
+    assert_known_counts(before, scrape(metrics_port))
+    assert re.search(r" DEBUG counters\.requests .* add ok in [0-9.]+ ms", server.log())
 
 
 def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_fields(start_server):

@@ -4,12 +4,14 @@ import socket
 import ssl
 
 import pytest
+from thriftpy2.protocol import TCompactProtocolFactory
+from thriftpy2.rpc import make_client
 
-from counters import CountersClient
+from counters import CountersClient, counters_thrift
 from counters_testing import counters_process
 from helpers.mysql import sql
 from helpers.pki import make_pki
-from servicekit.client import ServerUnreachable, tls_context
+from servicekit.client import ServerUnreachable, new_request_id, tls_context
 from tools.throwaway_db import wait_for
 
 
@@ -75,6 +77,19 @@ def test_tls_refuses_an_expired_server_certificate(start_server, pki):
     wait_for(lambda: "serving counters" in server.log(), 30, "the server")
     with pytest.raises(ServerUnreachable, match="expired"), _tls_client(server.port, tls_context(pki["ca"])) as client:
         client.ping()
+
+
+def test_a_stock_client_speaking_unframed_compact_is_served_over_tls(tls_server, pki):
+    context = tls_context(pki["ca"], pki["client"], pki["client_key"])
+    client = make_client(
+        counters_thrift.Counters, "localhost", tls_server.port, proto_factory=TCompactProtocolFactory(),
+        ssl_context=context, timeout=10_000,
+    )  # fmt: skip
+    try:
+        assert client.ping() == "pong"
+        assert client.add("compact over TLS", 2, new_request_id()).total >= 2
+    finally:
+        client.close()
 
 
 def test_a_plain_text_client_is_refused_by_a_tls_server(tls_server):

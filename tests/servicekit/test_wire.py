@@ -1,4 +1,4 @@
-"""The wire checks on their own: what passes, and each way a message is refused before decoding."""
+"""The wire checks on their own: detection, what passes, and each way a message is refused before decoding."""
 
 import struct
 
@@ -6,16 +6,69 @@ import pytest
 from thriftpy2.thrift import TType
 
 from counters import counters_thrift
-from helpers.wire import call_bytes, message_header
-from servicekit.wire import MalformedMessage, check_argument_types, check_message
+from helpers.wire import call_bytes, framed, message_header, varint
+from servicekit.wire import Codec, MalformedMessage, check_argument_types, detect, resume, walk, walk_whole
 
 Counters = counters_thrift.Counters
 
 
-def test_a_well_formed_call_passes_with_its_name_and_argument_types():
-    name, types = check_message(call_bytes(Counters, "add", "x", 5, "req-1"))
-    assert (name, types) == ("add", {1: TType.STRING, 2: TType.I64, 3: TType.STRING})
-    check_argument_types("add", types, Counters.add_args.thrift_spec)
+def spec_of(method: str) -> dict | None:
+    arguments = getattr(Counters, method + "_args", None)
+    return arguments.thrift_spec if arguments else None
+
+
+@pytest.mark.parametrize(
+    ("start", "codec"),
+    [
+        (call_bytes(Counters, "ping"), Codec(framed=False, compact=False)),
+        (call_bytes(Counters, "ping", compact=True), Codec(framed=False, compact=True)),
+        (framed(call_bytes(Counters, "ping")), Codec(framed=True, compact=False)),
+        (framed(call_bytes(Counters, "ping", compact=True)), Codec(framed=True, compact=True)),
+        (b"\x00\x00", None),  # too few bytes to tell
+    ],
+)
+def test_a_connection_is_known_by_its_first_bytes(start, codec):
+    assert detect(start, 65536) == codec
+
+
+@pytest.mark.parametrize(
+    ("start", "refusal"),
+    [
+        (b"GET / HTTP/1.1\r\n", "frame of 1195725856 bytes"),
+        (b"\x16\x03\x01\x02\x00\x01", "frame of 369295618 bytes"),  # a TLS hello
+        (b"\x00\x00\x00\x04ping", "neither a framed nor an unframed binary or compact Thrift message"),  # non-strict
+    ],
+)
+def test_anything_else_is_refused_from_its_first_bytes(start, refusal):
+    with pytest.raises(MalformedMessage, match=refusal):
+        detect(start, 65536)
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
+def test_a_well_formed_call_passes_with_its_name_and_argument_types(compact):
+    message = walk_whole(call_bytes(Counters, "add", "x", 5, "req-1", compact=compact), compact, spec_of)
+    assert (message.name, message.argument_types) == ("add", {1: TType.STRING, 2: TType.I64, 3: TType.STRING})
+    check_argument_types("add", message.argument_types, Counters.add_args.thrift_spec)
+
+
+def test_numbers_and_strings_take_the_quick_pass_and_the_rest_the_full_walk():
+    # Both must accept exactly the well-formed: a struct argument (here an unknown field) goes the long way.
+    with_struct = message_header(b"ping") + b"\x0c\x00\x09" + b"\x08\x00\x01\x00\x00\x00\x07\x00" + b"\x00"
+    assert walk_whole(with_struct, False, spec_of).argument_types == {9: TType.STRUCT}
+    with_bool = message_header(b"ping") + b"\x02\x00\x09\x01" + b"\x00"
+    assert walk_whole(with_bool, False, spec_of).argument_types == {9: TType.BOOL}
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
+def test_an_unframed_message_is_complete_only_once_its_last_byte_is_in(compact):
+    whole = call_bytes(Counters, "add", "x" * 40, 5, "req-1", compact=compact) + b"next"
+    received = bytearray()
+    walking = walk(received, 65536, compact, spec_of)
+    for byte in whole[: -len(b"next") - 1]:
+        received.append(byte)
+        assert resume(walking) is None
+    received += whole[-len(b"next") - 1 :]
+    assert resume(walking).end == len(whole) - len(b"next")
 
 
 @pytest.mark.parametrize(
@@ -31,9 +84,47 @@ def test_a_well_formed_call_passes_with_its_name_and_argument_types():
         (call_bytes(Counters, "ping") + b"extra", "5 bytes after the message"),
     ],
 )
-def test_a_malformed_message_is_refused_with_the_reason(message, refusal):
+def test_a_malformed_binary_message_is_refused_with_the_reason(message, refusal):
     with pytest.raises(MalformedMessage, match=refusal):
-        check_message(message)
+        walk_whole(message, False, spec_of)
+
+
+@pytest.mark.parametrize(
+    ("message", "refusal"),
+    [
+        (b"\x82\x02\x01\x00\x00", "not a compact-protocol message"),  # version 2
+        (call_bytes(Counters, "get", "x", compact=True)[:-1], "message ends early"),
+        (message_header(b"add", True) + b"\x18" + varint(2**30) + b"\x00", "declared length 1073741824"),
+        (message_header(b"add", True) + b"\x18" + varint(2**32 - 2) + b"\x00", "varint of more than 31 bits"),
+        (message_header(b"ping", True) + b"\x99\xf5" + varint(2**31 - 1) + b"\x00", "cannot fit"),
+        (message_header(b"ping", True) + b"\x9c" + b"\x1c" * 20 + b"\x00" * 21, "nested deeper than 16"),
+        (message_header(b"ping", True) + b"\x9d\x00", "unknown compact type 13"),
+        (message_header(b"get", True) + b"\x16" + b"\xff" * 11 + b"\x00", "varint longer than 10 bytes"),
+        (message_header(b"list_counters", True) + b"\x19\x15\x02\x00", "argument 'limit' of list_counters"),
+        (call_bytes(Counters, "ping", compact=True) + b"extra", "5 bytes after the message"),
+    ],
+)
+def test_a_malformed_compact_message_is_refused_with_the_reason(message, refusal):
+    with pytest.raises(MalformedMessage, match=refusal):
+        message = walk_whole(message, True, spec_of)
+        check_argument_types(message.name, message.argument_types, spec_of(message.name))
+
+
+def test_compact_elements_must_be_of_the_declared_type_which_thriftpy2_reads_them_as():
+    def declares_a_list_of_i32(method: str) -> dict:
+        return {1: (TType.LIST, "ids", TType.I32, False)}
+
+    strings = message_header(b"sum", True) + b"\x19\x28" + b"\x01a\x01b" + b"\x00"
+    with pytest.raises(MalformedMessage, match="element of type 11 where 8 is declared"):
+        walk_whole(strings, True, declares_a_list_of_i32)
+    integers = message_header(b"sum", True) + b"\x19\x25\x02\x04\x00"
+    assert walk_whole(integers, True, declares_a_list_of_i32).argument_types == {1: TType.LIST}
+
+
+def test_an_unframed_message_may_not_grow_past_the_maximum():
+    endless = bytearray(message_header(b"ping") + b"\x08\x00\x09\x00\x00\x00\x01" * 200)
+    with pytest.raises(MalformedMessage, match="message longer than 1024 bytes"):
+        resume(walk(endless, 1024, False, spec_of))
 
 
 def test_an_argument_of_the_wrong_type_is_refused():

@@ -1,0 +1,40 @@
+"""A client of the Counters test service written with Apache Thrift's own Python library, as its users write one.
+
+Run as `python -P apache_client.py PORT TRANSPORT PROTOCOL NAME` with the
+Apache compiler's code for counters.thrift on PYTHONPATH (`thrift -r --gen
+py`). On one connection it calls ping, add (a write), get (a read) and get
+of a missing counter (a declared error), and prints what came back as JSON.
+"""
+
+import json
+import sys
+
+from counters.ttypes import NotFound
+from thrift.protocol import TBinaryProtocol, TCompactProtocol
+from thrift.transport import TSocket, TTransport
+
+from counters import Counters
+
+TRANSPORTS = {"buffered": TTransport.TBufferedTransport, "framed": TTransport.TFramedTransport}
+PROTOCOLS = {"binary": TBinaryProtocol.TBinaryProtocol, "compact": TCompactProtocol.TCompactProtocol}
+
+
+def main(port: int, transport: str, protocol: str, name: str) -> dict:
+    sock = TSocket.TSocket("127.0.0.1", port)
+    sock.setTimeout(10_000)
+    wire = TRANSPORTS[transport](sock)
+    client = Counters.Client(PROTOCOLS[protocol](wire))
+    wire.open()
+    try:
+        results = {"ping": client.ping(), "add": client.add(name, 2, f"{name}-1").total, "get": client.get(name).total}
+        try:
+            client.get(name + "-missing")
+        except NotFound as error:
+            results["error"] = error.message
+        return results
+    finally:
+        wire.close()
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(int(sys.argv[1]), *sys.argv[2:5])))

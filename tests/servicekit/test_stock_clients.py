@@ -1,0 +1,70 @@
+"""Stock Thrift clients, as their users write them, against the kit's server: no framing or protocol to choose.
+
+Each calls ping, a write, a read and a call that raises a declared error on
+one connection: thriftpy2's make_client (its default is buffered binary) and
+Apache Thrift's Python library with code from the Apache compiler.
+"""
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
+from thriftpy2.rpc import make_client
+from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
+
+from counters import counters_thrift
+from helpers.processes import ROOT
+
+HERE = ROOT / "tests" / "servicekit"
+
+
+@pytest.fixture(scope="module")
+def apache_code(tmp_path_factory):
+    """The Apache compiler's Python code for counters.thrift (and the base.thrift it includes)."""
+    out = tmp_path_factory.mktemp("apache-gen-py")
+    subprocess.run(["thrift", "-r", "--gen", "py", "-out", str(out), str(HERE / "counters.thrift")], check=True)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("transport", "protocol"),
+    [
+        (None, None),  # make_client's defaults: buffered transport, binary protocol
+        (TFramedTransportFactory, TCompactProtocolFactory),
+        (TBufferedTransportFactory, TCompactProtocolFactory),
+        (TFramedTransportFactory, TBinaryProtocolFactory),
+    ],
+    ids=["defaults (buffered binary)", "framed compact", "buffered compact", "framed binary"],
+)
+def test_thriftpy2_make_client_is_served(server, transport, protocol):
+    factories = {"trans_factory": transport(), "proto_factory": protocol()} if transport else {}
+    log_start = len(server.log())
+    client = make_client(counters_thrift.Counters, "127.0.0.1", server.port, timeout=10_000, **factories)
+    name = f"thriftpy2-{uuid.uuid4().hex}"
+    try:
+        assert client.ping() == "pong"
+        assert client.add(name, 2, f"{name}-1").total == 2
+        assert client.get(name).total == 2
+        with pytest.raises(counters_thrift.NotFound, match="no counter named"):
+            client.get(name + "-missing")
+    finally:
+        client.close()
+    assert "WARNING" not in server.log()[log_start:]
+
+
+@pytest.mark.parametrize(("transport", "protocol"), [("buffered", "binary"), ("framed", "compact")])
+def test_an_apache_thrift_client_is_served(server, apache_code, transport, protocol):
+    name = f"apache-{uuid.uuid4().hex}"
+    result = subprocess.run(
+        [sys.executable, "-P", str(HERE / "apache_client.py"), str(server.port), transport, protocol, name],
+        env={"PYTHONPATH": str(apache_code)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    missing = f"no counter named '{name}-missing'"
+    assert json.loads(result.stdout) == {"ping": "pong", "add": 2, "get": 2, "error": missing}
