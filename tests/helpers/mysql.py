@@ -39,19 +39,3 @@ def statement_waits(database: dict[str, str], statement_start: str) -> bool:
         (statement_start.replace("%", "\\%") + "%",),
     )
     return waiting[0][0] > 0
-
-
-class RowLock:
-    """A separate transaction holding rows locked (`SELECT ... FOR UPDATE`) until release()."""
-
-    def __init__(self, database: dict[str, str], query: str, params: tuple) -> None:
-        self.connection = MySQLdb.connect(**connect_kwargs(database))
-        cursor = self.connection.cursor()
-        cursor.execute("BEGIN")
-        cursor.execute(query, params)
-
-    def release(self) -> None:
-        self.connection.commit()
-
-    def close(self) -> None:
-        self.connection.close()

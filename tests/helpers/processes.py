@@ -4,7 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import thriftpy2
@@ -91,6 +92,34 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         return self.process.wait(timeout)
+
+
+# make(env, log_path, port=..., ready=...) -> a ServerProcess of one service.
+MakeServer = Callable[..., ServerProcess]
+
+
+@contextmanager
+def shared_server(make: MakeServer, env: dict[str, str], directory: Path) -> Iterator[ServerProcess]:
+    """One server for the tests that do not stop or reconfigure it; it must drain and exit 0 at the end."""
+    process = make(env, directory / "server.log")
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@contextmanager
+def dedicated_servers(make: MakeServer, env: dict[str, str], directory: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """start(port=None, ready=True, **more_env): a server for one test; every one still running is killed after."""
+    started: list[ServerProcess] = []
+
+    def start(port: int | None = None, ready: bool = True, **more_env: str) -> ServerProcess:
+        process = make({**env, **more_env}, directory / f"server-{len(started)}.log", port=port, ready=ready)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.stop(signal.SIGKILL)
 
 
 def base_client(servers: str, **options) -> PooledClient:

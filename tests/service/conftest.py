@@ -4,12 +4,10 @@ Servers run on a fresh free port each, against the `ledger_test` database
 of the shared test server (tests/conftest.py).
 """
 
-import signal
-
 import pytest
 
 from client import LedgerClient
-from helpers.processes import ServerProcess
+from helpers.processes import ServerProcess, dedicated_servers, shared_server
 
 
 def ledger_process(env: dict[str, str], log_path, **options) -> ServerProcess:
@@ -24,25 +22,15 @@ def database(database_server) -> dict[str, str]:
 @pytest.fixture
 def start_ledger(database, tmp_path):
     """Start a dedicated server: start_ledger(THRIFT_WORKERS="2", ..., port=N)."""
-    started = []
-
-    def start(port: int | None = None, ready: bool = True, **env: str) -> ServerProcess:
-        process = ledger_process({**database, **env}, tmp_path / f"server-{len(started)}.log", port=port, ready=ready)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.stop(signal.SIGKILL)
+    with dedicated_servers(ledger_process, database, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture(scope="session")
 def ledger(database, tmp_path_factory) -> ServerProcess:
     """One server shared by the tests that do not stop or reconfigure it."""
-    process = ledger_process(database, tmp_path_factory.mktemp("ledger") / "server.log")
-    yield process
-    assert process.stop() == 0, process.log()
+    with shared_server(ledger_process, database, tmp_path_factory.mktemp("ledger")) as process:
+        yield process
 
 
 @pytest.fixture

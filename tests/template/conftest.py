@@ -5,13 +5,12 @@ BaseService) and start `server.py` with a PooledClient of it, so they need
 no edit when the Ledger example is replaced.
 """
 
-import signal
 from functools import partial
 
 import pytest
 
 from helpers.contract import service_in
-from helpers.processes import ROOT, ServerProcess
+from helpers.processes import ROOT, ServerProcess, dedicated_servers, shared_server
 from servicekit.client import PooledClient
 
 SERVICE = service_in(ROOT / "service.thrift")
@@ -22,11 +21,6 @@ def service_process(env: dict[str, str], log_path, **options) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def service() -> type:
-    return SERVICE
-
-
-@pytest.fixture(scope="session")
 def database(database_server) -> dict[str, str]:
     return database_server.database("template_test")
 
@@ -34,22 +28,12 @@ def database(database_server) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def server(database, tmp_path_factory) -> ServerProcess:
     """`python server.py`, shared by the checks that do not stop or reconfigure it."""
-    process = service_process(database, tmp_path_factory.mktemp("service") / "server.log")
-    yield process
-    assert process.stop() == 0, process.log()
+    with shared_server(service_process, database, tmp_path_factory.mktemp("service")) as process:
+        yield process
 
 
 @pytest.fixture
 def start_server(database, tmp_path):
     """Start a dedicated `python server.py`: start_server(**env)."""
-    started = []
-
-    def start(**env: str) -> ServerProcess:
-        process = service_process({**database, **env}, tmp_path / f"server-{len(started)}.log")
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.stop(signal.SIGKILL)
+    with dedicated_servers(service_process, database, tmp_path) as start:
+        yield start
