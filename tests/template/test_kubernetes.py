@@ -14,15 +14,17 @@ import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 from dotenv import dotenv_values
 
-from client import LedgerClient, ledger_thrift
+from helpers.contract import answer, methods, plausible_arguments, service_in
 from helpers.metrics import sample, scrape
 from helpers.processes import ROOT, ServerProcess
+from servicekit.client import PooledClient
 from servicekit.mysql import HEALTH_CHECK_TIMEOUT_SECONDS
 from servicekit.settings import ServerSettings, declared, load
 from tools.throwaway_db import free_port, wait_for
@@ -32,6 +34,7 @@ KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 RESOURCES = [doc for name in KUSTOMIZATION["resources"] for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
 CONFIG = dotenv_values(ROOT / "config.env")
 SERVICE = CONFIG["SERVICE_NAME"]
+IDL_SERVICE = service_in(ROOT / "service.thrift")
 SECRET_SETTINGS = {setting.name.upper() for setting in declared() if not setting.repr}
 # The oldest Kubernetes the manifests are checked against, and the newest the schemas know.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -159,7 +162,8 @@ def pod(own_database, tmp_path):
     """
     env = {**CONFIG_MAP, **SECRET, **own_database.env, "METRICS_PORT": str(free_port())}
     env.update(MYSQL_CONNECT_TIMEOUT="60", MYSQL_READ_TIMEOUT="60")
-    server = ServerProcess("server.py", LedgerClient, env, tmp_path / "pod.log", command=[sys.executable, "server.py"])
+    client_class = partial(PooledClient, IDL_SERVICE)
+    server = ServerProcess("server.py", client_class, env, tmp_path / "pod.log", command=[sys.executable, "server.py"])
     yield server
     own_database.process.send_signal(signal.SIGCONT)
     if server.process.poll() is None:
@@ -184,17 +188,22 @@ def run_probes(pod: ServerProcess, *probes: str) -> list[int]:
     return [process.returncode for process in running]
 
 
+def a_call_that_reaches_the_database(client: PooledClient) -> tuple[str, tuple]:
+    """A method of service.thrift, with arguments, that its handler takes to the database."""
+    for method in methods(IDL_SERVICE):
+        arguments = plausible_arguments(IDL_SERVICE, method)
+        if answer(client, method, arguments) != "InvalidArgument":
+            return method, arguments
+    raise AssertionError("no method of service.thrift reached the database")
+
+
 def test_readiness_fails_without_the_database_or_once_draining_while_liveness_holds(pod, own_database):
     assert run_probes(pod, "startupProbe", "readinessProbe", "livenessProbe") == [0, 0, 0]
-    own_database.process.send_signal(signal.SIGSTOP)  # the database stops answering
-    assert run_probes(pod, "readinessProbe", "livenessProbe") == [7, 0]  # unready, not restarted
     with pod.client(timeout=60, retries=0) as client:
-
-        def read_a_missing_account() -> None:
-            with pytest.raises(ledger_thrift.NotFound):
-                client.get_account(10**9)
-
-        caller = threading.Thread(target=read_a_missing_account)
+        method, arguments = a_call_that_reaches_the_database(client)
+        own_database.process.send_signal(signal.SIGSTOP)  # the database stops answering
+        assert run_probes(pod, "readinessProbe", "livenessProbe") == [7, 0]  # unready, not restarted
+        caller = threading.Thread(target=answer, args=(client, method, arguments))
         caller.start()
         busy = f"{SERVICE}_busy_workers"
         wait_for(lambda: sample(scrape(int(pod.env["METRICS_PORT"])), busy) >= 1, 10, "a call waiting on the database")
