@@ -131,6 +131,7 @@ class RequestObserver:
         self.metrics = metrics
         self.slow_request_ms = slow_request_ms
         self.logger = logging.getLogger(KIT_LOGGER_PREFIX + "requests")
+        self.debug = self.logger.isEnabledFor(logging.DEBUG)  # LOG_LEVEL is set once, at start-up
         # (method, outcome) -> its counter and histogram; labels() on every
         # request would cost as much as the rest of the observation.
         self._series: dict[tuple[str, str], tuple] = {}
@@ -145,7 +146,7 @@ class RequestObserver:
             series[0].inc()
             series[1].observe(seconds)
         slow = seconds * 1000 >= self.slow_request_ms
-        if slow or self.logger.isEnabledFor(logging.DEBUG):
+        if slow or self.debug:
             self._log(method, peer, outcome, seconds, request_id, slow)
 
     def _log(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None, slow: bool) -> None:

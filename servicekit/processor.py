@@ -10,12 +10,12 @@ start-up what would otherwise reach a client as INTERNAL_ERROR.
 """
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
-from thriftpy2.thrift import TApplicationException, TException, TProcessor, TType
+from thriftpy2.thrift import TApplicationException, TException, TMessageType, TProcessor, TType
 
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError, KitError
@@ -24,7 +24,6 @@ from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
 logger = logging.getLogger(__name__)
-current_request = threading.local()  # .peer: the client address of the request a worker handles
 # observe(method, peer, outcome, seconds, request_id) is told of every request.
 Observer = Callable[[str, str, str, float, str | None], None]
 
@@ -35,10 +34,11 @@ class _Method:
 
     arguments: type  # the thriftpy2 struct of its arguments
     result: type  # and of its result
-    names: list[str]  # argument names in field-id order
+    values: Callable[[object], tuple]  # an arguments struct's values in field-id order
     declared: tuple[type, ...]  # the exceptions it declares
     result_fields: dict[type, str]  # the result field that carries each declared exception
     call: Callable
+    writes: bool  # it takes a request_id (idempotency.py)
 
 
 def _declared(service: type, method: str) -> tuple[type, ...]:
@@ -52,6 +52,14 @@ def _result_fields(service: type, method: str) -> dict[type, str]:
 
 def _argument_names(service: type, method: str) -> list[str]:
     return [spec[1] for _, spec in sorted(getattr(service, method + "_args").thrift_spec.items())]
+
+
+def _values(names: list[str]) -> Callable[[object], tuple]:
+    """What reads these attributes, always as a tuple (attrgetter of one name returns the bare value)."""
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda arguments: (one(arguments),)
+    return attrgetter(*names) if names else lambda arguments: ()
 
 
 def check_contract(service: type, handler: object) -> None:
@@ -113,32 +121,34 @@ class GuardedProcessor(TProcessor):
             name: _Method(
                 getattr(service, name + "_args"),
                 getattr(service, name + "_result"),
-                _argument_names(service, name),
+                _values(_argument_names(service, name)),
                 _declared(service, name),
                 _result_fields(service, name),
                 getattr(base_handler if name in BASE_METHODS else handler, name),
+                REQUEST_ID_ARGUMENT in _argument_names(service, name),
             )
             for name in service.thrift_services
         }
 
-    def process(self, iprot, oprot) -> None:
-        """Read one call from `iprot`, run it, write the reply (or error) to `oprot`."""
+    def process(self, iprot, oprot, peer: str = "") -> None:
+        """Read one call from `iprot`, run it, write the reply (or error) to `oprot`; `peer` is for the logs."""
         name, _, seqid = iprot.read_message_begin()
         method = self._methods.get(name)
         if method is None:
             iprot.skip(TType.STRUCT)
             iprot.read_message_end()
             logger.warning("unknown method %r", name)
-            self._observe(name, "unknown_method", 0.0, None)
+            if self.observe:
+                self.observe(name, peer, "unknown_method", 0.0, None)
             self.send_exception(oprot, name, TApplicationException(TApplicationException.UNKNOWN_METHOD), seqid)
             return
         arguments = method.arguments()
-        arguments.read(iprot)
+        iprot.read_struct(arguments)
         iprot.read_message_end()
         result = method.result()
         started, outcome = time.perf_counter(), "ok"
         try:
-            result.success = method.call(*[getattr(arguments, argument) for argument in method.names])
+            result.success = method.call(*method.values(arguments))
         except Exception as error:  # noqa: BLE001 - every error becomes a reply; the unexpected are logged
             reply = self._declared_error(method, name, error)
             if reply is None:
@@ -148,9 +158,13 @@ class GuardedProcessor(TProcessor):
             outcome = type(reply).__name__
             setattr(result, method.result_fields[next(e for e in method.declared if isinstance(reply, e))], reply)
         finally:
-            self._observe(name, outcome, time.perf_counter() - started, getattr(arguments, REQUEST_ID_ARGUMENT, None))
+            if self.observe:
+                request_id = getattr(arguments, REQUEST_ID_ARGUMENT) if method.writes else None
+                self.observe(name, peer, outcome, time.perf_counter() - started, request_id)
         if not result.oneway:
-            self.send_result(oprot, name, result, seqid)
+            oprot.write_message_begin(name, TMessageType.REPLY, seqid)
+            oprot.write_struct(result)
+            oprot.write_message_end()  # the engine takes the reply from oprot's buffer: no flush
 
     def _declared_error(self, method: _Method, name: str, error: Exception) -> TException | None:
         """The declared exception to reply with: `error` itself, or a KitError's
@@ -174,11 +188,7 @@ class GuardedProcessor(TProcessor):
         else:
             logger.exception("unexpected error in %s", method)
 
-    def _observe(self, method: str, outcome: str, seconds: float, request_id: str | None) -> None:
-        if self.observe:
-            self.observe(method, getattr(current_request, "peer", ""), outcome, seconds, request_id)
-
-    def argument_spec(self, method: str) -> dict | None:
-        """The thrift_spec of `method`'s arguments, None for a method the service lacks."""
-        found = self._methods.get(method)
-        return found.arguments.thrift_spec if found else None
+    @property
+    def argument_specs(self) -> dict[str, dict]:
+        """The thrift_spec of each method's arguments, by method name."""
+        return {name: method.arguments.thrift_spec for name, method in self._methods.items()}

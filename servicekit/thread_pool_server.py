@@ -14,10 +14,13 @@ read from that connection.
 
 Each connection speaks the Thrift its first bytes show (wire.detect):
 framed or unframed, strict binary or compact, and is answered the same way
-for its whole life. Workers walk every message (wire.walk) before thriftpy2
-decodes it: declared lengths are checked, and the walk is how an unframed
-message's end is found. New connections and TLS handshakes (step by step,
-never blocking) are handled the same way.
+for its whole life. Workers check every message before thriftpy2 decodes
+it: a call of a known shape (wire.known_calls, what stock clients send for
+numbers-only arguments) in one step, any other by walking it (wire.walk),
+which checks every declared length and is how an unframed message's end is
+found. Each worker decodes into and encodes from its own reused buffers.
+New connections and TLS handshakes (step by step, never blocking) are
+handled the same way.
 
 The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
@@ -48,8 +51,8 @@ from thriftpy2.server import TServer
 from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit import wire
-from servicekit.processor import GuardedProcessor, current_request
-from servicekit.wire import FRAME_HEADER, Codec
+from servicekit.processor import GuardedProcessor
+from servicekit.wire import FRAME_HEADER, Codec, Message
 
 logger = logging.getLogger(__name__)
 RECV_SIZE = 65536
@@ -67,6 +70,9 @@ READABLE_OR_WRITABLE = READABLE | select.EPOLLOUT
 HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
+BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
+FRAMED_BINARY = Codec(framed=True, compact=False)
+KEPT_REPLY_BUFFER = 1 << 20  # a worker's encode buffer grows to its largest reply: past this, a new one
 
 
 class _Connection:
@@ -94,6 +100,23 @@ class _Connection:
         self.lock = threading.Lock()
 
 
+class _Worker:
+    """What one worker thread reuses for every request (its decode and encode buffers), and whether it runs one."""
+
+    def __init__(self) -> None:
+        self.input = TCyMemoryBuffer()  # grows to THRIFT_MAX_MESSAGE_BYTES at most
+        self.busy = False
+        self.new_output()
+
+    def new_output(self) -> None:
+        self.output = TCyMemoryBuffer()
+        self.binary = BINARY.get_protocol(self.input), BINARY.get_protocol(self.output)
+
+    def compact_protocols(self) -> tuple:
+        """thriftpy2's compact protocol keeps state within a message (the Cython binary one does not): a fresh pair."""
+        return COMPACT.get_protocol(self.input), COMPACT.get_protocol(self.output)
+
+
 class TThreadPoolServer(TServer):
     """Serves Thrift (framed or not, binary or compact) with `workers` threads; see module docstring."""
 
@@ -114,7 +137,8 @@ class TThreadPoolServer(TServer):
         # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
         # server bind the same port silently; this server owns a plain socket.
         super().__init__(processor, trans=None)
-        self.protocols = {False: TCyBinaryProtocolFactory(), True: TCompactProtocolFactory()}  # by codec.compact
+        self._spec_of = processor.argument_specs.get
+        self._known_calls = wire.known_calls(processor.argument_specs)
         self.address = (host, port)
         self.workers = workers
         self.idle_timeout = idle_timeout
@@ -125,7 +149,7 @@ class TThreadPoolServer(TServer):
         self.tls = tls
         self.report_stats = report_stats  # called each second with (open connections, busy workers)
         self.serving = False
-        self._busy = set()  # idents of the workers running a request (set.add/discard need no lock)
+        self._workers: list[_Worker] = []
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
         self._closing = False
@@ -170,7 +194,11 @@ class TThreadPoolServer(TServer):
         # worker's next wait returns at once.
         self._epoll.register(self._wake_reader, select.EPOLLIN)
         self._epoll.register(self._listener, ARMED_TO_ACCEPT)
-        threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
+        self._workers = [_Worker() for _ in range(self.workers)]
+        threads = [
+            threading.Thread(target=self._work, args=(worker,), name=f"worker-{n}", daemon=True)
+            for n, worker in enumerate(self._workers)
+        ]
         for thread in threads:
             thread.start()
         self.serving = True
@@ -193,7 +221,7 @@ class TThreadPoolServer(TServer):
         with suppress(BlockingIOError, AttributeError):  # a wake-up is pending / not serving yet
             self._wake_writer.send(b"\0")
 
-    def _work(self) -> None:
+    def _work(self, worker: _Worker) -> None:
         listener = self._listener.fileno()
         while True:
             # One event per wait: the other ready connections stay for other workers.
@@ -206,8 +234,9 @@ class TThreadPoolServer(TServer):
                 if fd == listener:
                     self._accept()
                 elif connection := self._connections.get(fd):
-                    connection.hung_up |= bool(mask & HUNG_UP)
-                    self._serve_events(connection)
+                    if mask & HUNG_UP:
+                        connection.hung_up = True
+                    self._serve_events(connection, worker)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -252,7 +281,7 @@ class TThreadPoolServer(TServer):
         self._connections[connection.fd] = connection
         self._epoll.register(connection.fd, READABLE)
 
-    def _serve_events(self, connection: _Connection) -> None:
+    def _serve_events(self, connection: _Connection, worker: _Worker) -> None:
         """Serve `connection` until no event for it is left unserved.
 
         Edge-triggered, a connection's events may wake several workers. Each
@@ -264,14 +293,14 @@ class TThreadPoolServer(TServer):
             try:
                 connection.pending = False
                 if not connection.closed:
-                    self._serve_ready(connection)
+                    self._serve_ready(connection, worker)
             finally:
                 connection.lock.release()
 
-    def _serve_ready(self, connection: _Connection) -> None:
+    def _serve_ready(self, connection: _Connection, worker: _Worker) -> None:
         """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock."""
         if connection.handshaking:
-            self._continue_handshake(connection)
+            self._continue_handshake(connection, worker)
             return
         try:
             if connection.unsent:
@@ -279,10 +308,16 @@ class TThreadPoolServer(TServer):
                 if connection.unsent:
                     return  # the client still takes nothing: wait for the send buffer to free up
                 connection.pending = True  # requests not read while it was full: read them next
-            elif not self._receive(connection):
-                self._forget(connection)  # the client closed the connection
-                return
-            self._answer_received(connection)
+            else:
+                data = self._receive(connection)
+                if data is None:
+                    self._forget(connection)  # the client closed the connection
+                    return
+                if connection.received or not self._answer_whole(connection, data, worker):
+                    connection.received += data
+                    self._answer_received(connection, worker)
+            # Once per event, after the replies: idle from here, or stuck in a partial message since its last bytes.
+            connection.last_active = time.monotonic()
         except OSError as error:  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error)
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
@@ -292,8 +327,8 @@ class TThreadPoolServer(TServer):
                 return
         self._forget(connection)
 
-    def _receive(self, connection: _Connection) -> bool:
-        """Append what has arrived to connection.received; False once the client has closed.
+    def _receive(self, connection: _Connection) -> bytes | None:
+        """What has arrived (maybe nothing); None once the client has closed.
 
         One read at most: if more may be waiting (a full read; TLS, whose
         reads stop at a record; or the end of file after these bytes), the
@@ -303,63 +338,91 @@ class TThreadPoolServer(TServer):
         try:
             data = connection.sock.recv(RECV_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError):
-            return True  # nothing yet, or only part of a TLS record
+            return b""  # nothing yet, or only part of a TLS record
         except ConnectionError:
-            return False  # a reset is an ordinary way for a client to leave
+            return None  # a reset is an ordinary way for a client to leave
         if not data:
-            return False
-        connection.received += data
-        connection.last_active = time.monotonic()
+            return None
         if len(data) == RECV_SIZE or self.tls or connection.hung_up:
             connection.pending = True
+        return data
+
+    def _answer_whole(self, connection: _Connection, data: bytes, worker: _Worker) -> bool:
+        """Answer `data` if it is one whole framed binary call of a known shape: True if answered.
+
+        Most requests arrive so, alone in one read; they skip the buffering and walk of _answer_received.
+        """
+        if (
+            connection.codec != FRAMED_BINARY
+            or len(data) <= FRAME_HEADER.size
+            or FRAME_HEADER.unpack_from(data)[0] != len(data) - FRAME_HEADER.size
+            or not self._known_calls.fullmatch(data, FRAME_HEADER.size)
+        ):
+            return False
+        reply = self._process(connection, data[FRAME_HEADER.size :], worker)
+        if reply:
+            self._send(connection, reply)
         return True
 
-    def _answer_received(self, connection: _Connection) -> None:
+    def _answer_received(self, connection: _Connection, worker: _Worker) -> None:
         """Answer every whole message received, until one's reply cannot be sent at once (backpressure)."""
         while connection.received and (data := self._take_message(connection)) is not None:
-            reply = self._process(connection, data)
+            reply = self._process(connection, data, worker)
             if reply and not self._send(connection, reply):
                 return
 
-    def _take_message(self, connection: _Connection) -> bytes | None:
+    def _take_message(self, connection: _Connection) -> bytearray | None:
         """Remove the next whole, checked message from connection.received; None if it is incomplete."""
         received, codec = connection.received, connection.codec
         if codec is None and (codec := wire.detect(received, self.max_message_bytes)) is None:
             return None
         connection.codec = codec
-        spec_of = self.processor.argument_spec
         if codec.framed:
             if len(received) < FRAME_HEADER.size:
                 return None
             end = FRAME_HEADER.size + wire.frame_size(received, self.max_message_bytes)
             if len(received) < end:
                 return None
-            data = bytes(received[FRAME_HEADER.size : end])
-            message = wire.walk_whole(data, codec.compact, spec_of, MAX_NESTING)
+            data = received[FRAME_HEADER.size : end]
+            if codec.compact or not self._known_calls.fullmatch(received, FRAME_HEADER.size, end):
+                self._check_types(wire.walk_whole(data, codec.compact, self._spec_of, MAX_NESTING))
         else:
-            if connection.walking is None:
-                connection.walking = wire.walk(received, self.max_message_bytes, codec.compact, spec_of, MAX_NESTING)
-            if (message := wire.resume(connection.walking)) is None:
+            if (end := self._unframed_end(connection)) is None:
                 return None
-            connection.walking = None
-            end = message.end
-            data = bytes(received[:end])
+            data = received[:end]
         del received[:end]
-        wire.check_argument_types(message.name, message.argument_types, spec_of(message.name))
         return data
 
-    def _process(self, connection: _Connection, data: bytes) -> bytes:
+    def _unframed_end(self, connection: _Connection) -> int | None:
+        """Where the unframed message at the start of connection.received ends; None until it is all there."""
+        received, compact = connection.received, connection.codec.compact
+        if connection.walking is None:
+            known = None if compact else self._known_calls.match(received, 0, self.max_message_bytes)
+            if known:
+                return known.end()
+            connection.walking = wire.walk(received, self.max_message_bytes, compact, self._spec_of, MAX_NESTING)
+        if (message := wire.resume(connection.walking)) is None:
+            return None
+        connection.walking = None
+        self._check_types(message)
+        return message.end
+
+    def _check_types(self, message: Message) -> None:
+        wire.check_argument_types(message.name, message.argument_types, self._spec_of(message.name))
+
+    def _process(self, connection: _Connection, data: bytearray, worker: _Worker) -> bytes:
         """Decode, run and encode one checked message: the reply, framed if the connection is."""
-        current_request.peer = connection.peer
-        worker = threading.get_ident()
-        self._busy.add(worker)
+        iprot, oprot = worker.compact_protocols() if connection.codec.compact else worker.binary
+        worker.input.setvalue(data)
+        worker.busy = True
         try:
-            protocols = self.protocols[connection.codec.compact]
-            output = TCyMemoryBuffer()
-            self.processor.process(protocols.get_protocol(TCyMemoryBuffer(data)), protocols.get_protocol(output))
+            self.processor.process(iprot, oprot, connection.peer)
+            reply = worker.output.getvalue()
         finally:
-            self._busy.discard(worker)
-        reply = output.getvalue()
+            worker.busy = False
+            worker.output.clean()
+        if len(reply) > KEPT_REPLY_BUFFER:
+            worker.new_output()
         return FRAME_HEADER.pack(len(reply)) + reply if reply and connection.codec.framed else reply
 
     def _send(self, connection: _Connection, reply: bytes) -> bool:
@@ -368,7 +431,6 @@ class TThreadPoolServer(TServer):
             sent = connection.sock.send(reply)
         except (BlockingIOError, ssl.SSLWantWriteError):
             sent = 0
-        connection.last_active = time.monotonic()
         if sent < len(reply):
             connection.unsent = memoryview(reply)[sent:]
             self._notify_when_writable(connection)
@@ -391,7 +453,7 @@ class TThreadPoolServer(TServer):
             connection.unsent = connection.unsent[sent:]
             connection.last_active = time.monotonic()
 
-    def _continue_handshake(self, connection: _Connection) -> None:
+    def _continue_handshake(self, connection: _Connection, worker: _Worker) -> None:
         try:
             connection.sock.do_handshake()
         except ssl.SSLWantReadError:
@@ -405,7 +467,7 @@ class TThreadPoolServer(TServer):
             return
         connection.handshaking = False
         connection.last_active = time.monotonic()
-        self._serve_ready(connection)  # the client may have sent its first request already
+        self._serve_ready(connection, worker)  # the client may have sent its first request already
 
     def _forget(self, connection: _Connection, reset: bool = False) -> None:
         """Close a connection, with `reset` at once (RST): the kernel drops what it could not send. Holds its lock."""
@@ -423,7 +485,7 @@ class TThreadPoolServer(TServer):
             logger.warning("parent process is gone; draining")
             self.close()
         if self.report_stats:
-            self.report_stats(len(self._connections), len(self._busy))
+            self.report_stats(len(self._connections), sum(worker.busy for worker in self._workers))
         if self._refused and now >= self._next_refusal_warning:
             logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
             self._refused = 0

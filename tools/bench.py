@@ -386,11 +386,9 @@ def compare_variants(session: Session) -> None:
 
 
 def compare_idle_connections(session: Session) -> None:
-    """Two identical servers of 16 workers, one of them holding idle connections throughout."""
+    """Two identical servers as shipped, one of them holding idle connections throughout."""
     count = session.options.idle_connections
-    with started(
-        {name: ServerProcess("project", session.server_env, THRIFT_WORKERS="16") for name in ("alone", "idle")}
-    ) as servers:
+    with started({name: ServerProcess("project", session.server_env) for name in ("alone", "idle")}) as servers:
         context = multiprocessing.get_context("fork")
         ready, stop = context.Event(), context.Event()
         holder = context.Process(target=hold_idle, args=(servers["idle"].port, count, ready, stop))

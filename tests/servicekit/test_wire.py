@@ -7,7 +7,16 @@ from thriftpy2.thrift import TType
 
 from counters import counters_thrift
 from helpers.wire import call_bytes, framed, message_header, varint
-from servicekit.wire import Codec, MalformedMessage, check_argument_types, detect, resume, walk, walk_whole
+from servicekit.wire import (
+    Codec,
+    MalformedMessage,
+    check_argument_types,
+    detect,
+    known_calls,
+    resume,
+    walk,
+    walk_whole,
+)
 
 Counters = counters_thrift.Counters
 
@@ -51,12 +60,35 @@ def test_a_well_formed_call_passes_with_its_name_and_argument_types(compact):
     check_argument_types("add", message.argument_types, Counters.add_args.thrift_spec)
 
 
-def test_numbers_and_strings_take_the_quick_pass_and_the_rest_the_full_walk():
-    # Both must accept exactly the well-formed: a struct argument (here an unknown field) goes the long way.
-    with_struct = message_header(b"ping") + b"\x0c\x00\x09" + b"\x08\x00\x01\x00\x00\x00\x07\x00" + b"\x00"
-    assert walk_whole(with_struct, False, spec_of).argument_types == {9: TType.STRUCT}
-    with_bool = message_header(b"ping") + b"\x02\x00\x09\x01" + b"\x00"
-    assert walk_whole(with_bool, False, spec_of).argument_types == {9: TType.BOOL}
+KNOWN_CALLS = known_calls({method: spec_of(method) for method in Counters.thrift_services})
+HOLD_SECONDS = b"\x04\x00\x01" + struct.pack("!d", 0.5)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [call_bytes(Counters, "ping"), call_bytes(Counters, "hold", 0.5)],
+    ids=["no arguments", "a number"],
+)
+def test_a_call_with_numbers_only_as_a_stock_client_writes_it_needs_no_walk(message):
+    # What the pattern accepts, the full walk must accept too, and end at the same byte.
+    known = KNOWN_CALLS.match(message + b"next")
+    assert known and known.end() == walk_whole(message, False, spec_of).end == len(message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        call_bytes(Counters, "get", "x"),  # a string argument
+        message_header(b"hold") + b"\x00",  # the argument missing
+        message_header(b"hold") + b"\x0a\x00\x01" + struct.pack("!q", 1) + b"\x00",  # of another type
+        message_header(b"hold") + HOLD_SECONDS + b"\x08\x00\x02\x00\x00\x00\x01\x00",  # one the IDL lacks
+        message_header(b"hold") + HOLD_SECONDS,  # no STOP: not all here yet
+        message_header(b"nope") + b"\x00",  # a method the service lacks
+    ],
+    ids=["string", "missing", "other type", "unknown field", "incomplete", "unknown method"],
+)
+def test_every_other_call_takes_the_full_walk(message):
+    assert KNOWN_CALLS.match(message) is None
 
 
 @pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
