@@ -182,7 +182,7 @@ class PooledClient:
         self.max_idle = max_idle
         self.tls = tls
         self._argument_specs = {
-            method: [spec for _, spec in sorted(getattr(service, method + "_args").thrift_spec.items())]
+            method: list(getattr(service, method + "_args").thrift_spec.values())  # in declared order, as args are
             for method in service.thrift_services
         }
         self._addresses = AddressBook(parse_servers(servers), resolve, resolve_every, self._retire_idle)

@@ -4,8 +4,9 @@ The engine (thread_pool_server.py) hands it a whole, checked message. It
 answers ping and health itself, calls the service's handler for the rest,
 and is the one place errors are mapped: a KitError (a database outage, a bad
 or reused request_id) becomes the exception of that name in base.thrift; an
-exception the method does not declare becomes INTERNAL_ERROR with one logged
-traceback, and the connection stays usable. `check_contract()` finds at
+exception the method does not declare, or a result of a type the IDL does
+not allow, becomes INTERNAL_ERROR with one logged traceback, and the
+connection stays usable. `check_contract()` finds at
 start-up what would otherwise reach a client as INTERNAL_ERROR.
 """
 
@@ -34,7 +35,7 @@ class _Method:
 
     arguments: type  # the thriftpy2 struct of its arguments
     result: type  # and of its result
-    values: Callable[[object], tuple]  # an arguments struct's values in field-id order
+    values: Callable[[object], tuple]  # an arguments struct's values in declared order
     declared: tuple[type, ...]  # the exceptions it declares
     result_fields: dict[type, str]  # the result field that carries each declared exception
     call: Callable
@@ -51,7 +52,8 @@ def _result_fields(service: type, method: str) -> dict[type, str]:
 
 
 def _argument_names(service: type, method: str) -> list[str]:
-    return [spec[1] for _, spec in sorted(getattr(service, method + "_args").thrift_spec.items())]
+    """In the order the IDL declares them, as thriftpy2 passes them (whatever their field ids)."""
+    return [spec[1] for spec in getattr(service, method + "_args").thrift_spec.values()]
 
 
 def _values(names: list[str]) -> Callable[[object], tuple]:
@@ -145,26 +147,38 @@ class GuardedProcessor(TProcessor):
         arguments = method.arguments()
         iprot.read_struct(arguments)
         iprot.read_message_end()
+        started = time.perf_counter()
+        outcome = self._answer(method, name, arguments, oprot, seqid)
+        if self.observe:
+            request_id = getattr(arguments, REQUEST_ID_ARGUMENT) if method.writes else None
+            self.observe(name, peer, outcome, time.perf_counter() - started, request_id)
+
+    def _answer(self, method: _Method, name: str, arguments: object, oprot, seqid: int) -> str:
+        """Call the handler and write its result or declared error: the outcome, for the logs and metrics.
+
+        (No oneway methods: they cannot declare base.Unavailable, which check_contract requires.)
+        """
         result = method.result()
-        started, outcome = time.perf_counter(), "ok"
         try:
             result.success = method.call(*method.values(arguments))
+            outcome = "ok"
         except Exception as error:  # noqa: BLE001 - every error becomes a reply; the unexpected are logged
             reply = self._declared_error(method, name, error)
             if reply is None:
-                outcome = "internal_error"
                 self.send_exception(oprot, name, INTERNAL_ERROR, seqid)
-                return
+                return "internal_error"
             outcome = type(reply).__name__
             setattr(result, method.result_fields[next(e for e in method.declared if isinstance(reply, e))], reply)
-        finally:
-            if self.observe:
-                request_id = getattr(arguments, REQUEST_ID_ARGUMENT) if method.writes else None
-                self.observe(name, peer, outcome, time.perf_counter() - started, request_id)
-        if not result.oneway:
+        try:
             oprot.write_message_begin(name, TMessageType.REPLY, seqid)
             oprot.write_struct(result)
             oprot.write_message_end()  # the engine takes the reply from oprot's buffer: no flush
+        except Exception:  # a value of the wrong type, found only when encoded
+            logger.exception("%s returned a result service.thrift does not allow: sent as INTERNAL_ERROR", name)
+            oprot.trans.clean()  # the part written before it failed
+            self.send_exception(oprot, name, INTERNAL_ERROR, seqid)
+            return "internal_error"
+        return outcome
 
     def _declared_error(self, method: _Method, name: str, error: Exception) -> TException | None:
         """The declared exception to reply with: `error` itself, or a KitError's

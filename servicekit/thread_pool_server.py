@@ -72,7 +72,7 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
 FRAMED_BINARY = Codec(framed=True, compact=False)
-KEPT_REPLY_BUFFER = 1 << 20  # a worker's encode buffer grows to its largest reply: past this, a new one
+KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
 
 
 class _Connection:
@@ -104,12 +104,11 @@ class _Worker:
     """What one worker thread reuses for every request (its decode and encode buffers), and whether it runs one."""
 
     def __init__(self) -> None:
-        self.input = TCyMemoryBuffer()  # grows to THRIFT_MAX_MESSAGE_BYTES at most
         self.busy = False
-        self.new_output()
+        self.new_buffers()
 
-    def new_output(self) -> None:
-        self.output = TCyMemoryBuffer()
+    def new_buffers(self) -> None:
+        self.input, self.output = TCyMemoryBuffer(), TCyMemoryBuffer()
         self.binary = BINARY.get_protocol(self.input), BINARY.get_protocol(self.output)
 
     def compact_protocols(self) -> tuple:
@@ -308,16 +307,19 @@ class TThreadPoolServer(TServer):
                 if connection.unsent:
                     return  # the client still takes nothing: wait for the send buffer to free up
                 connection.pending = True  # requests not read while it was full: read them next
+                self._answer_received(connection, worker)  # and first those read but not yet answered
             else:
                 data = self._receive(connection)
                 if data is None:
                     self._forget(connection)  # the client closed the connection
                     return
+                if not data:
+                    return  # nothing yet, or only part of a TLS record: no activity
                 if connection.received or not self._answer_whole(connection, data, worker):
                     connection.received += data
                     self._answer_received(connection, worker)
-            # Once per event, after the replies: idle from here, or stuck in a partial message since its last bytes.
-            connection.last_active = time.monotonic()
+                # After the replies: idle from here, or stuck in a partial message since its last bytes.
+                connection.last_active = time.monotonic()
         except OSError as error:  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error)
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
@@ -352,10 +354,11 @@ class TThreadPoolServer(TServer):
 
         Most requests arrive so, alone in one read; they skip the buffering and walk of _answer_received.
         """
+        size = len(data) - FRAME_HEADER.size
         if (
             connection.codec != FRAMED_BINARY
-            or len(data) <= FRAME_HEADER.size
-            or FRAME_HEADER.unpack_from(data)[0] != len(data) - FRAME_HEADER.size
+            or not 0 < size <= self.max_message_bytes
+            or FRAME_HEADER.unpack_from(data)[0] != size
             or not self._known_calls.fullmatch(data, FRAME_HEADER.size)
         ):
             return False
@@ -418,11 +421,14 @@ class TThreadPoolServer(TServer):
         try:
             self.processor.process(iprot, oprot, connection.peer)
             reply = worker.output.getvalue()
+        except Exception:
+            worker.new_buffers()  # a reply that failed part-way may have grown the encode buffer
+            raise
         finally:
             worker.busy = False
-            worker.output.clean()
-        if len(reply) > KEPT_REPLY_BUFFER:
-            worker.new_output()
+        worker.output.clean()
+        if len(data) > KEPT_BUFFER_BYTES or len(reply) > KEPT_BUFFER_BYTES:
+            worker.new_buffers()
         return FRAME_HEADER.pack(len(reply)) + reply if reply and connection.codec.framed else reply
 
     def _send(self, connection: _Connection, reply: bytes) -> bool:

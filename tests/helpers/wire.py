@@ -1,8 +1,10 @@
 """Raw Thrift bytes on a socket: well-formed calls in either protocol, hand-made hostile ones, and what comes back."""
 
 import errno
+import fcntl
 import socket
 import struct
+import termios
 
 from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
 from thriftpy2.thrift import TMessageType
@@ -81,3 +83,8 @@ def reply_names(received: bytes) -> list[str]:
         names.append(TCyBinaryProtocol(TCyMemoryBuffer(received[4 : 4 + size])).read_message_begin()[0])
         received = received[4 + size :]
     return names
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """How many received bytes `sock` holds that nobody has read yet."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]

@@ -17,7 +17,7 @@ from counters import counters_thrift
 from helpers.load import connections_to
 from helpers.mysql import connections_opened, statement_waits
 from helpers.processes import child_pids, run_python
-from helpers.wire import call_bytes, framed, reply_names
+from helpers.wire import call_bytes, framed, reply_names, unread_bytes
 from servicekit.client import ServerUnreachable
 from tools.throwaway_db import wait_for
 
@@ -166,6 +166,19 @@ def test_requests_sent_together_or_byte_by_byte_are_all_answered_in_order(server
         while chunk := sock.recv(65536):
             received += chunk
     assert reply_names(received) == ["ping", "get", "ping", "ping"]
+
+
+def test_calls_sent_all_at_once_are_all_answered_in_order_once_the_client_reads(server):
+    # 20 MB of replies: the socket fills, the server keeps what it cannot send, then answers the rest.
+    request = framed(call_bytes(Counters, "repeat", "x" * 100, 1000))  # a 100 kB reply
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(request * 200 + framed(call_bytes(Counters, "ping")))
+        wait_for(lambda: unread_bytes(sock) > 50_000, 10, "replies to pile up")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    assert reply_names(received) == ["repeat"] * 200 + ["ping"]
 
 
 def test_pooled_db_mode_serves_too(start_server):

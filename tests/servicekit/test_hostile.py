@@ -1,12 +1,10 @@
 """Hostile input, fuzzing, stalled senders and connection limits against a real server."""
 
-import fcntl
 import os
 import resource
 import socket
 import struct
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from counters import counters_thrift
 from counters_testing import SCRIPT, counters_process
 from helpers.load import connections_to
 from helpers.processes import rss_kb
-from helpers.wire import CODECS, call_bytes, exchange, framed, message_header, on_the_wire, varint
+from helpers.wire import CODECS, call_bytes, exchange, framed, message_header, on_the_wire, unread_bytes, varint
 from servicekit.wire import Codec
 from tools.throwaway_db import wait_for
 
@@ -215,10 +213,6 @@ def test_clients_that_stop_reading_hold_no_worker_and_are_closed_after_the_read_
     finally:
         for sock in stalled:
             sock.close()
-
-
-def unread_bytes(sock: socket.socket) -> int:
-    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
 
 
 def test_out_of_file_descriptors_the_server_pauses_accepting_and_warns_once(database, tmp_path):

@@ -11,6 +11,7 @@ from counters import CountersClient, counters_thrift
 from counters_testing import counters_process
 from helpers.mysql import sql
 from helpers.pki import make_pki
+from helpers.wire import call_bytes, framed
 from servicekit.client import ServerUnreachable, new_request_id, tls_context
 from tools.throwaway_db import wait_for
 
@@ -129,3 +130,44 @@ def test_the_server_reaches_mysql_over_tls_when_the_database_requires_it(start_s
     with server.client() as client:
         assert client.health().database is True
         assert client.add("tls to mysql", 1).total == 1
+
+
+def test_tls_bytes_that_never_complete_a_record_do_not_keep_a_connection_open(start_server, pki):
+    server = start_server(
+        THRIFT_TLS_CERT=pki["server"], THRIFT_TLS_KEY=pki["server_key"], THRIFT_IDLE_TIMEOUT="1", ready=False
+    )
+    wait_for(lambda: "serving counters" in server.log(), 30, "the server")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        record = _encrypted_ping(sock, tls_context(pki["ca"]))
+        # One byte every 0.3 s: activity on the wire, but never a whole record, so never a request.
+        assert any(_sent_then_closed(sock, bytes([byte]), 0.3) for byte in record[:-1]), "still open"
+
+
+def _encrypted_ping(sock: socket.socket, context: ssl.SSLContext) -> bytes:
+    """A TLS handshake over `sock` driven by hand; then the encrypted record of a framed ping, not sent."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    sock.sendall(outgoing.read())
+    tls.write(framed(call_bytes(counters_thrift.Counters, "ping")))
+    return outgoing.read()
+
+
+def _sent_then_closed(sock: socket.socket, data: bytes, seconds: float) -> bool:
+    """Send `data`, then read (and drop) what comes for `seconds`: whether the server closed meanwhile."""
+    sock.sendall(data)
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
