@@ -413,7 +413,7 @@ class TThreadPoolServer(TServer):
     def _check_types(self, message: Message) -> None:
         wire.check_argument_types(message.name, message.argument_types, self._spec_of(message.name))
 
-    def _process(self, connection: _Connection, data: bytearray, worker: _Worker) -> bytes:
+    def _process(self, connection: _Connection, data: bytes | bytearray, worker: _Worker) -> bytes:
         """Decode, run and encode one checked message: the reply, framed if the connection is."""
         iprot, oprot = worker.compact_protocols() if connection.codec.compact else worker.binary
         worker.input.setvalue(data)
