@@ -132,6 +132,9 @@ class RequestObserver:
         self.slow_request_ms = slow_request_ms
         self.logger = logging.getLogger(KIT_LOGGER_PREFIX + "requests")
         self.debug = self.logger.isEnabledFor(logging.DEBUG)  # LOG_LEVEL is set once, at start-up
+        # The processor calls this only for requests at least this long: all of
+        # them when counted or logged at DEBUG, else only the slow ones.
+        self.threshold = 0.0 if metrics or self.debug else slow_request_ms / 1000
         # (method, outcome) -> its counter and histogram; labels() on every
         # request would cost as much as the rest of the observation.
         self._series: dict[tuple[str, str], tuple] = {}

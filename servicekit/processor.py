@@ -11,10 +11,12 @@ start-up what would otherwise reach a client as INTERNAL_ERROR.
 """
 
 import logging
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
+from time import perf_counter
+from typing import Protocol
 
 from thriftpy2.thrift import TApplicationException, TException, TMessageType, TProcessor, TType
 
@@ -25,8 +27,14 @@ from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
 logger = logging.getLogger(__name__)
-# observe(method, peer, outcome, seconds, request_id) is told of every request.
-Observer = Callable[[str, str, str, float, str | None], None]
+
+
+class Observer(Protocol):
+    """Told of each request that took at least `threshold` seconds: 0 for every request, or only the slow ones."""
+
+    threshold: float
+
+    def __call__(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,7 @@ class GuardedProcessor(TProcessor):
         check_contract(service, handler)
         super().__init__(service, handler)
         self.observe = observe
+        self._observe_from = observe.threshold if observe else math.inf  # a comparison per call, not a call
         self._base = base_module(service)
         base_handler = _BaseHandler(self._base.Health, version, is_serving, database_answers)
         self._methods = {
@@ -147,11 +156,11 @@ class GuardedProcessor(TProcessor):
         arguments = method.arguments()
         iprot.read_struct(arguments)
         iprot.read_message_end()
-        started = time.perf_counter()
+        started = perf_counter()
         outcome = self._answer(method, name, arguments, oprot, seqid)
-        if self.observe:
+        if (seconds := perf_counter() - started) >= self._observe_from:
             request_id = getattr(arguments, REQUEST_ID_ARGUMENT) if method.writes else None
-            self.observe(name, peer, outcome, time.perf_counter() - started, request_id)
+            self.observe(name, peer, outcome, seconds, request_id)
 
     def _answer(self, method: _Method, name: str, arguments: object, oprot, seqid: int) -> str:
         """Call the handler and write its result or declared error: the outcome, for the logs and metrics.

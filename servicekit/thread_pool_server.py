@@ -20,7 +20,10 @@ numbers-only arguments) in one step, any other by walking it (wire.walk),
 which checks every declared length and is how an unframed message's end is
 found. Each worker decodes into and encodes from its own reused buffers.
 New connections and TLS handshakes (step by step, never blocking) are
-handled the same way.
+handled the same way. While only one plain connection is active (every
+other worker waiting), the worker that answered it stays on it, waiting in
+recv() for its next request as a thread-per-connection server would, and
+gives it back to the set as soon as anything else needs a worker (_stay).
 
 The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
@@ -73,6 +76,8 @@ MAX_NESTING = 16  # a message and its arguments are 2; generous for nested struc
 BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
 FRAMED_BINARY = Codec(framed=True, compact=False)
 KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
+# How long a worker stays on the one busy connection (see _stay): SO_RCVTIMEO, a struct timeval.
+STAY_TIMEOUT = struct.pack("ll", 0, 2000)
 
 
 class _Connection:
@@ -93,17 +98,23 @@ class _Connection:
         self.walking = None  # the walk of an unframed message not yet complete
         self.pending = False  # an event for it may not have been served yet (see _serve_events)
         self.watching_writes = False  # epoll also reports it when writable
+        self.staying = False  # out of the epoll set: a worker waits in recv() for its next request (_stay)
         self.hung_up = False  # epoll reported the client's end of file (or an error)
         self.last_active = time.monotonic()
         self.handshaking = handshaking
         self.closed = False
         self.lock = threading.Lock()
 
+    @property
+    def epoll_events(self) -> int:
+        return READABLE_OR_WRITABLE if self.watching_writes else READABLE
+
 
 class _Worker:
     """What one worker thread reuses for every request (its decode and encode buffers), and whether it runs one."""
 
-    def __init__(self) -> None:
+    def __init__(self, number: int) -> None:
+        self.number = number  # its place in TThreadPoolServer._waiting
         self.busy = False
         self.new_buffers()
 
@@ -149,6 +160,8 @@ class TThreadPoolServer(TServer):
         self.report_stats = report_stats  # called each second with (open connections, busy workers)
         self.serving = False
         self._workers: list[_Worker] = []
+        self._waiting: list[bool] = []  # by worker number: in epoll_wait
+        self._send_flags = 0 if tls else socket.MSG_DONTWAIT  # a staying connection's socket blocks
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
         self._closing = False
@@ -193,7 +206,8 @@ class TThreadPoolServer(TServer):
         # worker's next wait returns at once.
         self._epoll.register(self._wake_reader, select.EPOLLIN)
         self._epoll.register(self._listener, ARMED_TO_ACCEPT)
-        self._workers = [_Worker() for _ in range(self.workers)]
+        self._workers = [_Worker(number) for number in range(self.workers)]
+        self._waiting = [False] * self.workers
         threads = [
             threading.Thread(target=self._work, args=(worker,), name=f"worker-{n}", daemon=True)
             for n, worker in enumerate(self._workers)
@@ -226,7 +240,9 @@ class TThreadPoolServer(TServer):
             # One event per wait: the other ready connections stay for other workers.
             # No timeout: close() wakes every worker, and a worker woken for nothing
             # would be first in line for the next event (epoll wakes the latest waiter).
+            self._waiting[worker.number] = True
             events = self._epoll.poll(-1, 1)
+            self._waiting[worker.number] = False
             if self._closing:  # the wake-up socket's event, or one that arrived too late
                 return
             for fd, mask in events:
@@ -236,6 +252,37 @@ class TThreadPoolServer(TServer):
                     if mask & HUNG_UP:
                         connection.hung_up = True
                     self._serve_events(connection, worker)
+
+    def _may_stay(self, connection: _Connection) -> bool:
+        """No other worker has anything to do, and `connection` is plain TCP and between requests."""
+        return self._waiting.count(False) == 1 < self.workers and not (
+            self.tls or connection.received or connection.unsent
+        )
+
+    def _stay(self, connection: _Connection, worker: _Worker) -> None:
+        """Serve `connection` from recv() while no other is active, as a thread-per-connection server would.
+
+        With one client calling in a loop, each call through epoll costs a
+        wait, a wake-up and often a different worker (the reply wakes the
+        client before the worker is back in epoll_wait). So the worker that
+        answered takes the connection out of the epoll set and waits in a
+        blocking recv() for up to STAY_TIMEOUT, answering each request, as
+        long as every other worker is waiting on the set for everyone else.
+        A quiet client, anything but a whole request, a reply the client
+        does not take at once, or any other worker busy puts it back.
+        Holds connection.lock; _serve_events serves what came meanwhile.
+        """
+        self._epoll.unregister(connection.fd)
+        connection.sock.setblocking(True)  # recv() waits up to SO_RCVTIMEO; sends pass MSG_DONTWAIT
+        connection.staying, connection.pending = True, False
+        try:
+            while self._serve_ready(connection, worker) and self._may_stay(connection):
+                pass  # each turn waits for one request, then answers it
+        finally:
+            connection.staying = False
+            if not connection.closed:
+                connection.sock.setblocking(False)
+                self._epoll.register(connection.fd, connection.epoll_events)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -275,6 +322,8 @@ class TThreadPoolServer(TServer):
             # The handshake runs step by step in _serve_ready(), never
             # blocking a worker (thriftpy2 does it inside accept()).
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, STAY_TIMEOUT)
         sock.setblocking(False)  # a worker never waits on one client
         connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
         self._connections[connection.fd] = connection
@@ -288,33 +337,36 @@ class TThreadPoolServer(TServer):
         as it is marked, and the others return to waiting.
         """
         connection.pending = True
-        while connection.pending and connection.lock.acquire(blocking=False):
+        while connection.pending and connection.lock.acquire(False):
             try:
                 connection.pending = False
-                if not connection.closed:
-                    self._serve_ready(connection, worker)
+                if not connection.closed and self._serve_ready(connection, worker) and self._may_stay(connection):
+                    self._stay(connection, worker)
             finally:
                 connection.lock.release()
 
-    def _serve_ready(self, connection: _Connection, worker: _Worker) -> None:
-        """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock."""
+    def _serve_ready(self, connection: _Connection, worker: _Worker) -> bool:
+        """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock.
+
+        True if it answered what came and the connection is open (the loop in _stay goes on).
+        """
         if connection.handshaking:
             self._continue_handshake(connection, worker)
-            return
+            return False
         try:
             if connection.unsent:
                 self._send_unsent(connection)
                 if connection.unsent:
-                    return  # the client still takes nothing: wait for the send buffer to free up
+                    return False  # the client still takes nothing: wait for the send buffer to free up
                 connection.pending = True  # requests not read while it was full: read them next
                 self._answer_received(connection, worker)  # and first those read but not yet answered
             else:
                 data = self._receive(connection)
                 if data is None:
                     self._forget(connection)  # the client closed the connection
-                    return
+                    return False
                 if not data:
-                    return  # nothing yet, or only part of a TLS record: no activity
+                    return False  # nothing yet, or only part of a TLS record: no activity
                 if connection.received or not self._answer_whole(connection, data, worker):
                     connection.received += data
                     self._answer_received(connection, worker)
@@ -326,8 +378,9 @@ class TThreadPoolServer(TServer):
             logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
         else:
             if not self._closing:
-                return
+                return True
         self._forget(connection)
+        return False
 
     def _receive(self, connection: _Connection) -> bytes | None:
         """What has arrived (maybe nothing); None once the client has closed.
@@ -434,7 +487,7 @@ class TThreadPoolServer(TServer):
     def _send(self, connection: _Connection, reply: bytes) -> bool:
         """Send `reply`; what the socket does not take now stays in connection.unsent. True if all was sent."""
         try:
-            sent = connection.sock.send(reply)
+            sent = connection.sock.send(reply, self._send_flags)
         except (BlockingIOError, ssl.SSLWantWriteError):
             sent = 0
         if sent < len(reply):
@@ -446,13 +499,14 @@ class TThreadPoolServer(TServer):
     def _notify_when_writable(self, connection: _Connection) -> None:
         """From now on, also report the connection when its send buffer frees up (only after it was full)."""
         if not connection.watching_writes:
-            self._epoll.modify(connection.fd, READABLE_OR_WRITABLE)
+            if not connection.staying:  # else _stay registers it so
+                self._epoll.modify(connection.fd, READABLE_OR_WRITABLE)
             connection.watching_writes = True
 
     def _send_unsent(self, connection: _Connection) -> None:
         """Send what the socket takes now of connection.unsent."""
         try:
-            sent = connection.sock.send(connection.unsent)
+            sent = connection.sock.send(connection.unsent, self._send_flags)
         except (BlockingIOError, ssl.SSLWantWriteError):
             return
         if sent:
@@ -500,7 +554,7 @@ class TThreadPoolServer(TServer):
             self._accept_paused = False
             self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
         for connection in list(self._connections.values()):
-            if not connection.lock.acquire(blocking=False):
+            if not connection.lock.acquire(False):
                 continue  # a worker is serving it
             try:
                 if not connection.closed:
@@ -508,9 +562,8 @@ class TThreadPoolServer(TServer):
             finally:
                 connection.lock.release()
             if connection.pending and not connection.closed:  # an event came while this thread held it
-                mask = READABLE_OR_WRITABLE if connection.watching_writes else READABLE
-                with suppress(OSError):  # a worker closed it meanwhile
-                    self._epoll.modify(connection.fd, mask)  # reported again to a worker if still ready
+                with suppress(OSError):  # a worker closed it (or stays on it) meanwhile
+                    self._epoll.modify(connection.fd, connection.epoll_events)  # reported again if still ready
 
     def _close_if_stalled(self, connection: _Connection, now: float) -> None:
         """Close a connection past its read or idle timeout; the caller holds its lock."""

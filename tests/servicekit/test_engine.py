@@ -14,7 +14,7 @@ from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TCyFramedTransportFactory
 
 from counters import counters_thrift
-from helpers.load import connections_to
+from helpers.load import connections_to, run_threads
 from helpers.mysql import connections_opened, statement_waits
 from helpers.processes import child_pids, run_python
 from helpers.wire import call_bytes, framed, reply_names, unread_bytes
@@ -134,6 +134,14 @@ def test_idle_connections_do_not_hold_workers(start_server):
     finally:
         for client in idle:
             client.close()
+
+
+def test_clients_calling_in_a_loop_are_each_answered_without_a_stall(start_server):
+    # A worker stays on a connection while the other waits; each hand-back must not strand a request
+    # until the housekeeper's next round (1 s): every call must be answered within the 0.5 s timeout.
+    server = start_server(THRIFT_WORKERS="2")
+    with server.client(timeout=0.5, retries=0) as client:
+        assert run_threads(3, lambda rng: client.ping(), seconds=3) == []
 
 
 def test_idle_timeout_closes_quietly_and_the_client_reconnects(start_server):

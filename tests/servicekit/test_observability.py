@@ -113,12 +113,15 @@ def test_unknown_method_names_share_one_metric_series(start_server):
     assert server.stop() == 0
 
 
-def test_slow_requests_are_logged_as_warnings(start_server):
-    server = start_server(SLOW_REQUEST_MS="0", LOG_LEVEL="WARNING")
+def test_slow_requests_are_logged_as_warnings_and_only_they(start_server):
+    server = start_server(SLOW_REQUEST_MS="200", LOG_LEVEL="WARNING")
     with server.client() as client:
         client.ping()
+        client.call("hold", 0.3)
     assert server.stop() == 0
-    assert re.search(r" WARNING counters.requests \[\d+\] ping ok in [\d.]+ ms \(slow\)", server.log())
+    log = server.log()
+    assert re.search(r" WARNING counters.requests \[\d+\] hold ok in [\d.]+ ms \(slow\)", log)
+    assert "ping ok" not in log
 
 
 def test_health_reports_a_hung_database_within_seconds(start_server, own_database):
