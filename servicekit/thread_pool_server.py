@@ -76,7 +76,8 @@ MAX_NESTING = 16  # a message and its arguments are 2; generous for nested struc
 BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
 FRAMED_BINARY = Codec(framed=True, compact=False)
 KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
-# How long a worker stays on the one busy connection (see _stay): SO_RCVTIMEO, a struct timeval.
+# How long a worker waits on the one active connection (see _stay): SO_RCVTIMEO, a struct timeval.
+# The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
 
 
@@ -281,8 +282,17 @@ class TThreadPoolServer(TServer):
         finally:
             connection.staying = False
             if not connection.closed:
-                connection.sock.setblocking(False)
-                self._epoll.register(connection.fd, connection.epoll_events)
+                self._give_back(connection)
+
+    def _give_back(self, connection: _Connection) -> None:
+        """Put a staying connection back in the epoll set, which reports it at once if bytes are waiting."""
+        connection.watching_writes = bool(connection.unsent)  # else an idle socket's EPOLLOUT wakes a worker
+        try:
+            connection.sock.setblocking(False)
+            self._epoll.register(connection.fd, connection.epoll_events)
+        except OSError as error:  # out of memory for epoll, or closed by a drain that timed out
+            logger.warning("closing %s: %s", connection.peer, error)
+            self._forget(connection)
 
     def _accept(self) -> None:
         while not self._closing:
