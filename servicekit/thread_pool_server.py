@@ -511,7 +511,7 @@ class TThreadPoolServer(TServer):
     def _notify_when_writable(self, connection: _Connection) -> None:
         """From now on, also report the connection when its send buffer frees up (only after it was full)."""
         if not connection.watching_writes:
-            if not connection.staying:  # else _stay registers it so
+            if not connection.staying:  # else _give_back registers it so
                 self._epoll.modify(connection.fd, READABLE_OR_WRITABLE)
             connection.watching_writes = True
 
