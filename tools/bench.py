@@ -15,8 +15,9 @@ then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
 
 Servers compared run side by side and their rounds alternate. Prints a table
 (calls per second and the server's CPU time per call, each the median round;
-p50 and p99 latency over all calls; the server's peak RSS) and the ratios,
-writes bench-results.json and bench-results.png.
+p50 and p99 latency over all calls; the server's peak RSS) and the ratios
+(CPU per call also paired: the median of each round's ratio), writes
+bench-results.json and bench-results.png.
 """
 
 import argparse
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("project", "make_server", "per_request", "direct")
 WORKLOADS = ("get_account", "transfer", "mix")
 ACCOUNTS = 200
+RATIOS_SHOWN = ("p99_ratio", "cpu_ratio", "paired_cpu_ratio")  # besides throughput, which is always measured
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Run:
     server_cpu_us_per_call: float | None  # user + system time of the server's processes, median round
     machine_cpu_us_per_call: float  # every process's, clients and database included, median round
     note: str = ""
+    server_cpu_us_per_round: list[float] | None = None  # in the order measured, for paired ratios
 
 
 class NewConnectionPerRequest:
@@ -269,6 +272,7 @@ def summarize(
     def per_call(cpu_seconds: float, measurement: Measurement) -> float:
         return cpu_seconds / max(len(measurement.latencies), 1) * 1e6
 
+    server_cpu = [per_call(m.server_cpu_seconds, m) for m in rounds] if server else None
     return Run(
         variant,
         workload,
@@ -277,9 +281,10 @@ def summarize(
         p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else 0.0,
         server_peak_rss_mb=server.peak_rss_mb() if server else None,
-        server_cpu_us_per_call=statistics.median(per_call(m.server_cpu_seconds, m) for m in rounds) if server else None,
+        server_cpu_us_per_call=statistics.median(server_cpu) if server_cpu else None,
         machine_cpu_us_per_call=statistics.median(per_call(m.machine_cpu_seconds, m) for m in rounds),
         note=note,
+        server_cpu_us_per_round=server_cpu,
     )
 
 
@@ -431,8 +436,14 @@ def find(runs: list[Run], variant: str, workload: str, clients: int, note: str =
 
 
 def ratio(comparison: str, run: Run, baseline: Run) -> dict:
-    """`run` against `baseline`: throughput, p99 and server CPU per call as ratios."""
+    """`run` against `baseline`: throughput, p99 and server CPU per call as ratios.
+
+    The paired CPU ratio is the median of the rounds' own ratios: the two
+    servers' rounds alternate, so drift between rounds cancels out in each.
+    """
     cpu_measured = run.server_cpu_us_per_call and baseline.server_cpu_us_per_call
+    mine, theirs = run.server_cpu_us_per_round, baseline.server_cpu_us_per_round
+    paired = [a / b for a, b in zip(mine, theirs, strict=True) if b] if mine and theirs else []
     return {
         "comparison": comparison,
         "workload": run.workload,
@@ -440,6 +451,7 @@ def ratio(comparison: str, run: Run, baseline: Run) -> dict:
         "throughput_ratio": round(run.calls_per_second / baseline.calls_per_second, 2),
         "p99_ratio": round(run.p99_ms / baseline.p99_ms, 2) if baseline.p99_ms else None,
         "cpu_ratio": round(run.server_cpu_us_per_call / baseline.server_cpu_us_per_call, 2) if cpu_measured else None,
+        "paired_cpu_ratio": round(statistics.median(paired), 2) if paired else None,
     }
 
 
@@ -477,13 +489,15 @@ def print_report(runs: list[Run], compared: list[dict]) -> None:
             f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {rss} {cpu} {r.machine_cpu_us_per_call:>7.0f}  {r.note}"
         )
     print()
-    print(f"{'comparison':<45} {'workload':<12} {'clients':>7} {'throughput':>10} {'p99':>6} {'CPU/call':>8}")
+    print(
+        f"{'comparison':<45} {'workload':<12} {'clients':>7} {'throughput':>10} {'p99':>6} {'CPU/call':>8}"
+        f" {'paired':>6}"
+    )
     for c in compared:
-        p99 = f"{c['p99_ratio']:.2f}" if c["p99_ratio"] is not None else "-"
-        cpu = f"{c['cpu_ratio']:.2f}" if c["cpu_ratio"] is not None else "-"
+        p99, cpu, paired = (f"{c[key]:.2f}" if c[key] is not None else "-" for key in RATIOS_SHOWN)
         print(
             f"{c['comparison']:<45} {c['workload']:<12} {c['clients']:>7} {c['throughput_ratio']:>9.2f}x"
-            f" {p99:>6} {cpu:>8}"
+            f" {p99:>6} {cpu:>8} {paired:>6}"
         )
 
 

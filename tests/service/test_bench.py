@@ -27,6 +27,8 @@ def test_bench_measures_every_variant_and_writes_results(tmp_path):
         assert (run["server_cpu_us_per_call"] is None) == (run["variant"] == "direct")
         assert run["server_cpu_us_per_call"] is None or run["server_cpu_us_per_call"] > 0
         assert run["machine_cpu_us_per_call"] >= (run["server_cpu_us_per_call"] or 0)
+    versus_make_server = [ratio for ratio in report["ratios"] if ratio["comparison"] == "project / make_server"]
+    assert versus_make_server and all(ratio["paired_cpu_ratio"] > 0 for ratio in versus_make_server)
     comparisons = {ratio["comparison"] for ratio in report["ratios"]}
     assert {
         "project / make_server",
