@@ -55,7 +55,7 @@ from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit import wire
 from servicekit.processor import GuardedProcessor
-from servicekit.wire import FRAME_HEADER, Codec, Message
+from servicekit.wire import FRAME_HEADER, FRAMED_BINARY, Codec, Message
 
 logger = logging.getLogger(__name__)
 RECV_SIZE = 65536
@@ -74,7 +74,6 @@ HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
-FRAMED_BINARY = Codec(framed=True, compact=False)
 KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
 # How long a worker waits on the one active connection (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
@@ -163,6 +162,7 @@ class TThreadPoolServer(TServer):
         self._workers: list[_Worker] = []
         self._waiting: list[bool] = []  # by worker number: in epoll_wait
         self._send_flags = 0 if tls else socket.MSG_DONTWAIT  # a staying connection's socket blocks
+        self._can_stay = workers > 1 and not tls  # see _stay
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
         self._closing = False
@@ -254,12 +254,6 @@ class TThreadPoolServer(TServer):
                         connection.hung_up = True
                     self._serve_events(connection, worker)
 
-    def _may_stay(self, connection: _Connection) -> bool:
-        """No other worker has anything to do, and `connection` is plain TCP and between requests."""
-        return self._waiting.count(False) == 1 < self.workers and not (
-            self.tls or connection.received or connection.unsent
-        )
-
     def _stay(self, connection: _Connection, worker: _Worker) -> None:
         """Serve `connection` from recv() while no other is active, as a thread-per-connection server would.
 
@@ -277,12 +271,42 @@ class TThreadPoolServer(TServer):
         connection.sock.setblocking(True)  # recv() waits up to SO_RCVTIMEO; sends pass MSG_DONTWAIT
         connection.staying, connection.pending = True, False
         try:
-            while self._serve_ready(connection, worker) and self._may_stay(connection):
-                pass  # each turn waits for one request, then answers it
+            self._answer_while_alone(connection, worker)
+        except Exception as error:  # noqa: BLE001 - as in _serve_ready
+            self._close_after(connection, error)
         finally:
             connection.staying = False
             if not connection.closed:
+                connection.last_active = time.monotonic()
                 self._give_back(connection)
+
+    def _answer_while_alone(self, connection: _Connection, worker: _Worker) -> None:
+        """_stay's loop: each request as it arrives, while it comes alone in its read and no other worker is busy.
+
+        The lone-request path (_answer_whole) and no more per request: this
+        loop is a call's whole cost in the engine when one client calls in a
+        loop. Anything else is left to _answer_received or to the epoll set.
+        """
+        receive, waiting = connection.sock.recv, self._waiting
+        while True:
+            try:
+                data = receive(RECV_SIZE)
+            except BlockingIOError:  # SO_RCVTIMEO ran out: a quiet client
+                return
+            except ConnectionError:
+                data = b""
+            if not data:
+                self._forget(connection)  # the client closed the connection
+                return
+            if not self._answer_whole(connection, data, worker):
+                connection.received += data  # part of a message, or more than one
+                self._answer_received(connection, worker)
+                return
+            if self._closing:
+                self._forget(connection)
+                return
+            if connection.unsent or waiting.count(False) != 1:
+                return
 
     def _give_back(self, connection: _Connection) -> None:
         """Put a staying connection back in the epoll set, which reports it at once if bytes are waiting."""
@@ -351,8 +375,13 @@ class TThreadPoolServer(TServer):
             try:
                 connection.pending = False
                 if not connection.closed and self._serve_ready(connection, worker):
-                    # Under load another worker is always busy: that test first, inline, costs the least.
-                    if self._waiting.count(False) == 1 and self._may_stay(connection):
+                    # Stay if every other worker is waiting, on plain TCP between requests. Under
+                    # load another worker is always busy: that test first, inline, costs the least.
+                    if (
+                        self._waiting.count(False) == 1
+                        and self._can_stay
+                        and not (connection.received or connection.unsent)
+                    ):
                         self._stay(connection, worker)
             finally:
                 connection.lock.release()
@@ -384,15 +413,20 @@ class TThreadPoolServer(TServer):
                     self._answer_received(connection, worker)
                 # After the replies: idle from here, or stuck in a partial message since its last bytes.
                 connection.last_active = time.monotonic()
-        except OSError as error:  # the client left mid-reply, or reset the connection
-            logger.info("closing %s: %s", connection.peer, error)
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
-            logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
+            self._close_after(connection, error)
+            return False
+        if self._closing:
+            self._forget(connection)
+            return False
+        return True
+
+    def _close_after(self, connection: _Connection, error: Exception) -> None:
+        if isinstance(error, OSError):  # the client left mid-reply, or reset the connection
+            logger.info("closing %s: %s", connection.peer, error)
         else:
-            if not self._closing:
-                return True
+            logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
         self._forget(connection)
-        return False
 
     def _receive(self, connection: _Connection) -> bytes | None:
         """What has arrived (maybe nothing); None once the client has closed.
@@ -421,7 +455,7 @@ class TThreadPoolServer(TServer):
         """
         size = len(data) - FRAME_HEADER.size
         if (
-            connection.codec != FRAMED_BINARY
+            connection.codec is not FRAMED_BINARY
             or not 0 < size <= self.max_message_bytes
             or FRAME_HEADER.unpack_from(data)[0] != size
             or not self._known_calls.fullmatch(data, FRAME_HEADER.size)

@@ -57,6 +57,11 @@ class Message(NamedTuple):
     end: int  # the message's length in bytes
 
 
+# One instance of each: the server tests a connection's codec by identity, which costs less than a comparison.
+CODECS = {(framed, compact): Codec(framed, compact) for framed in (False, True) for compact in (False, True)}
+FRAMED_BINARY = CODECS[True, False]
+
+
 def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
     """The codec a connection speaks, from its first bytes; None until enough have arrived.
 
@@ -67,7 +72,7 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
     if not start:
         return None
     if start[0] in (0x80, COMPACT_ID):
-        return Codec(framed=False, compact=start[0] == COMPACT_ID)
+        return CODECS[False, start[0] == COMPACT_ID]
     if len(start) < FRAME_HEADER.size:
         return None
     frame_size(start, max_message_bytes)  # refuses a length no message can have
@@ -76,7 +81,7 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
     marker = start[FRAME_HEADER.size]
     if marker not in (0x80, COMPACT_ID):
         raise MalformedMessage("neither a framed nor an unframed binary or compact Thrift message")
-    return Codec(framed=True, compact=marker == COMPACT_ID)
+    return CODECS[True, marker == COMPACT_ID]
 
 
 def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
