@@ -345,14 +345,16 @@ class Session:
 
     def compare(self, servers: dict[str, ServerProcess | None], workload: str, clients: int, notes=None) -> None:
         """Measure the servers in turn, options.rounds times each (the machine's
-        speed drifts over minutes, so rounds alternate); one Run for each.
+        speed drifts over minutes, so rounds alternate, and every other round
+        runs them in reverse order: no server is always measured first); one
+        Run for each.
 
         Without `notes` the servers are the variants; with them, all are the
         project's server and notes[name] tells them apart.
         """
         rounds: dict[str, list[Measurement]] = {name: [] for name in servers}
-        for _ in range(self.options.rounds):
-            for name, server in servers.items():
+        for number in range(self.options.rounds):
+            for name, server in list(servers.items())[:: -1 if number % 2 else 1]:
                 rounds[name].append(self.measure(server, workload, clients, self.options.seconds))
         for name, server in servers.items():
             variant, note = (name, "") if notes is None else ("project", notes[name])
