@@ -263,7 +263,7 @@ class TThreadPoolServer(TServer):
         answered takes the connection out of the epoll set and waits in a
         blocking recv() for up to STAY_TIMEOUT, answering each request, as
         long as every other worker is waiting on the set for everyone else.
-        A quiet client, anything but a whole request, a reply the client
+        A quiet client, part of a message left over, a reply the client
         does not take at once, or any other worker busy puts it back.
         Holds connection.lock; _serve_events serves what came meanwhile.
         """
@@ -281,11 +281,13 @@ class TThreadPoolServer(TServer):
                 self._give_back(connection)
 
     def _answer_while_alone(self, connection: _Connection, worker: _Worker) -> None:
-        """_stay's loop: each request as it arrives, while it comes alone in its read and no other worker is busy.
+        """_stay's loop: each request as it arrives, while nothing is left over and no other worker is busy.
 
-        The lone-request path (_answer_whole) and no more per request: this
-        loop is a call's whole cost in the engine when one client calls in a
-        loop. Anything else is left to _answer_received or to the epoll set.
+        A lone framed binary call of a known shape takes the lone-request
+        path (_answer_whole) and no more: this loop is a call's whole cost
+        in the engine when one client calls in a loop. Anything else is
+        buffered and answered by _answer_received; part of a message left
+        over goes back to the epoll set with the connection.
         """
         receive, waiting = connection.sock.recv, self._waiting
         while True:
@@ -299,13 +301,12 @@ class TThreadPoolServer(TServer):
                 self._forget(connection)  # the client closed the connection
                 return
             if not self._answer_whole(connection, data, worker):
-                connection.received += data  # part of a message, or more than one
+                connection.received += data  # another codec or shape, part of a message, or several
                 self._answer_received(connection, worker)
-                return
             if self._closing:
                 self._forget(connection)
                 return
-            if connection.unsent or waiting.count(False) != 1:
+            if connection.received or connection.unsent or waiting.count(False) != 1:
                 return
 
     def _give_back(self, connection: _Connection) -> None:
@@ -389,7 +390,7 @@ class TThreadPoolServer(TServer):
     def _serve_ready(self, connection: _Connection, worker: _Worker) -> bool:
         """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock.
 
-        True if it answered what came and the connection is open (the loop in _stay goes on).
+        True if it answered what came and the connection is open (then _serve_events may stay on it).
         """
         if connection.handshaking:
             self._continue_handshake(connection, worker)
@@ -422,6 +423,7 @@ class TThreadPoolServer(TServer):
         return True
 
     def _close_after(self, connection: _Connection, error: Exception) -> None:
+        """Close a connection whose serving raised: a client gone is logged at INFO, a bad message at WARNING."""
         if isinstance(error, OSError):  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error)
         else:
