@@ -361,8 +361,14 @@ class TThreadPoolServer(TServer):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, STAY_TIMEOUT)
         sock.setblocking(False)  # a worker never waits on one client
         connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
-        self._connections[connection.fd] = connection
-        self._epoll.register(connection.fd, READABLE)
+        # Under its lock until registered: an event a worker already took for an earlier connection on
+        # the same descriptor must not serve (and perhaps close) this one first; it marks it pending.
+        with connection.lock:
+            self._connections[connection.fd] = connection
+            self._epoll.register(connection.fd, READABLE)
+        if connection.pending:  # such an event, or its first bytes, came meanwhile: have epoll report it again
+            with suppress(OSError):  # closed meanwhile
+                self._epoll.modify(connection.fd, READABLE)
 
     def _serve_events(self, connection: _Connection, worker: _Worker) -> None:
         """Serve `connection` until no event for it is left unserved.
