@@ -20,10 +20,11 @@ numbers-only arguments) in one step, any other by walking it (wire.walk),
 which checks every declared length and is how an unframed message's end is
 found. Each worker decodes into and encodes from its own reused buffers.
 New connections and TLS handshakes (step by step, never blocking) are
-handled the same way. While only one plain connection is active (every
-other worker waiting), the worker that answered it stays on it, waiting in
-recv() for its next request as a thread-per-connection server would, and
-gives it back to the set as soon as anything else needs a worker (_stay).
+handled the same way. While no more connections are active than there are
+workers, the worker that answered a plain connection stays on it if another
+worker is still waiting on the set: it waits in recv() for the next request
+as a thread-per-connection server would, and gives the connection back when
+the client goes quiet or more connections become active (_stay).
 
 The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
@@ -161,8 +162,11 @@ class TThreadPoolServer(TServer):
         self.serving = False
         self._workers: list[_Worker] = []
         self._waiting: list[bool] = []  # by worker number: in epoll_wait
-        self._send_flags = 0 if tls else socket.MSG_DONTWAIT  # a staying connection's socket blocks
+        # Plain sockets stay in blocking mode for a staying worker's recv() (no system call to switch);
+        # every other read and write passes MSG_DONTWAIT. TLS sockets are non-blocking.
+        self._dontwait = 0 if tls else socket.MSG_DONTWAIT
         self._can_stay = workers > 1 and not tls  # see _stay
+        self._few_active = True  # at most `workers` connections active in the last second (_housekeeping)
         # A plain flag, not a threading.Event: close() runs in signal handlers,
         # which may interrupt each other, and Event.set() takes a lock.
         self._closing = False
@@ -255,23 +259,24 @@ class TThreadPoolServer(TServer):
                     self._serve_events(connection, worker)
 
     def _stay(self, connection: _Connection, worker: _Worker) -> None:
-        """Serve `connection` from recv() while no other is active, as a thread-per-connection server would.
+        """Serve `connection` from recv() while few are active, as a thread-per-connection server would.
 
-        With one client calling in a loop, each call through epoll costs a
-        wait, a wake-up and often a different worker (the reply wakes the
+        With a few clients calling in a loop, each call through epoll costs
+        a wait, a wake-up and often a different worker (the reply wakes the
         client before the worker is back in epoll_wait). So the worker that
         answered takes the connection out of the epoll set and waits in a
         blocking recv() for up to STAY_TIMEOUT, answering each request, as
-        long as every other worker is waiting on the set for everyone else.
-        A quiet client, part of a message left over, a reply the client
-        does not take at once, or any other worker busy puts it back.
+        long as no more connections are active than there are workers. It
+        stays only if another worker is waiting on the set, so at least one
+        always serves everyone else. A quiet client, part of a message left
+        over, a reply the client does not take at once, or more connections
+        becoming active (seen within a second) puts it back.
         Holds connection.lock; _serve_events serves what came meanwhile.
         """
         self._epoll.unregister(connection.fd)
-        connection.sock.setblocking(True)  # recv() waits up to SO_RCVTIMEO; sends pass MSG_DONTWAIT
         connection.staying, connection.pending = True, False
         try:
-            self._answer_while_alone(connection, worker)
+            self._answer_while_staying(connection, worker)
         except Exception as error:  # noqa: BLE001 - as in _serve_ready
             self._close_after(connection, error)
         finally:
@@ -280,8 +285,8 @@ class TThreadPoolServer(TServer):
                 connection.last_active = time.monotonic()
                 self._give_back(connection)
 
-    def _answer_while_alone(self, connection: _Connection, worker: _Worker) -> None:
-        """_stay's loop: each request as it arrives, while nothing is left over and no other worker is busy.
+    def _answer_while_staying(self, connection: _Connection, worker: _Worker) -> None:
+        """_stay's loop: each request as it arrives, while nothing is left over and few connections are active.
 
         A lone framed binary call of a known shape takes the lone-request
         path (_answer_whole) and no more: this loop is a call's whole cost
@@ -289,7 +294,7 @@ class TThreadPoolServer(TServer):
         buffered and answered by _answer_received; part of a message left
         over goes back to the epoll set with the connection.
         """
-        receive, waiting = connection.sock.recv, self._waiting
+        receive = connection.sock.recv
         while True:
             try:
                 data = receive(RECV_SIZE)
@@ -306,14 +311,13 @@ class TThreadPoolServer(TServer):
             if self._closing:
                 self._forget(connection)
                 return
-            if connection.received or connection.unsent or waiting.count(False) != 1:
+            if connection.received or connection.unsent or not self._few_active:
                 return
 
     def _give_back(self, connection: _Connection) -> None:
         """Put a staying connection back in the epoll set, which reports it at once if bytes are waiting."""
         connection.watching_writes = bool(connection.unsent)  # else an idle socket's EPOLLOUT wakes a worker
         try:
-            connection.sock.setblocking(False)
             self._epoll.register(connection.fd, connection.epoll_events)
         except OSError as error:  # out of memory for epoll, or closed by a drain that timed out
             logger.warning("closing %s: %s", connection.peer, error)
@@ -357,9 +361,9 @@ class TThreadPoolServer(TServer):
             # The handshake runs step by step in _serve_ready(), never
             # blocking a worker (thriftpy2 does it inside accept()).
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            sock.setblocking(False)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, STAY_TIMEOUT)
-        sock.setblocking(False)  # a worker never waits on one client
         connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
         # Under its lock until registered: an event a worker already took for an earlier connection on
         # the same descriptor must not serve (and perhaps close) this one first; it marks it pending.
@@ -382,10 +386,11 @@ class TThreadPoolServer(TServer):
             try:
                 connection.pending = False
                 if not connection.closed and self._serve_ready(connection, worker):
-                    # Stay if every other worker is waiting, on plain TCP between requests. Under
-                    # load another worker is always busy: that test first, inline, costs the least.
+                    # Stay while few connections are active and another worker waits, on plain TCP
+                    # between requests. Under load neither holds: those tests first, inline, cost the least.
                     if (
-                        self._waiting.count(False) == 1
+                        self._few_active
+                        and True in self._waiting
                         and self._can_stay
                         and not (connection.received or connection.unsent)
                     ):
@@ -445,7 +450,7 @@ class TThreadPoolServer(TServer):
         answered: edge-triggered, no new event comes for what is already there.
         """
         try:
-            data = connection.sock.recv(RECV_SIZE)
+            data = connection.sock.recv(RECV_SIZE, self._dontwait)
         except (BlockingIOError, ssl.SSLWantReadError):
             return b""  # nothing yet, or only part of a TLS record
         except ConnectionError:
@@ -541,7 +546,7 @@ class TThreadPoolServer(TServer):
     def _send(self, connection: _Connection, reply: bytes) -> bool:
         """Send `reply`; what the socket does not take now stays in connection.unsent. True if all was sent."""
         try:
-            sent = connection.sock.send(reply, self._send_flags)
+            sent = connection.sock.send(reply, self._dontwait)
         except (BlockingIOError, ssl.SSLWantWriteError):
             sent = 0
         if sent < len(reply):
@@ -560,7 +565,7 @@ class TThreadPoolServer(TServer):
     def _send_unsent(self, connection: _Connection) -> None:
         """Send what the socket takes now of connection.unsent."""
         try:
-            sent = connection.sock.send(connection.unsent, self._send_flags)
+            sent = connection.sock.send(connection.unsent, self._dontwait)
         except (BlockingIOError, ssl.SSLWantWriteError):
             return
         if sent:
@@ -607,7 +612,9 @@ class TThreadPoolServer(TServer):
         if self._accept_paused and not self._closing:
             self._accept_paused = False
             self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
+        active, since = 0, now - HOUSEKEEPING_SECONDS
         for connection in list(self._connections.values()):
+            active += connection.staying or connection.last_active >= since
             if not connection.lock.acquire(False):
                 continue  # a worker is serving it
             try:
@@ -618,6 +625,7 @@ class TThreadPoolServer(TServer):
             if connection.pending and not connection.closed:  # an event came while this thread held it
                 with suppress(OSError):  # a worker closed it (or stays on it) meanwhile
                     self._epoll.modify(connection.fd, connection.epoll_events)  # reported again if still ready
+        self._few_active = active <= self.workers
 
     def _close_if_stalled(self, connection: _Connection, now: float) -> None:
         """Close a connection past its read or idle timeout; the caller holds its lock."""
