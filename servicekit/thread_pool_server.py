@@ -21,10 +21,11 @@ which checks every declared length and is how an unframed message's end is
 found. Each worker decodes into and encodes from its own reused buffers.
 New connections and TLS handshakes (step by step, never blocking) are
 handled the same way. While no more connections are active than there are
-workers, the worker that answered a plain connection stays on it if another
-worker is still waiting on the set: it waits in recv() for the next request
-as a thread-per-connection server would, and gives the connection back when
-the client goes quiet or more connections become active (_stay).
+workers, the worker that answered a plain connection stays on it as long as
+another worker is waiting on the set: it waits in recv() for the next
+request as a thread-per-connection server would, and gives the connection
+back when the client goes quiet, no other worker is waiting, or more
+connections become active (_stay).
 
 The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
@@ -266,11 +267,11 @@ class TThreadPoolServer(TServer):
         client before the worker is back in epoll_wait). So the worker that
         answered takes the connection out of the epoll set and waits in a
         blocking recv() for up to STAY_TIMEOUT, answering each request, as
-        long as no more connections are active than there are workers. It
-        stays only if another worker is waiting on the set, so at least one
-        always serves everyone else. A quiet client, part of a message left
-        over, a reply the client does not take at once, or more connections
-        becoming active (seen within a second) puts it back.
+        long as no more connections are active than there are workers and
+        another worker is waiting on the set for everyone else. A quiet
+        client, part of a message left over, a reply the client does not
+        take at once, no other worker waiting (each busy or staying), or more
+        connections becoming active (seen within a second) puts it back.
         Holds connection.lock; _serve_events serves what came meanwhile.
         """
         self._epoll.unregister(connection.fd)
@@ -286,7 +287,7 @@ class TThreadPoolServer(TServer):
                 self._give_back(connection)
 
     def _answer_while_staying(self, connection: _Connection, worker: _Worker) -> None:
-        """_stay's loop: each request as it arrives, while nothing is left over and few connections are active.
+        """_stay's loop: each request as it arrives, while nothing is left over, few are active and a worker waits.
 
         A lone framed binary call of a known shape takes the lone-request
         path (_answer_whole) and no more: this loop is a call's whole cost
@@ -311,7 +312,7 @@ class TThreadPoolServer(TServer):
             if self._closing:
                 self._forget(connection)
                 return
-            if connection.received or connection.unsent or not self._few_active:
+            if connection.received or connection.unsent or not (self._few_active and True in self._waiting):
                 return
 
     def _give_back(self, connection: _Connection) -> None:
@@ -363,6 +364,7 @@ class TThreadPoolServer(TServer):
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             sock.setblocking(False)
         else:
+            sock.setblocking(True)  # whatever socket.getdefaulttimeout() a library may have set
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, STAY_TIMEOUT)
         connection = _Connection(sock, f"{address[0]}:{address[1]}", handshaking=self.tls is not None)
         # Under its lock until registered: an event a worker already took for an earlier connection on
@@ -372,7 +374,7 @@ class TThreadPoolServer(TServer):
             self._epoll.register(connection.fd, READABLE)
         if connection.pending:  # such an event, or its first bytes, came meanwhile: have epoll report it again
             with suppress(OSError):  # closed meanwhile
-                self._epoll.modify(connection.fd, READABLE)
+                self._epoll.modify(connection.fd, connection.epoll_events)
 
     def _serve_events(self, connection: _Connection, worker: _Worker) -> None:
         """Serve `connection` until no event for it is left unserved.

@@ -1,5 +1,6 @@
 """The server engine on real processes: errors, draining, pooling, timeouts, processes, start-up."""
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -142,6 +143,37 @@ def test_clients_calling_in_a_loop_are_each_answered_without_a_stall(start_serve
     server = start_server(THRIFT_WORKERS="2")
     with server.client(timeout=0.5, retries=0) as client:
         assert run_threads(3, lambda rng: client.ping(), seconds=3) == []
+
+
+def test_a_new_client_is_served_while_one_worker_stays_and_the_other_runs_a_slow_call(start_server, database):
+    # 2 workers: one stays on a client calling in a loop, the other runs a 2 s call. The staying
+    # worker must give its connection back, or a new client waits for the slow call to end. The
+    # loop runs in its own process, so that this one's GIL never pauses it long enough to end the stay.
+    server = start_server(THRIFT_WORKERS="2")
+    context = multiprocessing.get_context("fork")
+    calling, stop = context.Event(), context.Event()
+    looping = context.Process(target=call_in_a_loop, args=(server, calling, stop))
+    looping.start()
+    try:
+        assert calling.wait(10)  # a worker stays on the looping client from its first call on
+        with server.client(pool_size=1) as slow:
+            holding = threading.Thread(target=slow.call, args=("hold", 2.0))
+            holding.start()
+            wait_for(lambda: statement_waits(database, "SELECT SLEEP"), 10, "the slow call to start")
+            with server.client(timeout=0.5, retries=0) as newcomer:
+                assert newcomer.ping() == "pong"
+            holding.join()
+    finally:
+        stop.set()
+        looping.join(10)
+    assert looping.exitcode == 0
+
+
+def call_in_a_loop(server, calling, stop) -> None:
+    with server.client(pool_size=1) as busy:
+        while not stop.is_set():
+            busy.ping()
+            calling.set()
 
 
 def test_idle_timeout_closes_quietly_and_the_client_reconnects(start_server):
