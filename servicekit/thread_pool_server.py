@@ -163,9 +163,7 @@ class TThreadPoolServer(TServer):
         self.serving = False
         self._workers: list[_Worker] = []
         self._waiting: list[bool] = []  # by worker number: in epoll_wait
-        # Plain sockets stay in blocking mode for a staying worker's recv() (no system call to switch);
-        # every other read and write passes MSG_DONTWAIT. TLS sockets are non-blocking.
-        self._dontwait = 0 if tls else socket.MSG_DONTWAIT
+        self._dontwait = 0 if tls else socket.MSG_DONTWAIT  # plain sockets block, for a stay's recv() only
         self._can_stay = workers > 1 and not tls  # see _stay
         self._few_active = True  # at most `workers` connections active in the last second (_housekeeping)
         # A plain flag, not a threading.Event: close() runs in signal handlers,
