@@ -77,7 +77,7 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
 KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
-# How long a worker waits on the one active connection (see _stay): SO_RCVTIMEO, a struct timeval.
+# How long a staying worker waits for its connection's next request (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
 
@@ -289,7 +289,7 @@ class TThreadPoolServer(TServer):
 
         A lone framed binary call of a known shape takes the lone-request
         path (_answer_whole) and no more: this loop is a call's whole cost
-        in the engine when one client calls in a loop. Anything else is
+        in the engine while a worker stays. Anything else is
         buffered and answered by _answer_received; part of a message left
         over goes back to the epoll set with the connection.
         """
