@@ -31,10 +31,10 @@ The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
 untaken reply past the read timeout, and reports counts. Past
 max_connections, new connections are closed at once; out of file
-descriptors, accepting pauses until the next round. `close()` stops
-accepting and reading; `serve()` then lets running requests finish (up to
-the drain timeout), closes every connection and returns. epoll makes this
-engine Linux-only (as in the Docker image).
+descriptors or epoll watches, accepting pauses until the next round.
+`close()` stops accepting and reading; `serve()` then lets running requests
+finish (up to the drain timeout), closes every connection and returns. epoll
+makes this engine Linux-only (as in the Docker image).
 
 One process is limited by the GIL; prefork.py forks several copies that
 accept from the same listening socket, each with its own workers and pool.
@@ -337,7 +337,11 @@ class TThreadPoolServer(TServer):
                 sock.close()
                 self._refused += 1
                 continue
-            self._add_connection(sock, address)
+            try:
+                self._add_connection(sock, address)
+            except OSError as error:  # epoll can watch no more: as when out of descriptors
+                self._pause_accepting(error)
+                return
         if not self._closing:
             self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
 
@@ -355,6 +359,7 @@ class TThreadPoolServer(TServer):
             self._next_accept_warning = now + WARNING_INTERVAL_SECONDS
 
     def _add_connection(self, sock: socket.socket, address: tuple) -> None:
+        """Enter a new connection and have epoll watch it; OSError (and it closed) if epoll cannot."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls:
             # The handshake runs step by step in _serve_ready(), never
@@ -369,7 +374,11 @@ class TThreadPoolServer(TServer):
         # the same descriptor must not serve (and perhaps close) this one first; it marks it pending.
         with connection.lock:
             self._connections[connection.fd] = connection
-            self._epoll.register(connection.fd, READABLE)
+            try:
+                self._epoll.register(connection.fd, READABLE)
+            except OSError as error:  # out of kernel memory, or past sysctl fs.epoll.max_user_watches
+                self._forget(connection)
+                raise OSError(error.errno, f"epoll: {error.strerror}") from None
         if connection.pending:  # such an event, or its first bytes, came meanwhile: have epoll report it again
             with suppress(OSError):  # closed meanwhile
                 self._epoll.modify(connection.fd, connection.epoll_events)

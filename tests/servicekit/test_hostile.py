@@ -248,6 +248,54 @@ def test_out_of_file_descriptors_the_server_pauses_accepting_and_warns_once(data
         server.stop()
 
 
+# Runs the server with an epoll whose next register() fails as the kernel's does
+# past sysctl fs.epoll.max_user_watches, once the file named by argv[1] exists.
+EPOLL_OUT_OF_WATCHES = """
+import errno, os, runpy, select, sys
+trigger, script = sys.argv[1:]
+kernel_epoll = select.epoll
+
+class Epoll:
+    def __init__(self):
+        self._epoll = kernel_epoll()
+
+    def register(self, fd, events):
+        if os.path.exists(trigger):
+            os.remove(trigger)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._epoll.register(fd, events)
+
+    def __getattr__(self, name):
+        return getattr(self._epoll, name)
+
+select.epoll = Epoll
+sys.argv, sys.path[0] = [script], os.path.dirname(script)
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_connection_epoll_cannot_watch_is_closed_and_accepting_resumes(database, tmp_path):
+    trigger = tmp_path / "fail-next-register"
+    command = [sys.executable, "-W", "error", "-c", EPOLL_OUT_OF_WATCHES, str(trigger), SCRIPT]
+    # One worker: it never stays on a connection, so every register() is of a new one.
+    server = counters_process({**database, "THRIFT_WORKERS": "1"}, tmp_path / "server.log", command=command)
+    try:
+        with server.client(timeout=5, retries=0) as client:
+            assert client.ping() == "pong"
+            trigger.touch()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as unwatched:
+                assert unwatched.recv(1) == b""  # closed by the server
+            assert not trigger.exists()
+            warning = "cannot accept connections (epoll: No space left on device)"
+            wait_for(lambda: warning in server.log(), 5, "the warning")
+            assert client.ping() == "pong"
+        with server.client(timeout=5, retries=0) as later:  # accepted after the next housekeeping round
+            assert later.ping() == "pong"
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
