@@ -289,9 +289,9 @@ class TThreadPoolServer(TServer):
 
         A lone framed binary call of a known shape takes the lone-request
         path (_answer_whole) and no more: this loop is a call's whole cost
-        in the engine while a worker stays. Anything else is
-        buffered and answered by _answer_received; part of a message left
-        over goes back to the epoll set with the connection.
+        in the engine while a worker stays. Anything else is buffered and
+        answered by _answer_received; part of a message left over goes back
+        to the epoll set with the connection.
         """
         receive = connection.sock.recv
         while True:
