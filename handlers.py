@@ -32,6 +32,8 @@ MAX_BALANCE = 2**63 - 1
 MAX_OWNER_LENGTH = 200
 MAX_PAGE_SIZE = 1000
 LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters, line and paragraph separators
+# Direction overrides, embeddings, isolates and marks: one could make a table row read backwards.
+BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 OUTSIDE = 0  # the account id that stands for money entering or leaving the ledger
 
 writes = IdempotentWrites(db.run_transaction)
@@ -46,7 +48,7 @@ def _check_owner(owner: str | None) -> str:
     if not 1 <= len(owner) <= MAX_OWNER_LENGTH:
         raise InvalidArgument(message=f"owner must be 1 to {MAX_OWNER_LENGTH} characters after trimming", field="owner")
     # Tabs, newlines and NUL would break the CLI's tables and any log line that shows an owner.
-    if any(unicodedata.category(character) in LINE_BREAKING for character in owner):
+    if any(c in BIDI_CONTROLS or unicodedata.category(c) in LINE_BREAKING for c in owner):
         raise InvalidArgument(message="owner must not contain control characters", field="owner")
     return owner
 
@@ -124,8 +126,13 @@ def _move_money(from_id: int, to_id: int, amount: int, request_id: str, method: 
     return writes.apply(method, request_id, (from_id, to_id, amount), apply, _load_transfer)
 
 
-def _not_outside(*account_ids: int) -> None:
-    """Account 0 is where deposits come from and withdrawals go: no client names it."""
+def _check_account_ids(*account_ids: int | None) -> None:
+    """Account 0 is where deposits come from and withdrawals go: no client names it.
+
+    A stock Thrift client leaves out an argument that is None: no id, no account.
+    """
+    if None in account_ids:
+        raise NotFound(message="no account id was given")
     if OUTSIDE in account_ids:
         raise NotFound(message=f"account {OUTSIDE} does not exist")
 
@@ -151,6 +158,7 @@ class LedgerHandler:
         return writes.apply("create_account", request_id, (owner,), apply, _load_account)
 
     def get_account(self, account_id: int) -> Account:
+        _check_account_ids(account_id)
         rows = db.read(
             "SELECT id, owner, balance, status, created_at_ms, updated_at_ms FROM accounts WHERE id = %s", (account_id,)
         )
@@ -171,19 +179,20 @@ class LedgerHandler:
         return ledger_thrift.AccountPage(accounts=[Account(*row) for row in page], next_cursor=next_cursor)
 
     def deposit(self, account_id: int, amount: int, request_id: str) -> Transfer:
-        _not_outside(account_id)
+        _check_account_ids(account_id)
         return _move_money(OUTSIDE, account_id, amount, request_id, "deposit")
 
     def withdraw(self, account_id: int, amount: int, request_id: str) -> Transfer:
-        _not_outside(account_id)
+        _check_account_ids(account_id)
         return _move_money(account_id, OUTSIDE, amount, request_id, "withdraw")
 
     def transfer(self, from_account_id: int, to_account_id: int, amount: int, request_id: str) -> Transfer:
-        _not_outside(from_account_id, to_account_id)
+        _check_account_ids(from_account_id, to_account_id)
         return _move_money(from_account_id, to_account_id, amount, request_id, "transfer")
 
     def list_transfers(self, account_id: int, limit: int, cursor: str) -> ledger_thrift.TransferPage:
         _check_limit(limit)
+        _check_account_ids(account_id)
         before_id = decode_cursor(cursor, "transfers", account_id) or MAX_BALANCE
         if not db.read("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
             raise NotFound(message=f"account {account_id} does not exist")
@@ -206,6 +215,8 @@ class LedgerHandler:
         return ledger_thrift.TransferPage(transfers=[Transfer(*row) for row in page], next_cursor=next_cursor)
 
     def close_account(self, account_id: int, request_id: str) -> Account:
+        _check_account_ids(account_id)
+
         def apply(cursor) -> int:
             balance, status = _lock_accounts(cursor, [account_id])[account_id]
             if status != AccountStatus.OPEN:

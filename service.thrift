@@ -41,7 +41,7 @@ exception NotFound { 1: string message }
 exception InsufficientFunds { 1: string message, 2: i64 available }
 
 service Ledger extends base.BaseService {
-  /** owner: 1..200 characters after trimming, no control characters. */
+  /** owner: 1..200 characters after trimming, no control characters (line breaks, tabs, text-direction controls). */
   Account create_account(1: string owner, 2: string request_id)
     throws (1: base.InvalidArgument invalid, 2: base.Conflict conflict, 3: base.Unavailable unavailable),
 

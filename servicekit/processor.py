@@ -6,8 +6,10 @@ and is the one place errors are mapped: a KitError (a database outage, a bad
 or reused request_id) becomes the exception of that name in base.thrift; an
 exception the method does not declare, or a result of a type the IDL does
 not allow, becomes INTERNAL_ERROR with one logged traceback, and the
-connection stays usable. `check_contract()` finds at
-start-up what would otherwise reach a client as INTERNAL_ERROR.
+connection stays usable. A string argument that is not UTF-8 (thriftpy2
+would hand the handler bytes) is a malformed message, for the engine to
+close the connection. `check_contract()` finds at start-up what would
+otherwise reach a client as INTERNAL_ERROR.
 """
 
 import logging
@@ -23,9 +25,11 @@ from thriftpy2.thrift import TApplicationException, TException, TMessageType, TP
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError, KitError
 from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
+from servicekit.wire import MalformedMessage
 
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
+WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.DOUBLE, TType.BINARY}
 logger = logging.getLogger(__name__)
 
 
@@ -48,6 +52,7 @@ class _Method:
     result_fields: dict[type, str]  # the result field that carries each declared exception
     call: Callable
     writes: bool  # it takes a request_id (idempotency.py)
+    may_hold_text: tuple[tuple, ...]  # the thrift_spec entries of its arguments that may contain strings
 
 
 def _declared(service: type, method: str) -> tuple[type, ...]:
@@ -70,6 +75,38 @@ def _values(names: list[str]) -> Callable[[object], tuple]:
         one = attrgetter(names[0])
         return lambda arguments: (one(arguments),)
     return attrgetter(*names) if names else lambda arguments: ()
+
+
+def _may_hold_text(service: type, method: str) -> tuple[tuple, ...]:
+    return tuple(
+        spec for spec in getattr(service, method + "_args").thrift_spec.values() if spec[0] not in WITHOUT_TEXT
+    )
+
+
+def _field_type(spec: tuple) -> tuple[int, object]:
+    """A struct field's thrift_spec entry -> its type and, for a container or struct, what it holds."""
+    return spec[0], spec[2] if len(spec) == 4 else None
+
+
+def _element_type(held: int | tuple) -> tuple[int, object]:
+    """A container's element type as thriftpy2 writes it (a bare type, or a pair) -> type and what it holds."""
+    return (held, None) if isinstance(held, int) else held
+
+
+def _undecoded(kind: int, held: object, value: object) -> bool:
+    """Whether `value`, of Thrift type `kind`, holds a string thriftpy2 could not decode (it leaves bytes)."""
+    if value is None:
+        return False
+    if kind == TType.STRING:
+        return isinstance(value, bytes)
+    if kind == TType.STRUCT:
+        return any(_undecoded(*_field_type(spec), getattr(value, spec[1])) for spec in held.thrift_spec.values())
+    if kind in (TType.LIST, TType.SET):
+        return any(_undecoded(*_element_type(held), item) for item in value)
+    if kind == TType.MAP:
+        keys, values = _element_type(held[0]), _element_type(held[1])
+        return any(_undecoded(*keys, key) or _undecoded(*values, item) for key, item in value.items())
+    return False
 
 
 def check_contract(service: type, handler: object) -> None:
@@ -137,6 +174,7 @@ class GuardedProcessor(TProcessor):
                 _result_fields(service, name),
                 getattr(base_handler if name in BASE_METHODS else handler, name),
                 REQUEST_ID_ARGUMENT in _argument_names(service, name),
+                _may_hold_text(service, name),
             )
             for name in service.thrift_services
         }
@@ -156,6 +194,9 @@ class GuardedProcessor(TProcessor):
         arguments = method.arguments()
         iprot.read_struct(arguments)
         iprot.read_message_end()
+        for spec in method.may_hold_text:
+            if _undecoded(*_field_type(spec), getattr(arguments, spec[1])):
+                raise MalformedMessage(f"argument {spec[1]!r} of {name} holds a string that is not UTF-8")
         started = perf_counter()
         outcome = self._answer(method, name, arguments, oprot, seqid)
         if (seconds := perf_counter() - started) >= self._observe_from:

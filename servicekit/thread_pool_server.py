@@ -429,11 +429,14 @@ class TThreadPoolServer(TServer):
                     return False
                 if not data:
                     return False  # nothing yet, or only part of a TLS record: no activity
-                if connection.received or not self._answer_whole(connection, data, worker):
+                kept = len(connection.received)  # part of a message, from earlier reads
+                if kept or not self._answer_whole(connection, data, worker):
                     connection.received += data
                     self._answer_received(connection, worker)
-                # After the replies: idle from here, or stuck in a partial message since its last bytes.
-                connection.last_active = time.monotonic()
+                # After the replies: idle from here, or a message started or completed. Not for
+                # bytes that only extend a partial message: the read timeout bounds the whole message.
+                if not kept or len(connection.received) < kept + len(data):
+                    connection.last_active = time.monotonic()
         except Exception as error:  # noqa: BLE001 - a bad message from one client must not stop a worker
             self._close_after(connection, error)
             return False

@@ -75,13 +75,31 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return CODECS[False, start[0] == COMPACT_ID]
     if len(start) < FRAME_HEADER.size:
         return None
-    frame_size(start, max_message_bytes)  # refuses a length no message can have
+    try:
+        frame_size(start, max_message_bytes)  # refuses a length no message can have
+    except MalformedMessage as error:
+        raise MalformedMessage(_other_protocol(start) or str(error)) from None
     if len(start) == FRAME_HEADER.size:
         return None
     marker = start[FRAME_HEADER.size]
     if marker not in (0x80, COMPACT_ID):
         raise MalformedMessage("neither a framed nor an unframed binary or compact Thrift message")
     return CODECS[True, marker == COMPACT_ID]
+
+
+def _other_protocol(start: bytes | bytearray) -> str | None:
+    """What a client that is not speaking Thrift seems to speak, for the log; None if nothing recognisable.
+
+    Read as a frame length, its first bytes are hundreds of megabytes: the
+    log would suggest raising THRIFT_MAX_MESSAGE_BYTES, which would not help.
+    """
+    if start[:2] == b"\x16\x03":
+        return "a TLS handshake, to a port that serves plain TCP"
+    if re.match(rb"[A-Z]+ ", start):
+        return "an HTTP request, to a port that serves Thrift"
+    if start[:1] == b"[":
+        return "Thrift's JSON protocol, which this server does not speak"
+    return None
 
 
 def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:

@@ -34,7 +34,8 @@ def test_hostile_and_unicode_owners_round_trip_intact(client, owner):
 
 
 @pytest.mark.parametrize(
-    "owner", ["", "   ", "x" * 201, "tab\there", "new\nline", "nul\x00", "bell\x07", "del\x7f", "line\u2028sep"]
+    "owner",
+    ["", "   ", "x" * 201, "tab\there", "new\nline", "nul\x00", "bell\x07", "del\x7f", "line\u2028sep", "\u202eevil"],
 )
 def test_owner_must_have_1_to_200_printable_characters(client, owner):
     with pytest.raises(InvalidArgument) as error:

@@ -68,6 +68,9 @@ def hostile_messages(compact: bool) -> dict[str, bytes]:
 def hostile_input(codec: Codec) -> dict[str, bytes]:
     """What a hostile client speaking `codec` sends, by name."""
     cases = {name: on_the_wire(message, codec) for name, message in hostile_messages(codec.compact).items()}
+    # Well formed, but thriftpy2 would hand the handler bytes for the string.
+    not_utf8 = call_bytes(Counters, "list_counters", 2, b"\xff\xfe", compact=codec.compact)
+    cases["a string argument that is not UTF-8"] = on_the_wire(not_utf8, codec)
     if codec.framed:  # a frame's length says where its message ends, so these are refused too
         cases["a truncated message"] = framed(call_bytes(Counters, "get", "truncated", compact=codec.compact)[:-3])
         cases["bytes after the message"] = framed(call_bytes(Counters, "ping", compact=codec.compact) + b"extra")
@@ -174,6 +177,27 @@ def test_stalled_senders_are_closed_after_the_read_timeout_and_do_not_block_othe
     finally:
         for sock in stalled:
             sock.close()
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=str)
+def test_a_message_trickled_byte_by_byte_is_closed_at_the_read_timeout(start_server, codec):
+    """Each byte comes well within the timeout; the whole message never does (a slowloris)."""
+    server = start_server(THRIFT_READ_TIMEOUT="1")
+    message = on_the_wire(call_bytes(Counters, "add", "x" * 60, 1, "trickled"), codec)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(0.25)  # a byte every 0.25 s, unless the server closes the connection
+        for byte in message[:-1]:
+            try:
+                sock.sendall(bytes([byte]))
+                assert sock.recv(1) == b""  # no reply comes to part of a message: only the close
+                break
+            except TimeoutError:
+                continue
+            except ConnectionError:  # the close, seen while sending
+                break
+        else:
+            pytest.fail(f"still open after {len(message) - 1} bytes, one every 0.25 s")
+    wait_for(lambda: "no complete message within 1s" in server.log(), 5, "the log line")
 
 
 def test_connections_beyond_the_maximum_are_closed_at_once_with_one_log_line(start_server):

@@ -43,8 +43,10 @@ def test_a_connection_is_known_by_its_first_bytes(start, codec):
 @pytest.mark.parametrize(
     ("start", "refusal"),
     [
-        (b"GET / HTTP/1.1\r\n", "frame of 1195725856 bytes"),
-        (b"\x16\x03\x01\x02\x00\x01", "frame of 369295618 bytes"),  # a TLS hello
+        (b"GET / HTTP/1.1\r\n", "an HTTP request, to a port that serves Thrift"),
+        (b"\x16\x03\x01\x02\x00\x01", "a TLS handshake, to a port that serves plain TCP"),
+        (b'[1,"ping",1,0,{}]', "Thrift's JSON protocol, which this server does not speak"),
+        (b"\x13\x37\x13\x37", "frame of 322376503 bytes"),  # garbage
         (b"\x00\x00\x00\x04ping", "neither a framed nor an unframed binary or compact Thrift message"),  # non-strict
     ],
 )

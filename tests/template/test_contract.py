@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.contract import answer, arguments, methods, plausible_arguments, service_in
+from helpers.contract import StockClient, answer, arguments, methods, plausible_arguments, service_in
 from helpers.processes import ROOT
 from servicekit.client import PooledClient
 
@@ -25,6 +25,18 @@ def test_every_rpc_answers_edge_arguments_with_a_result_or_a_declared_error(serv
             answer(client, method, args)  # fails the test on INTERNAL_ERROR
 
         call()
+
+
+@pytest.mark.parametrize("method", methods(SERVICE))
+def test_every_rpc_answers_a_stock_client_that_leaves_each_argument_out(server, method):
+    client = StockClient(SERVICE, server.port)
+    try:
+        for left_out in range(len(plausible_arguments(SERVICE, method))):
+            args = list(plausible_arguments(SERVICE, method))  # a fresh request_id each time
+            args[left_out] = None
+            answer(client, method, tuple(args))  # fails the test on INTERNAL_ERROR
+    finally:
+        client.close()
 
 
 def test_a_database_outage_is_unavailable_for_every_rpc_that_reached_it(start_server, own_database):
