@@ -8,7 +8,10 @@ its own exit status.
 """
 
 import argparse
+import codecs
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +21,15 @@ from typing import NoReturn
 from thriftpy2.thrift import TApplicationException, TException
 
 from servicekit.base import base_module
-from servicekit.client import PooledClient, ServerUnreachable, parse_servers, reason, tls_context
+from servicekit.client import (
+    PooledClient,
+    RequestTooLarge,
+    ServerUnreachable,
+    new_request_id,
+    parse_servers,
+    reason,
+    tls_context,
+)
 from servicekit.settings import ClientSettings, SettingsError, load
 
 EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
@@ -29,10 +40,10 @@ INT32 = (-(2**31), 2**31 - 1)
 
 
 def _integer(text: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    # Plain ASCII digits: int() also takes "5_000", " +5" and other scripts' digits, too loose for money.
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    value = int(text)
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"{text} is out of range ({low} to {high})")
     return value
@@ -79,6 +90,35 @@ def servers(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def _retry_hint(command: str, request_id: str | None) -> str:
+    """What to add to the error of a write whose outcome is unknown: how to repeat it safely."""
+    if request_id is None:
+        return ""
+    return f"; the {command} may have been applied: repeat it with --request-id {request_id} to apply it at most once"
+
+
+def _print_result(text: str) -> bool:
+    """Print a command's output; False, after one line on stderr, if stdout cannot take it.
+
+    Characters stdout's encoding lacks are escaped, never a traceback.
+    """
+    encoding = sys.stdout.encoding or "utf-8"
+    try:
+        print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+        return True
+    except OSError as error:
+        # Nothing more can be shown: stdout now goes nowhere, so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(error, BrokenPipeError):
+            return True  # a reader that stops early (`| head`) is not an error
+        print(f"error: cannot write the result ({error.strerror}); the call itself succeeded", file=sys.stderr)
+        return False
+
+
+def _stdout_is_utf8() -> bool:
+    return codecs.lookup(sys.stdout.encoding or "utf-8").name == "utf-8"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -208,10 +248,13 @@ class CommandLine:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
         options = vars(self.parser(settings).parse_args(argv))
+        if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
+            options["request_id"] = options["request_id"] or new_request_id()
+        unsure = _retry_hint(options["command"], options.get("request_id"))
         try:
-            return self._run(settings, options)
+            return self._run(settings, options, unsure)
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+            print(f"error: interrupted{unsure}", file=sys.stderr)
             return EXIT_INTERRUPTED
 
     def _connect(self, settings: ClientSettings, servers: str, timeout: float) -> PooledClient:
@@ -219,10 +262,17 @@ class CommandLine:
         if settings.client_tls_ca:
             tls = tls_context(settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key)
         return self.client_class(
-            servers, pool_size=1, timeout=timeout, connect_timeout=min(timeout, 2.0), deadline=timeout, tls=tls
+            servers,
+            pool_size=1,
+            timeout=timeout,
+            connect_timeout=min(timeout, 2.0),
+            deadline=timeout,
+            tls=tls,
+            max_message_bytes=settings.thrift_max_message_bytes,
         )
 
-    def _run(self, settings: ClientSettings, options: dict) -> int:
+    def _run(self, settings: ClientSettings, options: dict, unsure: str) -> int:
+        """Call the command's method and print its result; `unsure` is appended when a write's outcome is unknown."""
         servers, timeout, as_json = options.pop("servers"), options.pop("timeout"), options.pop("json")
         method = options.pop("command").replace("-", "_")
         follow = options.pop("all", False)
@@ -242,19 +292,32 @@ class CommandLine:
         try:
             with client:
                 result = every_page(call, options) if follow else call(**options)
-        except ServerUnreachable as error:
-            print(f"error: cannot reach the {self.service_name} server at {error}", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        except TApplicationException as error:
-            print(f"error: the server failed: {error}", file=sys.stderr)
+        except (RequestTooLarge, ServerUnreachable, TException) as error:
+            return self._report(error, unsure)
+        if not _print_result(self._shown(result, as_json)):
             return EXIT_INTERNAL
-        except TException as error:  # declared by the IDL
-            print(f"error: {type(error).__name__}: {reason(error)}", file=sys.stderr)
-            return self.exit_statuses.get(type(error), EXIT_OTHER_DECLARED)
-        print(json.dumps(as_dict(result), ensure_ascii=False) if as_json else self._human(result))
         if method == "health" and not (result.serving and result.database):
             return EXIT_UNAVAILABLE  # lets a container healthcheck use this command
         return 0
+
+    def _report(self, error: Exception, unsure: str) -> int:
+        """One line on stderr for a call that failed (with `unsure` where its outcome is unknown); its exit status."""
+        if isinstance(error, RequestTooLarge):
+            message, status = str(error), EXIT_USAGE
+        elif isinstance(error, ServerUnreachable):
+            message, status = f"cannot reach the {self.service_name} server at {error}{unsure}", EXIT_UNREACHABLE
+        elif isinstance(error, TApplicationException):
+            message, status = f"the server failed: {error}{unsure}", EXIT_INTERNAL
+        else:  # declared by the IDL: only Unavailable leaves a write's outcome unknown
+            status = self.exit_statuses.get(type(error), EXIT_OTHER_DECLARED)
+            message = f"{type(error).__name__}: {reason(error)}{unsure if status == EXIT_UNAVAILABLE else ''}"
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+    def _shown(self, result: object, as_json: bool) -> str:
+        if as_json:  # escaped to ASCII where stdout is not UTF-8: still valid JSON
+            return json.dumps(as_dict(result), ensure_ascii=not _stdout_is_utf8())
+        return self._human(result)
 
     def _human(self, result: object) -> str:
         if isinstance(result, self.health):

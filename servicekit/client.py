@@ -9,8 +9,10 @@ request_id: applied once).
 """
 
 import enum
+import ipaddress
 import itertools
 import random
+import re
 import socket
 import ssl
 import threading
@@ -24,9 +26,11 @@ from thriftpy2.transport import TCyFramedTransport, TSocket, TTransportException
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
+from servicekit.settings import CommonSettings
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
+HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")  # of a host name, once IDNA-encoded; IPv4 addresses too
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
 PLAIN_TYPES = {
     TType.BOOL: bool,
@@ -43,6 +47,10 @@ class ServerUnreachable(Exception):
     """No server could be reached, or none replied within the timeout."""
 
 
+class RequestTooLarge(ValueError):
+    """A request longer than the server accepts: refused before a byte is sent, never retried."""
+
+
 def new_request_id() -> str:
     """A fresh request id; reuse it to retry the same write safely."""
     return uuid.uuid4().hex
@@ -55,12 +63,32 @@ def parse_servers(servers: str) -> list[tuple[str, int]]:
         host, _, port = item.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
+            _check_ipv6(host, item)
         elif ":" in host:
             raise ValueError(f"write an IPv6 address in brackets, as [::1]:9090: {item!r}")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        else:
+            _check_host_name(host, item)
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             raise ValueError(f"not host:port with a port from 1 to 65535: {item!r}")
         addresses.append((host, int(port)))
     return addresses
+
+
+def _check_ipv6(host: str, item: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"not an IPv6 address between the brackets: {item!r}") from None
+
+
+def _check_host_name(host: str, item: str) -> None:
+    """A host name (IDNA: letters of any script) or an IPv4 address; ValueError for anything else."""
+    try:
+        labels = host.encode("idna").decode("ascii").removesuffix(".").split(".")
+    except UnicodeError:  # not text, or a label over 63 characters
+        labels = [""]
+    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"not a host name or IP address before the port: {item!r}")
 
 
 def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
@@ -74,6 +102,23 @@ def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SS
     return context
 
 
+class _SizeCheckedSocket(TSocket):
+    """Refuses a request the server would refuse for its length: it would reset the
+    connection, which looks like an outage and would be retried until the deadline."""
+
+    def __init__(self, sock: socket.socket, max_message_bytes: int) -> None:
+        super().__init__(sock=sock)
+        self.max_message_bytes = max_message_bytes
+
+    def write(self, frame: bytes) -> None:  # the framed transport writes each request whole
+        if len(frame) - 4 > self.max_message_bytes:
+            raise RequestTooLarge(
+                f"the request is {len(frame) - 4} bytes, over the server's limit of {self.max_message_bytes} "
+                "(THRIFT_MAX_MESSAGE_BYTES)"
+            )
+        super().write(frame)
+
+
 class _Connection:
     """One open connection to one server, used by one call at a time."""
 
@@ -84,6 +129,7 @@ class _Connection:
         connect_timeout: float,
         timeout: float,
         tls: ssl.SSLContext | None,
+        max_message_bytes: int,
     ) -> None:
         self.address = address
         sock = socket.create_connection((address.ip, address.port), timeout=connect_timeout)
@@ -95,7 +141,7 @@ class _Connection:
             sock.close()
             raise
         sock.settimeout(timeout)
-        self.socket = TSocket(sock=sock)
+        self.socket = _SizeCheckedSocket(sock, max_message_bytes)
         self.thrift = TClient(service, TCyBinaryProtocol(TCyFramedTransport(self.socket)))
         self.idle_since = time.monotonic()
 
@@ -147,6 +193,8 @@ class PooledClient:
         `acquire_timeout` seconds for a free one.
     max_idle: seconds an unused connection is kept before it is replaced.
     tls: an ssl.SSLContext (see tls_context()) to call a TLS server.
+    max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES; a longer
+        request raises RequestTooLarge, unsent (the server would reset).
 
     Arguments are checked against the IDL before a byte is sent: an i64 must
     be an int (not a bool, not a float) within range, a string a str.
@@ -168,6 +216,7 @@ class PooledClient:
         acquire_timeout: float = 10.0,
         max_idle: float = 300.0,
         tls: ssl.SSLContext | None = None,
+        max_message_bytes: int = CommonSettings.thrift_max_message_bytes,  # the server's default
         resolve: Resolver = resolve_both_families,
         resolve_every: float = 30.0,
     ) -> None:
@@ -181,6 +230,7 @@ class PooledClient:
         self.acquire_timeout = acquire_timeout
         self.max_idle = max_idle
         self.tls = tls
+        self.max_message_bytes = max_message_bytes
         self._argument_specs = {
             method: list(getattr(service, method + "_args").thrift_spec.values())  # in declared order, as args are
             for method in service.thrift_services
@@ -341,7 +391,7 @@ class PooledClient:
         try:
             if connect_timeout <= 0:
                 raise TimeoutError("no time left before the deadline")
-            return _Connection(self.service, address, connect_timeout, self.timeout, self.tls)
+            return _Connection(self.service, address, connect_timeout, self.timeout, self.tls, self.max_message_bytes)
         except BaseException:
             with self._available:
                 self._uncount(address)
@@ -360,7 +410,8 @@ class PooledClient:
             self._release(connection)  # a whole error reply was read: still in step
             raise
         except BaseException:
-            self._discard(connection)  # interrupted mid-call: the reply may still come
+            # Interrupted mid-call (the reply may still come), or RequestTooLarge (left in the write buffer).
+            self._discard(connection)
             raise
         self._release(connection)
         return result

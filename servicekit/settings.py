@@ -55,6 +55,12 @@ class CommonSettings:
         "or to localhost when it is `0.0.0.0` or `::`.",
     )
     thrift_port: int = setting(9090, "Thrift port.", low=1, high=65535)
+    thrift_max_message_bytes: int = setting(
+        65536,
+        "Largest request the server accepts, in bytes; client.py refuses a longer one before sending it.",
+        low=1024,
+        high=2**30,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +89,6 @@ class ServerSettings(CommonSettings):
     thrift_drain_timeout: float = setting(
         10, "Seconds a SIGTERM waits for running requests before the server exits.", low=0, high=3600
     )
-    thrift_max_message_bytes: int = setting(65536, "Largest request accepted, in bytes.", low=1024, high=2**30)
     thrift_max_connections: int = setting(
         10000, "Open connections per server process; more are closed at once.", low=1, high=1_000_000
     )

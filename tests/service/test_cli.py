@@ -1,6 +1,8 @@
 """client.py as a person or a script uses it: output, errors, exit statuses."""
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,6 +107,12 @@ def test_unreachable_server_is_one_line_and_status_8():
         ("--servers", "127.0.0.1:70000", "ping"),
         ("--servers", "127.0.0.1:0", "ping"),
         ("--servers", "::1:9090", "ping"),
+        ("--servers", "[db1]:9090", "ping"),
+        ("--servers", "a b:9090", "ping"),
+        ("--servers", "localhost:\u00b2", "ping"),
+        ("deposit", "1", "5_000"),
+        ("deposit", "1", "+5"),
+        ("deposit", "1", "\u0665"),
     ],
 )
 def test_every_bad_argument_is_one_line_and_status_2(args):
@@ -197,3 +205,58 @@ def test_servers_flag_accepts_several_addresses_and_rejects_garbage(ledger):
     assert (both.returncode, both.stdout) == (0, "pong\n")
     garbage = run_python("client.py", "--servers", "no-port-here", "ping")
     assert garbage.returncode == 2 and "--servers" in garbage.stderr
+
+
+def test_a_write_without_a_reply_names_the_request_id_that_repeats_it_at_most_once(ledger):
+    account = cli_json(ledger.port, "create-account", "unsure")["id"]
+    hung = SilentServer()
+    try:
+        result = cli(hung.port, "--timeout", "1", "deposit", str(account), "5")
+    finally:
+        hung.close()
+    assert result.returncode == 8 and result.stderr.count("\n") == 1
+    hint = re.search(r"; the deposit may have been applied: repeat it with --request-id (\w+) ", result.stderr)
+    for _ in range(2):
+        cli_json(ledger.port, "deposit", str(account), "5", "--request-id", hint.group(1))
+    assert cli_json(ledger.port, "get-account", str(account))["balance"] == 5
+
+
+def test_a_request_over_the_size_limit_is_refused_before_it_is_sent(ledger):
+    result = cli(ledger.port, "create-account", "x" * 70_000)
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "error: the request is 70073 bytes, over the server's limit of 65536 (THRIFT_MAX_MESSAGE_BYTES)\n"
+    )
+
+
+def test_a_reader_that_stops_early_is_not_an_error_and_the_write_is_done(ledger):
+    reader_gone, writer = os.pipe()
+    os.close(reader_gone)  # every write to the pipe fails: EPIPE
+    try:
+        command = [sys.executable, "client.py", "--servers", f"127.0.0.1:{ledger.port}", "create-account", "piped"]
+        result = subprocess.run(command, cwd=ROOT, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (0, "")
+    owners = [account["owner"] for account in cli_json(ledger.port, "list-accounts", "--limit", "1000")["accounts"]]
+    assert "piped" in owners
+
+
+def test_output_that_cannot_be_written_is_one_line_and_status_1(ledger):
+    with open("/dev/full", "w") as full:
+        command = [sys.executable, "client.py", "--servers", f"127.0.0.1:{ledger.port}", "ping"]
+        result = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot write the result (No space left on device); the call itself succeeded\n"
+
+
+def test_a_terminal_that_cannot_show_an_owner_gets_it_escaped(ledger):
+    account = str(cli_json(ledger.port, "create-account", "Zoë 🦄")["id"])
+    ascii_only = {"PYTHONIOENCODING": "ascii"}
+    shown = run_python("client.py", "--servers", f"127.0.0.1:{ledger.port}", "get-account", account, **ascii_only)
+    assert shown.returncode == 0 and "Zo\\xeb \\U0001f984" in shown.stdout
+    as_json = run_python(
+        "client.py", "--servers", f"127.0.0.1:{ledger.port}", "--json", "get-account", account, **ascii_only
+    )
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["owner"] == "Zoë 🦄"

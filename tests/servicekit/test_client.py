@@ -8,7 +8,7 @@ import pytest
 from counters import CountersClient
 from helpers.load import connections_to, run_threads
 from helpers.mysql import statement_waits
-from servicekit.client import ServerUnreachable, parse_servers
+from servicekit.client import RequestTooLarge, ServerUnreachable, parse_servers
 from tools.throwaway_db import wait_for
 
 
@@ -63,19 +63,34 @@ def test_closing_the_client_closes_every_connection(server):
         client.ping()
 
 
+def test_a_request_over_the_servers_limit_is_refused_unsent_and_the_client_goes_on(server):
+    with server.client(max_message_bytes=1024) as client:
+        # Sent, the server would answer InvalidArgument (names are at most 64 characters).
+        with pytest.raises(RequestTooLarge, match="is 2073 bytes, over the server's limit of 1024"):
+            client.add("x" * 2000, 1)
+        assert client.ping() == "pong"
+
+
 @pytest.mark.parametrize(
     ("servers", "parsed"),
     [
         ("db1:9090", [("db1", 9090)]),
         ("10.0.0.5:9090, 10.0.0.6:9091", [("10.0.0.5", 9090), ("10.0.0.6", 9091)]),
         ("[::1]:9090,[fd00::5]:1", [("::1", 9090), ("fd00::5", 1)]),
+        ("bücher.example:9090", [("bücher.example", 9090)]),
     ],
 )
 def test_servers_parse_host_port_pairs_and_bracketed_ipv6(servers, parsed):
     assert parse_servers(servers) == parsed
 
 
-@pytest.mark.parametrize("servers", ["no-port", "host:", ":9090", "host:0", "host:65536", "host:-1", "::1:9090", ""])
+@pytest.mark.parametrize(
+    "servers",
+    [
+        *("no-port", "host:", ":9090", "host:0", "host:65536", "host:-1", "::1:9090", ""),
+        *("[db1]:9090", "a b:9090", "host:\u00b2", "\udcff:9090", "x" * 64 + ":9090", "a..b:9090"),
+    ],
+)
 def test_malformed_servers_are_refused(servers):
     with pytest.raises(ValueError):
         parse_servers(servers)
