@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import tempfile
 from pathlib import Path
@@ -151,11 +152,12 @@ def serve(
     server: TThreadPoolServer, database: ModuleType, settings: ServerSettings, version: str, metrics: "Metrics"
 ) -> None:
     """Listen, then serve in one process or several until SIGTERM or SIGINT has drained them."""
+    _check_metrics_port(settings)
     try:
         server.listen()
     except OSError as error:
         raise StartupError(
-            f"cannot listen on {settings.thrift_host}:{settings.thrift_port}: {error.strerror}", 1
+            f"cannot listen on {_host_port(settings.thrift_host, settings.thrift_port)}: {error.strerror}", 1
         ) from None
     _log_serving(settings)
     hooks = metrics.pool_hooks()
@@ -179,15 +181,32 @@ def serve(
     logger.info("stopped")
 
 
+def _check_metrics_port(settings: ServerSettings) -> None:
+    """Fail at start-up, in one line, if the metrics port is taken: it is served only once the server runs."""
+    if not settings.metrics_port:
+        return
+    address = (settings.thrift_host, settings.metrics_port)
+    try:
+        socket.create_server(address, family=socket.AF_INET6 if ":" in address[0] else socket.AF_INET).close()
+    except OSError as error:
+        # os.strerror: create_server() adds the address to error.strerror
+        raise StartupError(f"cannot serve metrics on {_host_port(*address)}: {os.strerror(error.errno)}", 1) from None
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _log_serving(settings: ServerSettings) -> None:
+    processes = settings.thrift_processes
     logger.info(
-        "serving %s on %s:%s (Thrift framed or not, binary or compact%s), %d processes x %d workers, %s pool, "
+        "serving %s on %s (Thrift framed or not, binary or compact%s), %d %s x %d workers, %s pool, "
         "database %s on %s:%s",
         settings.service_name,
-        settings.thrift_host,
-        settings.thrift_port,
+        _host_port(settings.thrift_host, settings.thrift_port),
         ", TLS" if settings.thrift_tls_cert else "",
-        settings.thrift_processes,
+        processes,
+        "process" if processes == 1 else "processes",
         settings.thrift_workers,
         settings.db_pool,
         settings.mysql_database,
@@ -199,4 +218,4 @@ def _log_serving(settings: ServerSettings) -> None:
 def _serve_metrics(settings: ServerSettings, version: str, metrics: "Metrics") -> None:
     if settings.metrics_port:
         metrics.serve(settings.thrift_host, settings.metrics_port, version, settings.thrift_processes > 1)
-        logger.info("metrics on http://%s:%s/metrics", settings.thrift_host, settings.metrics_port)
+        logger.info("metrics on http://%s/metrics", _host_port(settings.thrift_host, settings.metrics_port))

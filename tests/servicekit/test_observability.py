@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import socket
 import time
 
 import pytest
@@ -146,3 +147,13 @@ def test_logs_at_debug_never_show_the_database_password(start_server, database):
         client.add("secret keeper", 1)
     assert server.stop() == 0
     assert "Hunter2-secret" not in server.log()
+
+
+def test_a_taken_metrics_port_stops_the_server_with_one_line_and_status_1(start_server):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = start_server(METRICS_PORT=str(port), ready=False)
+        assert server.process.wait(30) == 1
+    last_line = server.log().splitlines()[-1]  # after the migrations' INFO line, if any were applied
+    assert last_line == f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in server.log()
