@@ -58,3 +58,17 @@ def test_the_copy_serves_and_its_client_reports_health(catalog, database_server,
         assert "serving catalog on 127.0.0.1:" in server.log()
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("name", ["my_notes", "mysql"])
+def test_a_name_the_deployment_cannot_take_is_refused(name, tmp_path):
+    # _ is not allowed in Kubernetes names; mysql is the compose file's database service.
+    result = subprocess.run(
+        [COPIER, "copy", "--trust", "--defaults", "--data", f"NAME={name}", str(ROOT), str(tmp_path / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Validation error for question 'NAME'" in result.stderr
+    assert not (tmp_path / name / "config.env").exists()
