@@ -1,8 +1,10 @@
-"""copier's task: name a fresh copy of the template after its service, with a fresh password.
+"""copier's task: name a copy of the template after its service, with a fresh password.
 
-Runs once in the new copy (`copier copy`): SERVICE_NAME, MYSQL_USER and
-MYSQL_DATABASE in config.env become NAME and MYSQL_PASSWORD a random one; the
-word `ledger` (the template's own name) becomes NAME in the deployment files.
+`copy NAME` (in the new copy): SERVICE_NAME, MYSQL_USER and MYSQL_DATABASE in
+config.env become NAME and MYSQL_PASSWORD a random one; the word `ledger` (the
+template's own name) becomes NAME in the deployment files. `update NAME`
+(after `copier update`): the deployment files only, for what the update
+brought in (a new manifest still says `ledger`); config.env stays yours.
 """
 
 import re
@@ -34,6 +36,7 @@ def name_deployment(name: str) -> None:
 
 
 if __name__ == "__main__":
-    new_name = sys.argv[1]
-    name_config(new_name)
+    operation, new_name = sys.argv[1:]
+    if operation == "copy":
+        name_config(new_name)
     name_deployment(new_name)

@@ -72,3 +72,24 @@ def test_a_name_the_deployment_cannot_take_is_refused(name, tmp_path):
     assert result.returncode != 0
     assert "Validation error for question 'NAME'" in result.stderr
     assert not (tmp_path / name / "config.env").exists()
+
+
+def test_an_update_names_the_deployment_files_it_brings_after_the_service(tmp_path):
+    template, shop = tmp_path / "template", tmp_path / "shop"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True, timeout=60)
+    copy = [COPIER, "copy", "--quiet", "--trust", "--defaults", "--data", "NAME=shop", template, shop]
+    subprocess.run(copy, check=True, timeout=120)
+    commit(shop, "the copy")
+    config = (shop / "config.env").read_text()
+    (template / "k8s" / "extra.yaml").write_text("kind: ConfigMap\nmetadata:\n  name: ledger-extra\n")
+    commit(template, "a new manifest")
+    update = [COPIER, "update", "--quiet", "--trust", "--defaults", "-a", ".copier/.copier-answers.yml"]
+    subprocess.run(update, cwd=shop, check=True, timeout=120)
+    assert "name: shop-extra" in (shop / "k8s" / "extra.yaml").read_text()
+    assert (shop / "config.env").read_text() == config  # the password and settings stay
+
+
+def commit(repository: Path, message: str) -> None:
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", message]):
+        subprocess.run(["git", *command], cwd=repository, check=True, timeout=60)
