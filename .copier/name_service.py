@@ -3,12 +3,13 @@
 `copy NAME` (in the new copy): SERVICE_NAME, MYSQL_USER and MYSQL_DATABASE in
 config.env become NAME and MYSQL_PASSWORD a random one; the word `ledger` (the
 template's own name) becomes NAME in the deployment files. `update NAME`
-(after `copier update`): the deployment files only, for what the update
-brought in (a new manifest still says `ledger`); config.env stays yours.
+(after `copier update`): only the deployment files the update brought in (a
+new manifest still says `ledger`); your own files and config.env stay yours.
 """
 
 import re
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,13 +31,27 @@ def name_config(name: str) -> None:
     config.write_text(text)
 
 
-def name_deployment(name: str) -> None:
-    for path in map(Path, DEPLOYMENT_FILES):
+def name_deployment(name: str, files: list[str]) -> None:
+    for path in map(Path, files):
         path.write_text(re.sub(rf"\b{TEMPLATE_NAME}\b", name, path.read_text()))
+
+
+def brought_by_update() -> list[str]:
+    """The deployment files git does not know yet: `copier update` starts from a clean work tree.
+
+    copier also runs this task where it renders the old version, outside git:
+    nothing is renamed there, so your renames stay among the changes it
+    re-applies to the files the template already had.
+    """
+    untracked = ["git", "ls-files", "--others", "--exclude-standard", "--", *DEPLOYMENT_FILES]
+    listed = subprocess.run(untracked, capture_output=True, text=True)
+    return listed.stdout.split() if listed.returncode == 0 else []
 
 
 if __name__ == "__main__":
     operation, new_name = sys.argv[1:]
     if operation == "copy":
         name_config(new_name)
-    name_deployment(new_name)
+        name_deployment(new_name, DEPLOYMENT_FILES)
+    else:
+        name_deployment(new_name, brought_by_update())

@@ -74,18 +74,22 @@ def test_a_name_the_deployment_cannot_take_is_refused(name, tmp_path):
     assert not (tmp_path / name / "config.env").exists()
 
 
-def test_an_update_names_the_deployment_files_it_brings_after_the_service(tmp_path):
+def test_an_update_names_the_deployment_files_it_brings_and_only_those_after_the_service(tmp_path):
     template, shop = tmp_path / "template", tmp_path / "shop"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True, timeout=60)
     copy = [COPIER, "copy", "--quiet", "--trust", "--defaults", "--data", "NAME=shop", template, shop]
     subprocess.run(copy, check=True, timeout=120)
-    commit(shop, "the copy")
+    mine = "data:\n  LEDGER_SERVERS: ledger-headless.payments.svc:9090\n"  # a real ledger service it calls
+    (shop / "k8s" / "mine.yaml").write_text(mine)
+    commit(shop, "the copy, and a manifest of its own")
     config = (shop / "config.env").read_text()
     (template / "k8s" / "extra.yaml").write_text("kind: ConfigMap\nmetadata:\n  name: ledger-extra\n")
     commit(template, "a new manifest")
     update = [COPIER, "update", "--quiet", "--trust", "--defaults", "-a", ".copier/.copier-answers.yml"]
     subprocess.run(update, cwd=shop, check=True, timeout=120)
     assert "name: shop-extra" in (shop / "k8s" / "extra.yaml").read_text()
+    assert (shop / "k8s" / "mine.yaml").read_text() == mine
+    assert "ledger" not in (shop / "k8s" / "deployment.yaml").read_text()  # the template's, named at copy
     assert (shop / "config.env").read_text() == config  # the password and settings stay
 
 
