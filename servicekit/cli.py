@@ -104,6 +104,8 @@ def _print_result(text: str) -> bool:
 
     Characters stdout's encoding lacks are escaped, never a traceback.
     """
+    if sys.stdout is None:  # started with stdout closed (>&-): nowhere to show it, as with > /dev/null
+        return True
     encoding = sys.stdout.encoding or "utf-8"
     try:
         print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
@@ -118,7 +120,7 @@ def _print_result(text: str) -> bool:
 
 
 def _stdout_is_utf8() -> bool:
-    return codecs.lookup(sys.stdout.encoding or "utf-8").name == "utf-8"
+    return codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name == "utf-8"
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -21,12 +21,11 @@ import uuid
 from collections import Counter
 
 from thriftpy2.protocol import TCyBinaryProtocol
-from thriftpy2.thrift import TClient, TException, TType
-from thriftpy2.transport import TCyFramedTransport, TSocket, TTransportException
+from thriftpy2.thrift import TClient, TException, TMessageType, TType
+from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TTransportException
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
-from servicekit.settings import CommonSettings
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
@@ -102,23 +101,6 @@ def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SS
     return context
 
 
-class _SizeCheckedSocket(TSocket):
-    """Refuses a request the server would refuse for its length: it would reset the
-    connection, which looks like an outage and would be retried until the deadline."""
-
-    def __init__(self, sock: socket.socket, max_message_bytes: int) -> None:
-        super().__init__(sock=sock)
-        self.max_message_bytes = max_message_bytes
-
-    def write(self, frame: bytes) -> None:  # the framed transport writes each request whole
-        if len(frame) - 4 > self.max_message_bytes:
-            raise RequestTooLarge(
-                f"the request is {len(frame) - 4} bytes, over the server's limit of {self.max_message_bytes} "
-                "(THRIFT_MAX_MESSAGE_BYTES)"
-            )
-        super().write(frame)
-
-
 class _Connection:
     """One open connection to one server, used by one call at a time."""
 
@@ -129,7 +111,6 @@ class _Connection:
         connect_timeout: float,
         timeout: float,
         tls: ssl.SSLContext | None,
-        max_message_bytes: int,
     ) -> None:
         self.address = address
         sock = socket.create_connection((address.ip, address.port), timeout=connect_timeout)
@@ -141,7 +122,7 @@ class _Connection:
             sock.close()
             raise
         sock.settimeout(timeout)
-        self.socket = _SizeCheckedSocket(sock, max_message_bytes)
+        self.socket = TSocket(sock=sock)
         self.thrift = TClient(service, TCyBinaryProtocol(TCyFramedTransport(self.socket)))
         self.idle_since = time.monotonic()
 
@@ -193,8 +174,11 @@ class PooledClient:
         `acquire_timeout` seconds for a free one.
     max_idle: seconds an unused connection is kept before it is replaced.
     tls: an ssl.SSLContext (see tls_context()) to call a TLS server.
-    max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES; a longer
-        request raises RequestTooLarge, unsent (the server would reset).
+    max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES, if given: a
+        longer request raises RequestTooLarge before anything is sent (the
+        server would reset the connection, which looks like an outage and
+        would be retried until the deadline). Checking encodes each request
+        once more.
 
     Arguments are checked against the IDL before a byte is sent: an i64 must
     be an int (not a bool, not a float) within range, a string a str.
@@ -216,7 +200,7 @@ class PooledClient:
         acquire_timeout: float = 10.0,
         max_idle: float = 300.0,
         tls: ssl.SSLContext | None = None,
-        max_message_bytes: int = CommonSettings.thrift_max_message_bytes,  # the server's default
+        max_message_bytes: int | None = None,
         resolve: Resolver = resolve_both_families,
         resolve_every: float = 30.0,
     ) -> None:
@@ -269,6 +253,8 @@ class PooledClient:
     def call(self, method: str, *args: object):
         """Call `method` with `args`, retrying what is safe to retry; see the class docstring."""
         check_arguments(method, self._argument_specs[method], args)
+        if self.max_message_bytes is not None:
+            self._check_size(method, args)
         give_up_at = time.monotonic() + self.deadline
         for attempt in itertools.count():
             try:
@@ -279,6 +265,20 @@ class PooledClient:
                     raise
                 time.sleep(pause)
         raise AssertionError("unreachable")
+
+    def _check_size(self, method: str, args: tuple) -> None:
+        """RequestTooLarge if the request, encoded as it would be sent, is over max_message_bytes."""
+        names = [spec[1] for spec in self._argument_specs[method]]
+        buffer = TCyMemoryBuffer()
+        protocol = TCyBinaryProtocol(buffer)
+        protocol.write_message_begin(method, TMessageType.CALL, 0)
+        protocol.write_struct(getattr(self.service, method + "_args")(**dict(zip(names, args, strict=True))))
+        protocol.write_message_end()
+        if (size := len(buffer.getvalue())) > self.max_message_bytes:
+            raise RequestTooLarge(
+                f"the request is {size} bytes, over the server's limit of {self.max_message_bytes} "
+                "(THRIFT_MAX_MESSAGE_BYTES)"
+            )
 
     def _acquire(self, give_up_at: float) -> _Connection:
         try:
@@ -391,7 +391,7 @@ class PooledClient:
         try:
             if connect_timeout <= 0:
                 raise TimeoutError("no time left before the deadline")
-            return _Connection(self.service, address, connect_timeout, self.timeout, self.tls, self.max_message_bytes)
+            return _Connection(self.service, address, connect_timeout, self.timeout, self.tls)
         except BaseException:
             with self._available:
                 self._uncount(address)
@@ -410,8 +410,7 @@ class PooledClient:
             self._release(connection)  # a whole error reply was read: still in step
             raise
         except BaseException:
-            # Interrupted mid-call (the reply may still come), or RequestTooLarge (left in the write buffer).
-            self._discard(connection)
+            self._discard(connection)  # interrupted mid-call: the reply may still come
             raise
         self._release(connection)
         return result

@@ -185,9 +185,15 @@ def _check_metrics_port(settings: ServerSettings) -> None:
     """Fail at start-up, in one line, if the metrics port is taken: it is served only once the server runs."""
     if not settings.metrics_port:
         return
-    address = (settings.thrift_host, settings.metrics_port)
-    try:
-        socket.create_server(address, family=socket.AF_INET6 if ":" in address[0] else socket.AF_INET).close()
+    if settings.metrics_port == settings.thrift_port:
+        raise StartupError(f"METRICS_PORT and THRIFT_PORT are both {settings.thrift_port}: give each its own", 2)
+    host = settings.thrift_host
+    address = (host, settings.metrics_port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:  # as the metrics server binds: `::` means IPv4 too
+        socket.create_server(
+            address, family=family, dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6()
+        ).close()
     except OSError as error:
         # os.strerror: create_server() adds the address to error.strerror
         raise StartupError(f"cannot serve metrics on {_host_port(*address)}: {os.strerror(error.errno)}", 1) from None

@@ -221,8 +221,8 @@ def test_a_write_without_a_reply_names_the_request_id_that_repeats_it_at_most_on
     assert cli_json(ledger.port, "get-account", str(account))["balance"] == 5
 
 
-def test_a_request_over_the_size_limit_is_refused_before_it_is_sent(ledger):
-    result = cli(ledger.port, "create-account", "x" * 70_000)
+def test_a_request_over_the_size_limit_is_refused_before_anything_is_sent():
+    result = cli(free_port(), "create-account", "x" * 70_000)  # nothing listens there
     assert result.returncode == 2
     assert (
         result.stderr
@@ -241,6 +241,14 @@ def test_a_reader_that_stops_early_is_not_an_error_and_the_write_is_done(ledger)
     assert (result.returncode, result.stderr) == (0, "")
     owners = [account["owner"] for account in cli_json(ledger.port, "list-accounts", "--limit", "1000")["accounts"]]
     assert "piped" in owners
+
+
+def test_a_closed_stdout_is_not_an_error_and_the_write_is_done(ledger):
+    command = f"exec {sys.executable} client.py --servers 127.0.0.1:{ledger.port} create-account closed >&-"
+    result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    owners = [account["owner"] for account in cli_json(ledger.port, "list-accounts", "--limit", "1000")["accounts"]]
+    assert "closed" in owners
 
 
 def test_output_that_cannot_be_written_is_one_line_and_status_1(ledger):

@@ -149,6 +149,13 @@ def test_logs_at_debug_never_show_the_database_password(start_server, database):
     assert "Hunter2-secret" not in server.log()
 
 
+def test_metrics_on_the_thrift_port_stop_the_server_with_one_line_and_status_2(start_server):
+    port = free_port()
+    server = start_server(port=port, METRICS_PORT=str(port), ready=False)
+    assert server.process.wait(30) == 2
+    assert server.log().splitlines()[-1] == f"error: METRICS_PORT and THRIFT_PORT are both {port}: give each its own"
+
+
 def test_a_taken_metrics_port_stops_the_server_with_one_line_and_status_1(start_server):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
