@@ -26,6 +26,7 @@ from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TT
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
+from servicekit.wire import element_type, field_type
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
@@ -180,8 +181,9 @@ class PooledClient:
         would be retried until the deadline). Checking encodes each request
         once more.
 
-    Arguments are checked against the IDL before a byte is sent: an i64 must
-    be an int (not a bool, not a float) within range, a string a str.
+    Arguments are checked against the IDL before a byte is sent, values
+    nested in structs and containers too: an i64 must be an int (not a bool,
+    not a float) within range, a string a str.
     Any transport error or timeout discards that connection: the reply of a
     timed-out call may still arrive and must never be read by the next call.
     """
@@ -417,28 +419,43 @@ class PooledClient:
 
 
 def check_arguments(method: str, specs: list[tuple], args: tuple) -> None:
-    """TypeError or ValueError unless `args` fit the IDL: thriftpy2 would send 5.5 as 5 and True as 1."""
+    """TypeError or ValueError unless `args` fit the IDL, nested values too: thriftpy2 would send 5.5 as 5
+    and True as 1, and a server closes the connection on a string that is not UTF-8."""
     if len(args) != len(specs):
         raise TypeError(f"{method}() takes {len(specs)} arguments, not {len(args)}")
     for spec, value in zip(specs, args, strict=True):
-        kind, name = spec[0], spec[1]
-        if kind in INTEGER_BITS:
-            if type(value) is not int and not isinstance(value, enum.IntEnum):
-                raise TypeError(f"{method}() argument {name} must be an int, not {type(value).__name__}")
-            limit = 2 ** (INTEGER_BITS[kind] - 1)
-            if not -limit <= value < limit:
-                raise ValueError(f"{method}() argument {name} = {value} is outside the {INTEGER_BITS[kind]}-bit range")
-        elif kind == TType.STRUCT:
-            if not isinstance(value, spec[2]):
-                raise TypeError(f"{method}() argument {name} must be a {spec[2].__name__}, not {type(value).__name__}")
-        # To Python a bool is an int: only a bool argument takes one.
-        elif not isinstance(value, PLAIN_TYPES[kind]) or isinstance(value, bool) != (kind == TType.BOOL):
-            raise TypeError(f"{method}() argument {name} has the wrong type: {type(value).__name__}")
-        elif kind == TType.STRING:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"{method}() argument {name} is not valid UTF-8 text") from None
+        _check_value(f"{method}() argument {spec[1]}", *field_type(spec), value)
+
+
+def _check_value(what: str, kind: int, held: object, value: object) -> None:
+    """`value` against Thrift type `kind` (`held`: a struct's class, or a container's element types)."""
+    if kind in INTEGER_BITS:
+        if type(value) is not int and not isinstance(value, enum.IntEnum):
+            raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+        limit = 2 ** (INTEGER_BITS[kind] - 1)
+        if not -limit <= value < limit:
+            raise ValueError(f"{what} = {value} is outside the {INTEGER_BITS[kind]}-bit range")
+    elif kind == TType.STRUCT:
+        if not isinstance(value, held):
+            raise TypeError(f"{what} must be a {held.__name__}, not {type(value).__name__}")
+        for spec in held.thrift_spec.values():
+            if (field := getattr(value, spec[1])) is not None:  # an unset field is not sent
+                _check_value(f"{what}.{spec[1]}", *field_type(spec), field)
+    # To Python a bool is an int: only a bool argument takes one.
+    elif not isinstance(value, PLAIN_TYPES[kind]) or isinstance(value, bool) != (kind == TType.BOOL):
+        raise TypeError(f"{what} has the wrong type: {type(value).__name__}")
+    elif kind == TType.STRING:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} is not valid UTF-8 text") from None
+    elif kind in (TType.LIST, TType.SET):
+        for item in value:
+            _check_value(f"{what}[...]", *element_type(held), item)
+    elif kind == TType.MAP:
+        for key, item in value.items():
+            _check_value(f"{what} key", *element_type(held[0]), key)
+            _check_value(f"{what}[{key!r}]", *element_type(held[1]), item)
 
 
 def reason(error: BaseException) -> str:

@@ -25,7 +25,7 @@ from thriftpy2.thrift import TApplicationException, TException, TMessageType, TP
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError, KitError
 from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
-from servicekit.wire import MalformedMessage
+from servicekit.wire import MalformedMessage, element_type, field_type
 
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
@@ -83,16 +83,6 @@ def _may_hold_text(service: type, method: str) -> tuple[tuple, ...]:
     )
 
 
-def _field_type(spec: tuple) -> tuple[int, object]:
-    """A struct field's thrift_spec entry -> its type and, for a container or struct, what it holds."""
-    return spec[0], spec[2] if len(spec) == 4 else None
-
-
-def _element_type(held: int | tuple) -> tuple[int, object]:
-    """A container's element type as thriftpy2 writes it (a bare type, or a pair) -> type and what it holds."""
-    return (held, None) if isinstance(held, int) else held
-
-
 def _undecoded(kind: int, held: object, value: object) -> bool:
     """Whether `value`, of Thrift type `kind`, holds a string thriftpy2 could not decode (it leaves bytes)."""
     if value is None:
@@ -100,11 +90,11 @@ def _undecoded(kind: int, held: object, value: object) -> bool:
     if kind == TType.STRING:
         return isinstance(value, bytes)
     if kind == TType.STRUCT:
-        return any(_undecoded(*_field_type(spec), getattr(value, spec[1])) for spec in held.thrift_spec.values())
+        return any(_undecoded(*field_type(spec), getattr(value, spec[1])) for spec in held.thrift_spec.values())
     if kind in (TType.LIST, TType.SET):
-        return any(_undecoded(*_element_type(held), item) for item in value)
+        return any(_undecoded(*element_type(held), item) for item in value)
     if kind == TType.MAP:
-        keys, values = _element_type(held[0]), _element_type(held[1])
+        keys, values = element_type(held[0]), element_type(held[1])
         return any(_undecoded(*keys, key) or _undecoded(*values, item) for key, item in value.items())
     return False
 
@@ -195,7 +185,7 @@ class GuardedProcessor(TProcessor):
         iprot.read_struct(arguments)
         iprot.read_message_end()
         for spec in method.may_hold_text:
-            if _undecoded(*_field_type(spec), getattr(arguments, spec[1])):
+            if _undecoded(*field_type(spec), getattr(arguments, spec[1])):
                 raise MalformedMessage(f"argument {spec[1]!r} of {name} holds a string that is not UTF-8")
         started = perf_counter()
         outcome = self._answer(method, name, arguments, oprot, seqid)

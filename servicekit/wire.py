@@ -162,6 +162,16 @@ def resume(walking: Generator[Message | None, None, None]) -> Message | None:
     return next(walking)
 
 
+def field_type(spec: tuple) -> tuple[int, object]:
+    """A struct field's thrift_spec entry -> its type and, for a container or struct, what it holds."""
+    return spec[0], spec[2] if len(spec) == 4 else None
+
+
+def element_type(held: int | tuple) -> tuple[int, object]:
+    """A container's element type as thriftpy2 writes it (a bare type, or a pair) -> type and what it holds."""
+    return (held, None) if isinstance(held, int) else held
+
+
 def check_argument_types(method: str, argument_types: dict[int, int], spec: dict | None) -> None:
     """Reject an argument of the wrong type, which thriftpy2 would silently drop.
 

@@ -5,10 +5,12 @@ import threading
 
 import pytest
 import thriftpy2
+from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
+from thriftpy2.transport import TTransportException
 
 from servicekit.base import BASE_THRIFT
-from servicekit.client import PooledClient, ServerUnreachable
+from servicekit.client import PooledClient
 from servicekit.processor import GuardedProcessor
 from servicekit.thread_pool_server import TThreadPoolServer
 from tools.throwaway_db import free_port
@@ -38,8 +40,8 @@ class ProbeHandler:
 
 
 @pytest.fixture
-def probe(tmp_path):
-    """A Probe server in this process, and its service."""
+def probe_server(tmp_path):
+    """A Probe server in this process: its service and port."""
     idl = tmp_path / "probe.thrift"
     idl.write_text(IDL.format(base=BASE_THRIFT))
     service = thriftpy2.load(str(idl), module_name="probe_thrift").Probe
@@ -50,10 +52,17 @@ def probe(tmp_path):
     server.listen()
     serving = threading.Thread(target=server.serve)
     serving.start()
-    with PooledClient(service, f"127.0.0.1:{server.address[1]}", retries=0) as client:
-        yield client
+    yield service, server.address[1]
     server.close()
     serving.join(10)
+
+
+@pytest.fixture
+def probe(probe_server):
+    """The kit's client of the Probe server."""
+    service, port = probe_server
+    with PooledClient(service, f"127.0.0.1:{port}", retries=0) as client:
+        yield client
 
 
 def test_arguments_arrive_in_the_order_the_idl_declares_them_whatever_their_ids(probe):
@@ -69,14 +78,31 @@ def test_a_result_of_the_wrong_type_is_internal_error_and_the_connection_stays_u
     assert probe.call("pair", "again", 2) == "second=again first=2"
 
 
-@pytest.mark.parametrize(
-    "undecodable", [{"tags": ["a", b"\xff"], "labels": {}}, {"tags": [], "labels": {"k": b"caf\xe9"}}], ids=str
-)
-def test_a_string_that_is_not_utf_8_anywhere_in_the_arguments_closes_the_connection(probe, caplog, undecodable):
-    note = probe.service.count_tags_args.thrift_spec[1][2]  # the Note struct
-    assert probe.call("count_tags", note(tags=["a", "b"], labels={"k": "v"})) == 3
-    with caplog.at_level(logging.WARNING), pytest.raises(ServerUnreachable):
-        probe.call("count_tags", note(**undecodable))
+UNDECODABLE = [{"tags": ["a", b"\xff"], "labels": {}}, {"tags": [], "labels": {"k": b"caf\xe9"}}]
+
+
+@pytest.mark.parametrize("undecodable", UNDECODABLE, ids=str)
+def test_a_string_that_is_not_utf_8_anywhere_in_the_arguments_closes_the_connection(
+    probe_server, probe, caplog, undecodable
+):
+    service, port = probe_server
+    note = service.count_tags_args.thrift_spec[1][2]  # the Note struct
+    stock = make_client(service, "127.0.0.1", port)  # thriftpy2's own client checks nothing
+    try:
+        assert stock.count_tags(note(tags=["a", "b"], labels={"k": "v"})) == 3
+        with caplog.at_level(logging.WARNING), pytest.raises(TTransportException):
+            stock.count_tags(note(**undecodable))
+    finally:
+        stock.close()
     assert "argument 'note' of count_tags holds a string that is not UTF-8" in caplog.text
     assert "Traceback" not in caplog.text
     assert probe.call("count_tags", note(tags=["a"], labels={})) == 1
+
+
+@pytest.mark.parametrize(
+    "bad", [*UNDECODABLE, {"tags": [1.5], "labels": {}}, {"tags": [], "labels": {"k": 2}}], ids=str
+)
+def test_the_client_checks_values_inside_a_struct_argument_before_sending(probe, bad):
+    note = probe.service.count_tags_args.thrift_spec[1][2]
+    with pytest.raises((TypeError, ValueError), match=r"count_tags\(\) argument note\.(tags|labels)"):
+        probe.call("count_tags", note(**bad))
