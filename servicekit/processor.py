@@ -6,9 +6,9 @@ and is the one place errors are mapped: a KitError (a database outage, a bad
 or reused request_id) becomes the exception of that name in base.thrift; an
 exception the method does not declare, or a result of a type the IDL does
 not allow, becomes INTERNAL_ERROR with one logged traceback, and the
-connection stays usable. A string argument that is not UTF-8 (thriftpy2
-would hand the handler bytes) is a malformed message, for the engine to
-close the connection. `check_contract()` finds at start-up what would
+connection stays usable. A message that is not a call, or a string
+argument that is not UTF-8 (thriftpy2 would hand the handler bytes), is a
+malformed message, for the engine to close the connection. `check_contract()` finds at start-up what would
 otherwise reach a client as INTERNAL_ERROR.
 """
 
@@ -171,7 +171,9 @@ class GuardedProcessor(TProcessor):
 
     def process(self, iprot, oprot, peer: str = "") -> None:
         """Read one call from `iprot`, run it, write the reply (or error) to `oprot`; `peer` is for the logs."""
-        name, _, seqid = iprot.read_message_begin()
+        name, message_type, seqid = iprot.read_message_begin()
+        if message_type != TMessageType.CALL:  # a reply sent to a server, or a one-way call of a method that answers
+            raise MalformedMessage(f"{name!r} is a message of type {message_type}, not a call")
         method = self._methods.get(name)
         if method is None:
             iprot.skip(TType.STRUCT)

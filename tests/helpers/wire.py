@@ -43,11 +43,11 @@ def varint(number: int) -> bytes:
     return bytes(out + bytes([number]))
 
 
-def message_header(name: bytes, compact: bool = False) -> bytes:
-    """The start of a CALL named `name` (sequence id 1); fields follow."""
+def message_header(name: bytes, compact: bool = False, message_type: int = TMessageType.CALL) -> bytes:
+    """The start of a message named `name` (a CALL unless told, sequence id 1); fields follow."""
     if compact:
-        return bytes([0x82, TMessageType.CALL << 5 | 1, 1]) + varint(len(name)) + name
-    return struct.pack("!iI", -2147418112 | TMessageType.CALL, len(name)) + name + struct.pack("!i", 1)
+        return bytes([0x82, message_type << 5 | 1, 1]) + varint(len(name)) + name
+    return struct.pack("!iI", -2147418112 | message_type, len(name)) + name + struct.pack("!i", 1)
 
 
 def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, str]:

@@ -68,6 +68,13 @@ def hostile_messages(compact: bool) -> dict[str, bytes]:
 def hostile_input(codec: Codec) -> dict[str, bytes]:
     """What a hostile client speaking `codec` sends, by name."""
     cases = {name: on_the_wire(message, codec) for name, message in hostile_messages(codec.compact).items()}
+    # A server gets calls: a reply would be answered, and a one-way call's answer would put the client out of step.
+    cases["a message that is not a call"] = on_the_wire(
+        message_header(b"ping", codec.compact, TMessageType.REPLY) + b"\x00", codec
+    )
+    cases["a one-way call of a method that answers"] = on_the_wire(
+        message_header(b"ping", codec.compact, TMessageType.ONEWAY) + b"\x00", codec
+    )
     # Well formed, but thriftpy2 would hand the handler bytes for the string.
     not_utf8 = call_bytes(Counters, "list_counters", 2, b"\xff\xfe", compact=codec.compact)
     cases["a string argument that is not UTF-8"] = on_the_wire(not_utf8, codec)
