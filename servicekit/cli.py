@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -131,12 +132,24 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    """Rows under headers, columns padded to line up."""
+    """Rows under headers, columns padded to line up on a terminal (wide CJK and emoji characters included)."""
     cells = [headers] + [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    widths = [max(_columns(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells
+        "  ".join(cell + " " * (width - _columns(cell)) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
     )
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns `text` takes."""
+    return sum(map(_character_columns, text))
+
+
+def _character_columns(character: str) -> int:
+    if unicodedata.combining(character) or unicodedata.category(character) == "Cf":
+        return 0  # an accent on the character before it, or invisible (a zero-width joiner)
+    return 2 if unicodedata.east_asian_width(character) in "WF" else 1  # wide: CJK, most emoji
 
 
 def as_dict(value: object) -> object:

@@ -56,6 +56,18 @@ def test_human_output_is_a_table(ledger):
     assert page.splitlines()[0].startswith("ID") and "next cursor: " in page
 
 
+def test_a_table_lines_up_on_a_terminal_with_wide_characters(ledger):
+    cli_json(ledger.port, "create-account", "李小龍 🦄")
+    cli_json(ledger.port, "create-account", "Zoe\u0301")  # e and a combining accent
+    rows = cli(ledger.port, "list-accounts", "--limit", "1000").stdout.splitlines()
+    balance_column = rows[0].index("BALANCE")
+    wide = next(row for row in rows if "李小龍" in row)
+    accented = next(row for row in rows if "Zoe\u0301" in row)
+    # Three CJK characters and an emoji take two terminal columns each; the accent takes none.
+    assert wide.index(" 0 ") + 1 + 4 == balance_column
+    assert accented.index(" 0 ") + 1 - 1 == balance_column
+
+
 def test_request_id_flag_makes_a_write_repeatable(ledger):
     account = cli_json(ledger.port, "create-account", "repeat")["id"]
     first = cli_json(ledger.port, "deposit", str(account), "5", "--request-id", f"cli-repeat-{account}")
