@@ -57,12 +57,12 @@ def test_human_output_is_a_table(ledger):
 
 
 def test_a_table_lines_up_on_a_terminal_with_wide_characters(ledger):
-    cli_json(ledger.port, "create-account", "李小龍 🦄")
-    cli_json(ledger.port, "create-account", "Zoe\u0301")  # e and a combining accent
+    cli_json(ledger.port, "create-account", "李小龍 🦄 in a table")
+    cli_json(ledger.port, "create-account", "Zoe\u0301 in a table")  # e and a combining accent
     rows = cli(ledger.port, "list-accounts", "--limit", "1000").stdout.splitlines()
     balance_column = rows[0].index("BALANCE")
-    wide = next(row for row in rows if "李小龍" in row)
-    accented = next(row for row in rows if "Zoe\u0301" in row)
+    wide = next(row for row in rows if "李小龍 🦄 in a table" in row)
+    accented = next(row for row in rows if "Zoe\u0301 in a table" in row)
     # Three CJK characters and an emoji take two terminal columns each; the accent takes none.
     assert wide.index(" 0 ") + 1 + 4 == balance_column
     assert accented.index(" 0 ") + 1 - 1 == balance_column
