@@ -22,6 +22,11 @@ DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port` as servers are written: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Address(NamedTuple):
     """One place to connect: the server's host as given (TLS checks its certificate for it), an IP, a port."""
 
@@ -30,7 +35,7 @@ class Address(NamedTuple):
     port: int
 
     def __str__(self) -> str:
-        ip_port = f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        ip_port = host_port(self.ip, self.port)
         return ip_port if self.host == self.ip else f"{self.host}/{ip_port}"
 
 

@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from thriftpy2.thrift import TApplicationException, TException
 
+from servicekit.addresses import host_port
 from servicekit.base import base_module
 from servicekit.client import (
     PooledClient,
@@ -224,7 +225,6 @@ class CommandLine:
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
         host = "127.0.0.1" if settings.thrift_host in ("0.0.0.0", "::") else settings.thrift_host
-        host = f"[{host}]" if ":" in host else host
         statuses = ", ".join(
             f"{status} {cls.__name__}" for cls, status in sorted(self.exit_statuses.items(), key=lambda i: i[1])
         )
@@ -236,7 +236,7 @@ class CommandLine:
         parser.add_argument(
             "--servers",
             type=servers,
-            default=f"{host}:{settings.thrift_port}",
+            default=host_port(host, settings.thrift_port),
             help="host:port[,host:port...] (default from THRIFT_HOST and THRIFT_PORT: %(default)s)",
         )
         parser.add_argument(

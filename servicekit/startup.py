@@ -10,7 +10,6 @@ import logging
 import os
 import resource
 import signal
-import socket
 import ssl
 import tempfile
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import MySQLdb
 
+from servicekit.addresses import host_port
 from servicekit.errors import ContractError, DatabaseUnavailable
 from servicekit.prefork import serve_in_processes
 from servicekit.processor import GuardedProcessor
 from servicekit.settings import ServerSettings, SettingsError, load
-from servicekit.thread_pool_server import TThreadPoolServer
+from servicekit.thread_pool_server import TThreadPoolServer, bind
 
 if TYPE_CHECKING:  # imported for real in observe(), once the metrics mode is chosen
     from servicekit.observability import Metrics
@@ -157,7 +157,7 @@ def serve(
         server.listen()
     except OSError as error:
         raise StartupError(
-            f"cannot listen on {_host_port(settings.thrift_host, settings.thrift_port)}: {error.strerror}", 1
+            f"cannot listen on {host_port(settings.thrift_host, settings.thrift_port)}: {error.strerror}", 1
         ) from None
     _log_serving(settings)
     hooks = metrics.pool_hooks()
@@ -187,20 +187,12 @@ def _check_metrics_port(settings: ServerSettings) -> None:
         return
     if settings.metrics_port == settings.thrift_port:
         raise StartupError(f"METRICS_PORT and THRIFT_PORT are both {settings.thrift_port}: give each its own", 2)
-    host = settings.thrift_host
-    address = (host, settings.metrics_port)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:  # as the metrics server binds: `::` means IPv4 too
-        socket.create_server(
-            address, family=family, dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6()
-        ).close()
+    address = (settings.thrift_host, settings.metrics_port)
+    try:  # bound as the Thrift port is: `::` means IPv4 too, as for the metrics server
+        bind(*address).close()
     except OSError as error:
         # os.strerror: create_server() adds the address to error.strerror
-        raise StartupError(f"cannot serve metrics on {_host_port(*address)}: {os.strerror(error.errno)}", 1) from None
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise StartupError(f"cannot serve metrics on {host_port(*address)}: {os.strerror(error.errno)}", 1) from None
 
 
 def _log_serving(settings: ServerSettings) -> None:
@@ -209,7 +201,7 @@ def _log_serving(settings: ServerSettings) -> None:
         "serving %s on %s (Thrift framed or not, binary or compact%s), %d %s x %d workers, %s pool, "
         "database %s on %s:%s",
         settings.service_name,
-        _host_port(settings.thrift_host, settings.thrift_port),
+        host_port(settings.thrift_host, settings.thrift_port),
         ", TLS" if settings.thrift_tls_cert else "",
         processes,
         "process" if processes == 1 else "processes",
@@ -224,4 +216,4 @@ def _log_serving(settings: ServerSettings) -> None:
 def _serve_metrics(settings: ServerSettings, version: str, metrics: "Metrics") -> None:
     if settings.metrics_port:
         metrics.serve(settings.thrift_host, settings.metrics_port, version, settings.thrift_processes > 1)
-        logger.info("metrics on http://%s/metrics", _host_port(settings.thrift_host, settings.metrics_port))
+        logger.info("metrics on http://%s/metrics", host_port(settings.thrift_host, settings.metrics_port))

@@ -82,6 +82,17 @@ KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message an
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; OSError if the address is taken.
+
+    An IPv6 address binds IPv6 (create_server's default is IPv4 only);
+    `::` binds every IPv4 and IPv6 address.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    dual_stack = host == "::" and socket.has_dualstack_ipv6()
+    return socket.create_server((host, port), family=family, backlog=1024, dualstack_ipv6=dual_stack)
+
+
 class _Connection:
     """A client socket, the bytes received from it not yet answered, and the reply bytes it has not taken.
 
@@ -183,16 +194,8 @@ class TThreadPoolServer(TServer):
         self.parent_pid: int | None = None
 
     def listen(self) -> None:
-        """Bind the listening socket; raises OSError if the address is taken.
-
-        An IPv6 address binds IPv6 (create_server's default is IPv4 only);
-        `::` binds every IPv4 and IPv6 address.
-        """
-        host = self.address[0]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server(
-            self.address, family=family, backlog=1024, dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6()
-        )
+        """Bind the listening socket; raises OSError if the address is taken."""
+        self._listener = bind(*self.address)
         self._listener.setblocking(False)
 
     def close_listener(self) -> None:

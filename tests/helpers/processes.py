@@ -10,6 +10,7 @@ from pathlib import Path
 
 import thriftpy2
 
+from servicekit.addresses import host_port
 from servicekit.base import BASE_THRIFT
 from servicekit.client import PooledClient, ServerUnreachable
 from tools.throwaway_db import free_port, wait_for
@@ -80,7 +81,7 @@ class ServerProcess:
         """host:port where clients reach it (THRIFT_HOST, or localhost when it binds every address)."""
         host = self.env["THRIFT_HOST"]
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return host_port(host, self.port)
 
     def client(self, timeout: float = 10, **options) -> PooledClient:
         return self.client_class(self.address, timeout=timeout, **options)
