@@ -60,6 +60,19 @@ def test_the_copy_serves_and_its_client_reports_health(catalog, database_server,
         assert server.stop() == 0
 
 
+def test_a_misnamed_migration_stops_migrate_with_one_line(catalog, database_server):
+    misnamed = catalog / "migrations" / "002-add-notes.sql"
+    misnamed.write_text("ALTER TABLE accounts ADD notes TEXT;\n")
+    try:
+        result = run_python("db.py", "migrate", cwd=catalog, **database_server.database("catalog_migrations"))
+    finally:
+        misnamed.unlink()
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot migrate: {misnamed}: a migration is named NNN_description.sql" + (
+        " (digits, then letters, digits, _)\n"
+    )
+
+
 @pytest.mark.parametrize("name", ["my_notes", "mysql"])
 def test_a_name_the_deployment_cannot_take_is_refused(name, tmp_path):
     # _ is not allowed in Kubernetes names; mysql is the compose file's database service.
@@ -91,6 +104,32 @@ def test_an_update_names_the_deployment_files_it_brings_and_only_those_after_the
     assert (shop / "k8s" / "mine.yaml").read_text() == mine
     assert "ledger" not in (shop / "k8s" / "deployment.yaml").read_text()  # the template's, named at copy
     assert (shop / "config.env").read_text() == config  # the password and settings stay
+
+
+def test_an_update_brings_the_kit_but_none_of_the_example_a_service_replaced(tmp_path):
+    template, shop = tmp_path / "template", tmp_path / "shop"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True, timeout=60)
+    copy = [COPIER, "copy", "--quiet", "--trust", "--defaults", "--data", "NAME=shop", template, shop]
+    subprocess.run(copy, check=True, timeout=120)
+    handlers = '"""The shop\'s own rules."""\n'
+    (shop / "handlers.py").write_text(handlers)
+    (shop / "migrations" / "001_create_ledger.sql").rename(shop / "migrations" / "001_shop.sql")
+    (shop / "tests" / "service" / "test_money.py").unlink()
+    commit(shop, "the shop replaces the example")
+    (template / "handlers.py").write_text((template / "handlers.py").read_text() + "# a change to the example\n")
+    (template / "migrations" / "002_ledger_index.sql").write_text("CREATE INDEX by_owner ON accounts (owner);\n")
+    (template / "tests" / "service" / "test_money.py").write_text("# the example's test, changed\n")
+    kit = template / "servicekit" / "paging.py"
+    kit.write_text(kit.read_text() + "# a kit fix\n")
+    commit(template, "a kit fix and changes to the example")
+    update = [COPIER, "update", "--quiet", "--trust", "--defaults", "-a", ".copier/.copier-answers.yml"]
+    subprocess.run(update, cwd=shop, check=True, timeout=120)
+    assert (shop / "servicekit" / "paging.py").read_text().endswith("# a kit fix\n")
+    assert (shop / "handlers.py").read_text() == handlers
+    assert sorted(path.name for path in (shop / "migrations").iterdir()) == ["001_shop.sql"]
+    assert not (shop / "tests" / "service" / "test_money.py").exists()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=shop, capture_output=True, text=True, check=True)
+    assert status.stdout.splitlines() == [" M .copier/.copier-answers.yml", " M servicekit/paging.py"]
 
 
 def commit(repository: Path, message: str) -> None:
