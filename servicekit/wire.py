@@ -11,7 +11,7 @@ unframed message ends.
 
 import re
 import struct
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import NamedTuple
 
 STOP, BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST = 0, 2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 15
@@ -110,19 +110,15 @@ def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
     return size
 
 
-def walk(
-    buffer: bytes | bytearray, limit: int | None, compact: bool, spec_of: SpecOf, max_depth: int = 16
-) -> Generator[Message | None, None, None]:
-    """Walk the message at the start of `buffer`, which may take up to `limit` bytes (None: all of `buffer`).
+def walk(buffer: bytes | bytearray, limit: int | None, compact: bool, spec_of: SpecOf, max_depth: int = 16) -> "_Walk":
+    """Begin walking the message at the start of `buffer`, which may take up to `limit` bytes (None: all of `buffer`).
 
-    A generator, advanced with resume(): it yields None while the message
-    runs past the bytes present (bytes appended to a bytearray `buffer` are
-    seen when it is resumed), then the Message. It raises MalformedMessage as
-    soon as the bytes cannot be a well-formed message within the limit.
+    Advance the walk with resume(): it gives None while the message runs past
+    the bytes present (bytes appended to a bytearray `buffer` are seen when
+    it is resumed), then the Message. It raises MalformedMessage as soon as
+    the bytes cannot be a well-formed message within the limit.
     """
-    if compact:
-        return _CompactWalk(buffer, limit, max_depth, spec_of).message()
-    return _BinaryWalk(buffer, limit, max_depth).message()
+    return (_CompactWalk if compact else _BinaryWalk)(buffer, limit, max_depth, spec_of)
 
 
 def walk_whole(buffer: bytes, compact: bool, spec_of: SpecOf, max_depth: int = 16) -> Message:
@@ -157,9 +153,9 @@ def known_calls(specs: dict[str, dict]) -> re.Pattern:
     return re.compile(b"|".join(shapes) or b"(?!)", re.DOTALL)
 
 
-def resume(walking: Generator[Message | None, None, None]) -> Message | None:
+def resume(walking: "_Walk") -> Message | None:
     """Continue a walk: its Message once complete, None while more bytes are needed."""
-    return next(walking)
+    return walking.resume()
 
 
 def field_type(spec: tuple) -> tuple[int, object]:
@@ -189,133 +185,173 @@ def _wire_type(declared: int) -> int:
 
 
 class _Walk:
-    """Position and limits shared by both protocols' walks."""
+    """A message walked step by step, resumable without generators.
 
-    def __init__(self, buffer: bytes | bytearray, limit: int | None, max_depth: int) -> None:
+    Every value begun and not yet finished (a struct, a container) is a
+    frame on `stack`. A step reads only bytes that are present, or changes
+    nothing and returns: a resumed walk carries on from that step. A
+    fixed-size value is skipped without reading it, so `position` may run
+    ahead of the bytes; the read after it waits for them.
+    """
+
+    def __init__(self, buffer: bytes | bytearray, limit: int | None, max_depth: int, spec_of: SpecOf) -> None:
         self.buffer = buffer
         self.position = 0
         self.whole = limit is None  # the buffer is the whole message: running past it is ending early
         self.limit = len(buffer) if limit is None else limit
         self.max_depth = max_depth
+        self.spec_of = spec_of
+        self.stack: list[list] = []
+        self.name: str | None = None
+        self.arguments: dict[int, int] = {}
 
-    def have(self, count: int) -> bool:
-        """Whether the next `count` bytes are present; raises if the message may not reach them."""
-        end = self.position + count
+    def resume(self) -> Message | None:
+        if self.name is None and not self.header():
+            return None
+        if not self.run():
+            return None
+        return Message(self.name, self.arguments, self.position)
+
+    def header(self) -> bool:
+        """Read the message's header and begin its arguments; False until the header is all present."""
+        raise NotImplementedError
+
+    def run(self) -> bool:
+        """Walk on until the message ends (True) or the bytes present do (False)."""
+        raise NotImplementedError
+
+    def present(self, at: int, count: int) -> bool:
+        """Whether `count` bytes at `at` are present; raises if the message may not reach them."""
+        end = at + count
         if end > self.limit:
             raise MalformedMessage("message ends early" if self.whole else f"message longer than {self.limit} bytes")
         return end <= len(self.buffer)
 
-    def check_length(self, length: int) -> None:
-        if not 0 <= length <= self.limit - self.position:
-            raise MalformedMessage(f"declared length {length} but {self.limit - self.position} bytes remain")
+    def check_length(self, length: int, at: int) -> None:
+        if not 0 <= length <= self.limit - at:
+            raise MalformedMessage(f"declared length {length} but {self.limit - at} bytes remain")
 
-    def check_count(self, count: int, smallest: int) -> None:
-        if count < 0 or count * smallest > self.limit - self.position:
-            raise MalformedMessage(f"container of {count} elements cannot fit in {self.limit - self.position} bytes")
+    def check_count(self, count: int, smallest: int, at: int) -> None:
+        if count < 0 or count * smallest > self.limit - at:
+            raise MalformedMessage(f"container of {count} elements cannot fit in {self.limit - at} bytes")
 
     def deeper(self, depth: int) -> int:
         if depth >= self.max_depth:
             raise MalformedMessage(f"nested deeper than {self.max_depth}")
         return depth + 1
 
-    def name(self, start: int, length: int) -> str:
+    def text(self, start: int, length: int) -> str:
         return str(self.buffer[start : start + length], "utf-8", "replace")
 
 
+# A frame's first item says what it walks.
+STRUCT_FRAME, ELEMENTS_FRAME, VARINTS_FRAME = 0, 1, 2
+
+
 class _BinaryWalk(_Walk):
-    def message(self) -> Generator[Message | None, None, None]:
-        while not self.have(8):
-            yield
+    """The strict binary protocol.
+
+    Frames: [STRUCT_FRAME, depth, the dict that records field types (the
+    arguments) or None] and [ELEMENTS_FRAME, element types, values left, depth].
+    """
+
+    def header(self) -> bool:
+        if not self.present(0, 8):
+            return False
         version, name_length = I32_AT(self.buffer, 0)[0], I32_AT(self.buffer, 4)[0]
         if version >= 0 or (version & 0xFFFF0000) != VERSION_1:
             raise MalformedMessage("not a strict binary-protocol message")
-        self.position = 8
-        self.check_length(name_length)
-        while not self.have(name_length + 4):  # the name and the sequence id
-            yield
-        name = self.name(8, name_length)
-        self.position += name_length + 4
-        buffer, arguments = self.buffer, {}
-        while True:
-            # Every field is followed by another or by STOP, whose read checks
-            # that the field's bytes are present: fixed-size values and
-            # strings are skipped here without a check of their own.
-            while not self.have(1):
-                yield
-            field_type = buffer[self.position]
-            if field_type == STOP:
-                self.position += 1
-                yield Message(name, arguments, self.position)
-                return
-            while not self.have(3):
-                yield
-            arguments[I16_AT(buffer, self.position + 1)[0]] = field_type
-            self.position += 3
-            if field_type in FIXED_SIZE:
-                self.position += FIXED_SIZE[field_type]
-            elif field_type == STRING:
-                while not self.have(4):
-                    yield
-                length = I32_AT(buffer, self.position)[0]
-                self.position += 4
-                self.check_length(length)
-                self.position += length
+        self.check_length(name_length, 8)
+        if not self.present(8, name_length + 4):  # the name and the sequence id
+            return False
+        self.name = self.text(8, name_length)
+        self.position = 8 + name_length + 4
+        self.stack.append([STRUCT_FRAME, 1, self.arguments])
+        return True
+
+    def run(self) -> bool:
+        buffer, stack, position = self.buffer, self.stack, self.position
+        while stack:
+            frame = stack[-1]
+            if frame[0] == STRUCT_FRAME:
+                if not self.present(position, 1):
+                    break
+                field_type = buffer[position]
+                if field_type == STOP:
+                    position += 1
+                    stack.pop()
+                    continue
+                if not self.present(position, 3) or (after := self.value(field_type, position + 3, frame[1])) is None:
+                    break
+                if frame[2] is not None:
+                    frame[2][I16_AT(buffer, position + 1)[0]] = field_type
+                position = after
+            elif frame[2]:
+                types, left, depth, height = frame[1], frame[2], frame[3], len(stack)
+                while left and len(stack) == height:  # until an element that is a struct or container begins
+                    if (after := self.value(types[-left % len(types)], position, depth)) is None:
+                        break
+                    position, left = after, left - 1
+                frame[2] = left
+                if after is None:
+                    break
             else:
-                yield from self.value(field_type, 1)
+                stack.pop()
+        self.position = position
+        return not stack
 
-    def value(self, kind: int, depth: int) -> Generator[None, None, None]:
+    def value(self, kind: int, at: int, depth: int) -> int | None:
+        """Begin a value of type `kind` at `at`: where it ends, or for a struct or
+        container where its header ends (its frame pushed); None until that is present."""
         if kind in FIXED_SIZE:
-            while not self.have(FIXED_SIZE[kind]):
-                yield
-            self.position += FIXED_SIZE[kind]
-        elif kind == STRING:
-            while not self.have(4):
-                yield
-            length = I32_AT(self.buffer, self.position)[0]
-            self.position += 4
-            self.check_length(length)
-            while not self.have(length):
-                yield
-            self.position += length
-        elif kind == STRUCT:
-            yield from self.struct(self.deeper(depth))
-        elif kind in (MAP, SET, LIST):
-            yield from self.container(kind, self.deeper(depth))
-        else:
-            raise MalformedMessage(f"unknown type {kind}")
+            return at + FIXED_SIZE[kind]
+        if kind == STRING:
+            if not self.present(at, 4):
+                return None
+            length = I32_AT(self.buffer, at)[0]
+            self.check_length(length, at + 4)
+            return at + 4 + length
+        if kind == STRUCT:
+            depth = self.deeper(depth)
+            if self.present(at, 1) and self.buffer[at] == STOP:
+                return at + 1  # an empty struct: no frame to walk
+            self.stack.append([STRUCT_FRAME, depth, None])
+            return at
+        if kind in (MAP, SET, LIST):
+            return self.container(kind, at, self.deeper(depth))
+        raise MalformedMessage(f"unknown type {kind}")
 
-    def struct(self, depth: int) -> Generator[None, None, None]:
-        while True:
-            while not self.have(1):
-                yield
-            field_type = self.buffer[self.position]
-            if field_type == STOP:
-                self.position += 1
-                return
-            while not self.have(3):
-                yield
-            self.position += 3  # the type and the field id
-            yield from self.value(field_type, depth)
-
-    def container(self, kind: int, depth: int) -> Generator[None, None, None]:
+    def container(self, kind: int, at: int, depth: int) -> int | None:
         header = 6 if kind == MAP else 5
-        while not self.have(header):
-            yield
-        types = tuple(self.buffer[self.position : self.position + header - 4])
-        count = I32_AT(self.buffer, self.position + header - 4)[0]
-        self.position += header
+        if not self.present(at, header):
+            return None
+        types = tuple(self.buffer[at : at + header - 4])
+        count = I32_AT(self.buffer, at + header - 4)[0]
+        at += header
         if any(t not in SMALLEST for t in types):
             raise MalformedMessage(f"unknown element type in {types}")
-        self.check_count(count, sum(SMALLEST[t] for t in types))
+        self.check_count(count, sum(SMALLEST[t] for t in types), at)
         if all(t in FIXED_SIZE for t in types):
-            size = count * sum(FIXED_SIZE[t] for t in types)
-            while not self.have(size):
-                yield
-            self.position += size
-            return
-        for _ in range(count):
-            for element_type in types:
-                yield from self.value(element_type, depth)
+            return at + count * sum(FIXED_SIZE[t] for t in types)
+        if count:
+            self.stack.append([ELEMENTS_FRAME, types, count * len(types), depth])
+        return at
+
+
+# Compact values of a fixed size; a bool inside a container is a byte.
+COMPACT_FIXED_SIZE = {BOOL: 1, BYTE: 1, DOUBLE: 8}
+VARINTS_AT_ONCE = 64
+
+
+def _varint_runs(bits: int) -> re.Pattern:
+    """What matches VARINTS_AT_ONCE well-formed varints of at most `bits` bits, in one C call."""
+    most = (bits + 6) // 7
+    top = (1 << (bits - 7 * (most - 1))) - 1  # the largest last byte of a varint `most` bytes long
+    one = rb"[\x80-\xff]{0,%d}[\x00-\x7f]|[\x80-\xff]{%d}[\x00-%c]" % (most - 2, most - 1, top)
+    return re.compile(rb"(?:%s){%d}" % (one, VARINTS_AT_ONCE))
+
+
+VARINT_RUNS = {bits: _varint_runs(bits) for bits in VARINT_BITS.values()}
 
 
 class _CompactWalk(_Walk):
@@ -324,122 +360,189 @@ class _CompactWalk(_Walk):
     thriftpy2's compact decoder reads a list's or map's elements as the IDL
     declares them, whatever type the message names; so where a field is
     declared, its elements must be of the declared type.
+
+    Frames: [STRUCT_FRAME, depth, declared spec or None, the dict that
+    records field types (the arguments) or None, last field id],
+    [ELEMENTS_FRAME, (type, declared inner spec) per element, values left,
+    depth], and [VARINTS_FRAME, bits, values left] for a container of
+    integers, skipped many at a time.
     """
 
-    def __init__(self, buffer: bytes | bytearray, limit: int | None, max_depth: int, spec_of: SpecOf) -> None:
-        super().__init__(buffer, limit, max_depth)
-        self.spec_of = spec_of
-
-    def message(self) -> Generator[Message | None, None, None]:
-        while not self.have(2):
-            yield
-        if self.buffer[0] != COMPACT_ID or self.buffer[1] & 0x1F != COMPACT_VERSION:
+    def header(self) -> bool:
+        buffer = self.buffer
+        if not self.present(0, 2):
+            return False
+        if buffer[0] != COMPACT_ID or buffer[1] & 0x1F != COMPACT_VERSION:
             raise MalformedMessage("not a compact-protocol message")
-        self.position = 2
-        yield from self.varint(32)  # sequence id
-        name_length = yield from self.varint(32)
-        self.check_length(name_length)
-        while not self.have(name_length):
-            yield
-        name = self.name(self.position, name_length)
-        self.position += name_length
-        arguments: dict[int, int] = {}
-        yield from self.struct(self.spec_of(name), 1, arguments)
-        yield Message(name, arguments, self.position)
+        if (sequence := self.varint(2, 32)) is None or (length := self.varint(sequence[1], 32)) is None:
+            return False
+        name_length, at = length
+        self.check_length(name_length, at)
+        if not self.present(at, name_length):
+            return False
+        self.name = self.text(at, name_length)
+        self.position = at + name_length
+        self.stack.append([STRUCT_FRAME, 1, self.spec_of(self.name), self.arguments, 0])
+        return True
 
-    def varint(self, bits: int) -> Generator[None, None, int]:
-        """An unsigned varint of at most `bits` bits."""
+    def run(self) -> bool:
+        stack, position = self.stack, self.position
+        while stack:
+            frame = stack[-1]
+            if frame[0] == STRUCT_FRAME:
+                after = self.field(frame, position)
+            elif frame[0] == VARINTS_FRAME:
+                after = self.varints(frame, position)
+            elif frame[2]:
+                after = self.elements(frame, position)
+            else:
+                stack.pop()
+                continue
+            if after is None:
+                break
+            position = after
+        self.position = position
+        return not stack
+
+    def elements(self, frame: list, at: int) -> int | None:
+        """Walk a container's elements until one that is a struct or container begins.
+
+        Where the walked elements end; None if not even one is present.
+        """
+        elements, left, depth, height = frame[1], frame[2], frame[3], len(self.stack)
+        while left and len(self.stack) == height:
+            kind, inner = elements[-left % len(elements)]
+            if (after := self.value(kind, at, depth, inner)) is None:
+                break
+            at, left = after, left - 1
+        walked, frame[2] = left < frame[2], left
+        return at if walked else None
+
+    def field(self, frame: list, at: int) -> int | None:
+        """Walk a struct's next field (its frame popped at STOP): where it ends, None until present."""
+        if not self.present(at, 1):
+            return None
+        header = self.buffer[at]
+        if header & 0x0F == STOP:
+            self.stack.pop()
+            return at + 1
+        if header >> 4:
+            field_id, at = frame[4] + (header >> 4), at + 1
+        elif (read := self.varint(at + 1, 16)) is not None:
+            zigzag, at = read
+            field_id = (zigzag >> 1) ^ -(zigzag & 1)
+        else:
+            return None
+        kind = self.kind(header & 0x0F)
+        declared = frame[2].get(field_id) if frame[2] else None
+        if declared and _wire_type(declared[0]) == kind and len(declared) == 4:
+            inner = declared[2].thrift_spec if kind == STRUCT else declared[2]
+        else:
+            inner = None  # not declared: thriftpy2 skips it as the message says
+        if kind != BOOL and (at := self.value(kind, at, frame[1], inner)) is None:  # a bool's value is in its type
+            return None
+        frame[4] = field_id
+        if frame[3] is not None:
+            frame[3][field_id] = kind
+        return at
+
+    def varints(self, frame: list, at: int) -> int | None:
+        """Skip a container's integers, many at a time while they are present and well-formed."""
+        runs, end, start = VARINT_RUNS[frame[1]], min(len(self.buffer), self.limit), at
+        while frame[2]:
+            if frame[2] >= VARINTS_AT_ONCE and (run := runs.match(self.buffer, at, end)):
+                at, frame[2] = run.end(), frame[2] - VARINTS_AT_ONCE
+            elif (read := self.varint(at, frame[1])) is not None:
+                at, frame[2] = read[1], frame[2] - 1
+            else:
+                return None if at == start else at  # keep what was skipped
+        self.stack.pop()
+        return at
+
+    def varint(self, at: int, bits: int) -> tuple[int, int] | None:
+        """An unsigned varint of at most `bits` bits at `at`, and where it ends; None until present."""
+        if at < self.limit and at < len(self.buffer) and self.buffer[at] < 0x80:
+            return self.buffer[at], at + 1  # most are one byte
         most = (bits + 6) // 7
-        while True:
-            value, shift = 0, 0
-            for offset in range(most):
-                if not self.have(offset + 1):
-                    break
-                byte = self.buffer[self.position + offset]
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    if value >> bits:
-                        raise MalformedMessage(f"varint of more than {bits} bits")
-                    self.position += offset + 1
-                    return value
-            else:
-                raise MalformedMessage(f"varint longer than {most} bytes")
-            yield
-
-    def byte(self) -> Generator[None, None, int]:
-        while not self.have(1):
-            yield
-        self.position += 1
-        return self.buffer[self.position - 1]
-
-    def struct(self, spec: dict | None, depth: int, types: dict[int, int]) -> Generator[None, None, None]:
-        """Fields until STOP; `types` gets each field's type by id."""
-        last_id = 0
-        while True:
-            header = yield from self.byte()
-            if header & 0x0F == STOP:
-                return
-            if header >> 4:
-                field_id = last_id + (header >> 4)
-            else:
-                zigzag = yield from self.varint(16)
-                field_id = (zigzag >> 1) ^ -(zigzag & 1)
-            last_id = field_id
-            kind = self.kind(header & 0x0F)
-            types[field_id] = kind
-            declared = spec.get(field_id) if spec else None
-            if declared and _wire_type(declared[0]) == kind and len(declared) == 4:
-                inner = declared[2].thrift_spec if kind == STRUCT else declared[2]
-            else:
-                inner = None  # not declared: thriftpy2 skips it as the message says
-            if kind != BOOL:  # a bool field's value is in its type
-                yield from self.value(kind, depth, inner)
+        value = shift = 0
+        for offset in range(most):
+            if not self.present(at + offset, 1):
+                return None
+            byte = self.buffer[at + offset]
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                if value >> bits:
+                    raise MalformedMessage(f"varint of more than {bits} bits")
+                return value, at + offset + 1
+        raise MalformedMessage(f"varint longer than {most} bytes")
 
     def kind(self, compact_type: int) -> int:
         if compact_type not in COMPACT_TYPES:
             raise MalformedMessage(f"unknown compact type {compact_type}")
         return COMPACT_TYPES[compact_type]
 
-    def value(self, kind: int, depth: int, inner) -> Generator[None, None, None]:
-        """One value of type `kind`; `inner` is what the IDL declares inside it (a spec), None if unknown."""
-        if kind in (BOOL, BYTE):
-            yield from self.byte()
-        elif kind in VARINT_BITS:
-            yield from self.varint(VARINT_BITS[kind])
-        elif kind == DOUBLE:
-            while not self.have(8):
-                yield
-            self.position += 8
-        elif kind == STRING:
-            length = yield from self.varint(31)
-            self.check_length(length)
-            while not self.have(length):
-                yield
-            self.position += length
-        elif kind == STRUCT:
-            yield from self.struct(inner, self.deeper(depth), {})
-        else:
-            yield from self.container(kind, self.deeper(depth), inner)
+    def value(self, kind: int, at: int, depth: int, inner) -> int | None:
+        """Begin a value of type `kind` at `at` (`inner`: what the IDL declares inside it, None if unknown):
+        where it ends, or for a struct or container where its header ends (its frame pushed); None until present."""
+        if kind in COMPACT_FIXED_SIZE:
+            return at + COMPACT_FIXED_SIZE[kind]
+        if kind in VARINT_BITS:
+            read = self.varint(at, VARINT_BITS[kind])
+            return None if read is None else read[1]
+        if kind == STRING:
+            if (read := self.varint(at, 31)) is None:
+                return None
+            length, at = read
+            self.check_length(length, at)
+            return at + length
+        if kind == STRUCT:
+            depth = self.deeper(depth)
+            if self.present(at, 1) and self.buffer[at] & 0x0F == STOP:
+                return at + 1  # an empty struct: no frame to walk
+            self.stack.append([STRUCT_FRAME, depth, inner, None, 0])
+            return at
+        return self.container(kind, at, self.deeper(depth), inner)
 
-    def container(self, kind: int, depth: int, inner) -> Generator[None, None, None]:
+    def container(self, kind: int, at: int, depth: int, inner) -> int | None:
+        header = self.container_header(kind, at)
+        if header is None:
+            return None
+        kinds, count, at = header
+        self.check_count(count, len(kinds), at)  # every compact value takes at least a byte
+        if not count:
+            return at
+        inners = [self.declared(kind, inner, element, which) for which, element in enumerate(kinds)]
+        if all(element in COMPACT_FIXED_SIZE for element in kinds):
+            return at + count * sum(COMPACT_FIXED_SIZE[element] for element in kinds)
+        if len(set(kinds)) == 1 and kinds[0] in VARINT_BITS:
+            self.stack.append([VARINTS_FRAME, VARINT_BITS[kinds[0]], count * len(kinds)])
+        else:
+            self.stack.append([ELEMENTS_FRAME, list(zip(kinds, inners, strict=True)), count * len(kinds), depth])
+        return at
+
+    def container_header(self, kind: int, at: int) -> tuple[list[int], int, int] | None:
+        """A container's element types (key and value for a map), its count, and where its elements start."""
+        buffer = self.buffer
         if kind == MAP:
-            count = yield from self.varint(31)
-            key_value = (yield from self.byte()) if count else 0
-            elements = [(self.kind(key_value >> 4), 0), (self.kind(key_value & 0x0F), 1)] if count else []
-        else:
-            size_type = yield from self.byte()
-            count = size_type >> 4
-            if count == 15:
-                count = yield from self.varint(31)
-            elements = [(self.kind(size_type & 0x0F), None)]
-        self.check_count(count, len(elements))  # every compact value takes at least a byte
-        declared = [self.declared(kind, inner, element, which) for element, which in elements]
-        for _ in range(count):
-            for (element, _), element_inner in zip(elements, declared, strict=True):
-                yield from self.value(element, depth, element_inner)
+            if (read := self.varint(at, 31)) is None:
+                return None
+            count, at = read
+            if not count:
+                return [], 0, at
+            if not self.present(at, 1):
+                return None
+            return [self.kind(buffer[at] >> 4), self.kind(buffer[at] & 0x0F)], count, at + 1
+        if not self.present(at, 1):
+            return None
+        count, element = buffer[at] >> 4, self.kind(buffer[at] & 0x0F)
+        if count == 15:
+            if (read := self.varint(at + 1, 31)) is None:
+                return None
+            return [element], *read
+        return [element], count, at + 1
 
-    def declared(self, kind: int, inner, element: int, which: int | None):
+    def declared(self, kind: int, inner, element: int, which: int):
         """What the IDL declares inside an element of this container, checked against `element`."""
         if inner is None:
             return None

@@ -1,8 +1,10 @@
 """The wire checks on their own: detection, what passes, and each way a message is refused before decoding."""
 
 import struct
+from pathlib import Path
 
 import pytest
+import thriftpy2
 from thriftpy2.thrift import TType
 
 from counters import counters_thrift
@@ -19,6 +21,8 @@ from servicekit.wire import (
 )
 
 Counters = counters_thrift.Counters
+containers_thrift = thriftpy2.load(str(Path(__file__).with_name("containers.thrift")), module_name="containers_thrift")
+Containers = containers_thrift.Containers
 
 
 def spec_of(method: str) -> dict | None:
@@ -103,6 +107,53 @@ def test_an_unframed_message_is_complete_only_once_its_last_byte_is_in(compact):
         assert resume(walking) is None
     received += whole[-len(b"next") - 1 :]
     assert resume(walking).end == len(whole) - len(b"next")
+
+
+def containers_spec_of(method: str) -> dict | None:
+    return Containers.take_args.thrift_spec if method == "take" else None
+
+
+def every_container(compact: bool) -> bytes:
+    """A call holding each container shape, with integers of every varint length and sign."""
+    numbers = [(-1) ** n * 7**n for n in range(23)] * 9  # 207: several runs of integers and a remainder
+    return call_bytes(
+        Containers,
+        "take",
+        numbers,
+        [[], [1, -2, 300], [-(2**15), 2**15 - 1]],
+        ["", "x", "y" * 200],
+        {1: 2**62, -1: -(2**63)},
+        [True, False, True],
+        {0.5, -2.0},
+        [containers_thrift.Point(1, 2), containers_thrift.Point()],
+        compact=compact,
+    )
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "skipped"])
+def test_every_container_shape_is_walked_to_its_end_and_resumed_at_any_byte(compact, declared):
+    whole = every_container(compact)
+    lookup = containers_spec_of if declared else spec_of  # Counters has no `take`: every argument is skipped
+    assert walk_whole(whole, compact, lookup).end == len(whole)
+    received = bytearray()
+    walking = walk(received, 65536, compact, lookup)
+    for byte in whole[:-1]:
+        received.append(byte)
+        assert resume(walking) is None
+    received.append(whole[-1])
+    assert resume(walking).end == len(whole)
+
+
+@pytest.mark.parametrize(
+    ("element", "refusal"),
+    [(b"\xff" * 10 + b"\x01", "varint longer than 10 bytes"), (b"\xff" * 9 + b"\x02", "varint of more than 64 bits")],
+)
+def test_a_bad_integer_among_many_is_refused(element, refusal):
+    numbers = b"\x02" * 100 + element + b"\x02" * 100  # the bad one inside a run of 64
+    message = message_header(b"take", True) + b"\x19\xf6" + varint(201) + numbers + b"\x00"
+    with pytest.raises(MalformedMessage, match=refusal):
+        walk_whole(message, True, containers_spec_of)
 
 
 @pytest.mark.parametrize(
