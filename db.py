@@ -214,6 +214,9 @@ def main(argv: list[str]) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except migrations.MigrationError as error:
+        print(f"error: cannot migrate: {error}", file=sys.stderr)
+        return 2
     except (MySQLdb.Error, DatabaseUnavailable) as error:
         print(f"error: cannot migrate: {error.args[-1] if error.args else error}", file=sys.stderr)
         return 1

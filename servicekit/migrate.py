@@ -15,33 +15,56 @@ import MySQLdb
 from servicekit.errors import DatabaseUnavailable
 
 KIT_MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_NAME = re.compile(r"(\d+)_\w+\.sql")
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
+
+
+class MigrationError(Exception):
+    """A migration file is misnamed, shares its number with another, or differs from the one applied."""
 
 
 def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[str]:
     """Apply the kit's, then the service's pending migrations; return their names.
 
     MySQL commits DDL implicitly, so each file should be one logical change.
-    Raises DatabaseUnavailable if another process holds the lock past `lock_timeout` seconds.
+    Raises MigrationError, before touching the database, if the files are not
+    NNN_description.sql with distinct numbers; DatabaseUnavailable if another
+    process holds the lock past `lock_timeout` seconds.
     """
-    connection = MySQLdb.connect(**arguments)
+    kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
+    # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
+    # may take minutes. Each file's record commits as soon as it is written.
+    untimed = {key: value for key, value in arguments.items() if key not in ("read_timeout", "write_timeout")}
+    connection = MySQLdb.connect(**{**untimed, "autocommit": True})
     try:
         cursor = connection.cursor()
         cursor.execute("SELECT GET_LOCK(LEFT(CONCAT('migrations:', DATABASE()), 64), %s)", (lock_timeout,))
         if cursor.fetchone()[0] != 1:
             raise DatabaseUnavailable(f"another process held the migration lock for {lock_timeout} s")
         try:
-            return _apply_directory(cursor, KIT_MIGRATIONS, KIT_TABLE) + _apply_directory(
-                cursor, service_migrations, SERVICE_TABLE
-            )
+            return _apply_files(cursor, kit_files, KIT_TABLE) + _apply_files(cursor, service_files, SERVICE_TABLE)
         finally:
             cursor.execute("SELECT RELEASE_LOCK(LEFT(CONCAT('migrations:', DATABASE()), 64))")
     finally:
         connection.close()
 
 
-def _apply_directory(cursor, directory: Path, table: str) -> list[str]:
+def numbered(directory: Path) -> dict[int, Path]:
+    """A directory's migration files by number; files not named as migrations are refused, others ignored."""
+    files: dict[int, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if not (path.suffix == ".sql" or path.name[:1].isdigit()):
+            continue  # a README, .gitkeep: not meant as a migration
+        if not (match := MIGRATION_NAME.fullmatch(path.name)):
+            raise MigrationError(f"{path}: a migration is named NNN_description.sql (digits, then letters, digits, _)")
+        if (version := int(match[1])) in files:
+            raise MigrationError(f"{files[version].name} and {path.name} in {directory} share the number {version}")
+        files[version] = path
+    return dict(sorted(files.items()))
+
+
+def _apply_files(cursor, files: dict[int, Path], table: str) -> list[str]:
     # `table` is one of the two constants above, never input: identifiers cannot be parameters.
     cursor.execute(
         f"CREATE TABLE IF NOT EXISTS {table} ("
@@ -50,11 +73,16 @@ def _apply_directory(cursor, directory: Path, table: str) -> list[str]:
         " applied_at_ms BIGINT NOT NULL"
         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
     )
-    cursor.execute(f"SELECT version FROM {table}")  # noqa: S608
-    applied = {row[0] for row in cursor.fetchall()}
+    cursor.execute(f"SELECT version, name FROM {table}")  # noqa: S608
+    applied = dict(cursor.fetchall())
+    for version, path in files.items():
+        if version in applied and applied[version] != path.name:
+            raise MigrationError(
+                f"migration {version} was applied as {applied[version]}, but the file numbered {version}"
+                f" is {path.name}: give a new change a new number, or rename the file back"
+            )
     applied_now = []
-    for path in sorted(directory.glob("[0-9]*.sql")):
-        version = int(path.name.split("_", 1)[0])
+    for version, path in files.items():
         if version in applied:
             continue
         for statement in re.split(r";\s*$", path.read_text(encoding="utf-8"), flags=re.M):

@@ -20,6 +20,7 @@ import MySQLdb
 
 from servicekit.addresses import host_port
 from servicekit.errors import ContractError, DatabaseUnavailable
+from servicekit.migrate import MigrationError
 from servicekit.prefork import serve_in_processes
 from servicekit.processor import GuardedProcessor
 from servicekit.settings import ServerSettings, SettingsError, load
@@ -68,6 +69,8 @@ def migrate(database: ModuleType, settings: ServerSettings) -> None:
     except (MySQLdb.Error, DatabaseUnavailable) as error:
         where = f"{settings.mysql_database} on {settings.mysql_host}:{settings.mysql_port}"
         raise StartupError(f"cannot migrate {where}: {error.args[-1]}", 1) from None
+    except MigrationError as error:
+        raise StartupError(f"cannot migrate: {error}", 2) from None
     if applied:
         logger.info("applied migrations: %s", ", ".join(applied))
 

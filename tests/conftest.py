@@ -7,6 +7,7 @@ Each part of the suite creates its own database on it.
 """
 
 import os
+import uuid
 
 import MySQLdb
 import pytest
@@ -22,24 +23,43 @@ settings.load_profile("suite")
 
 
 class DatabaseServer:
-    """Where test databases are created: a throwaway server, or MYSQL_HOST's."""
+    """Where test databases are created: a throwaway server, or MYSQL_HOST's.
+
+    Each run's databases are its own (their names end with the run's token),
+    so a run on MYSQL_HOST's server finds none of the last run's rows; they
+    are dropped when the run ends.
+    """
 
     def __init__(self, env: dict[str, str], throwaway: ThrowawayDatabase | None = None) -> None:
         self.env = env
         self.throwaway = throwaway
+        self.run = uuid.uuid4().hex[:8]
+        self.created: set[str] = set()
 
     def database(self, name: str) -> dict[str, str]:
-        """MYSQL_* variables of the database `name`, created empty if it is not there."""
-        connection = MySQLdb.connect(**{**connect_kwargs({**self.env, "MYSQL_DATABASE": ""})})
-        connection.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
-        connection.close()
+        """MYSQL_* variables of this run's database `name`, created empty on first use."""
+        name = f"{name}_{self.run}"
+        if name not in self.created:
+            self._execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+            self.created.add(name)
         return {**self.env, "MYSQL_DATABASE": name}
+
+    def drop_all(self) -> None:
+        for name in sorted(self.created):
+            self._execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def _execute(self, statement: str) -> None:
+        connection = MySQLdb.connect(**connect_kwargs({**self.env, "MYSQL_DATABASE": ""}))
+        try:
+            connection.cursor().execute(statement)
+        finally:
+            connection.close()
 
 
 @pytest.fixture(scope="session")
 def database_server(tmp_path_factory) -> DatabaseServer:
     if os.environ.get("MYSQL_HOST"):
-        yield DatabaseServer(
+        server = DatabaseServer(
             {
                 "MYSQL_HOST": os.environ["MYSQL_HOST"],
                 "MYSQL_PORT": os.environ.get("MYSQL_PORT", "3306"),
@@ -47,6 +67,8 @@ def database_server(tmp_path_factory) -> DatabaseServer:
                 "MYSQL_PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
             }
         )
+        yield server
+        server.drop_all()
         return
     throwaway = start_throwaway(tmp_path_factory.mktemp("mariadb"))
     yield DatabaseServer({k: v for k, v in throwaway.env.items() if k != "MYSQL_DATABASE"}, throwaway)

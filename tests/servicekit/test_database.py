@@ -12,6 +12,7 @@ from counters import counters_thrift
 from counters_testing import assert_consistent, run_adds
 from helpers.mysql import connect_kwargs, sql
 from helpers.processes import run_python
+from servicekit import migrate, mysql
 from servicekit.idempotency import IdempotentWrites
 from servicekit.settings import ServerSettings, load
 from tools.throwaway_db import wait_for
@@ -105,6 +106,46 @@ def test_migrations_are_recorded_once_each_kit_first(start_server, database_serv
     assert sql(database, "SELECT name FROM schema_migrations") == [("001_counters.sql",)]
 
 
+def connect_arguments(database: dict[str, str], **settings: str) -> dict:
+    return mysql.connect_arguments(load(ServerSettings, db.CONFIG_FILE, {**database, **settings}))
+
+
+@pytest.mark.parametrize(
+    ("files", "refusal"),
+    [
+        (["001_first.sql", "002-second.sql"], "002-second.sql: a migration is named NNN_description.sql"),
+        (["001_first.sql", "002_second"], "002_second: a migration is named NNN_description.sql"),
+        (
+            ["001_first.sql", "002_second.sql", "002_other.sql"],
+            r"002_other.sql and 002_second.sql in \S+ share",
+        ),
+    ],
+    ids=["dash", "no .sql", "one number twice"],
+)
+def test_migration_files_misnamed_or_sharing_a_number_are_refused_before_any_runs(
+    files, refusal, database_server, tmp_path
+):
+    database = database_server.database("kit_bad_migrations")
+    for name in files:
+        (tmp_path / name).write_text(f"CREATE TABLE t{len(name)}_{name[:3]} (id INT);\n")
+    with pytest.raises(migrate.MigrationError, match=refusal):
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert sql(database, "SHOW TABLES") == []
+
+
+def test_a_new_file_under_the_number_of_an_applied_one_is_refused(database_server, tmp_path):
+    database = database_server.database("kit_renumbered_migrations")
+    (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\n")
+    (tmp_path / "README.md").write_text("Not a migration: ignored.\n")
+    assert migrate.apply(connect_arguments(database), tmp_path, 5) == ["001_write_requests.sql", "001_stock.sql"]
+    (tmp_path / "001_stock.sql").rename(tmp_path / "001_movements.sql")
+    with pytest.raises(
+        migrate.MigrationError,
+        match=r"migration 1 was applied as 001_stock\.sql, but the file numbered 1 is 001_movements\.sql",
+    ):
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+
+
 def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(database_server):
     database = database_server.database("kit_migration_lock")
     holder = MySQLdb.connect(**connect_kwargs(database))
@@ -115,6 +156,25 @@ def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(d
         holder.close()
     assert result.returncode == 1
     assert result.stderr == "error: cannot migrate: another process held the migration lock for 1 s\n"
+
+
+def test_the_migration_lock_is_waited_for_longer_than_the_read_timeout(database_server, tmp_path):
+    database = database_server.database("kit_migration_lock_wait")
+    holder = MySQLdb.connect(**connect_kwargs(database))
+    holder.cursor().execute("SELECT GET_LOCK(CONCAT('migrations:', DATABASE()), 10)")
+    (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\n")
+    migrating = threading.Thread(
+        target=lambda: applied.extend(migrate.apply(connect_arguments(database, MYSQL_READ_TIMEOUT="1"), tmp_path, 30))
+    )
+    applied: list[str] = []
+    migrating.start()
+    try:
+        waited = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT GET_LOCK%%' AND TIME >= 2"
+        wait_for(lambda: sql(database, waited)[0][0] == 1, 20, "the migration to wait 2 s for the lock")
+    finally:
+        holder.close()  # which releases the lock
+    migrating.join(timeout=20)
+    assert applied == ["001_write_requests.sql", "001_stock.sql"]
 
 
 def test_a_write_method_name_of_255_characters_is_recorded(database_server):
