@@ -41,7 +41,7 @@ _pool: PersistentDB | PooledDB | None = None
 _deadlock_retries = 0
 _hooks = mysql.PoolHooks()
 _connect_arguments: dict = {}
-_outages = mysql.OutageLog()
+_outages = mysql.Outage()
 # The MySQL connections the pool holds: each joins at its first checkout and
 # leaves when DBUtils drops it (closed, replaced, or its thread ended).
 _pooled_connections: weakref.WeakSet = weakref.WeakSet()
@@ -121,16 +121,17 @@ def database_answers() -> bool:
 def _connection() -> Iterator:
     if _pool is None:
         raise RuntimeError("db.init_pool() has not been called")
-    try:
-        connection = _pool.connection()
-    except MySQLdb.Error as error:  # whatever the reason, no connection: retry later
-        _hooks.error(mysql.error_code(error))
-        _outages.failed(f"cannot connect: {error.args[-1]}")
-        raise DatabaseUnavailable(f"cannot connect to the database: {error.args[-1]}") from error
-    try:
-        yield connection
-    finally:
-        connection.close()
+    with _outages.attempt():
+        try:
+            connection = _pool.connection()
+        except MySQLdb.Error as error:  # whatever the reason, no connection: retry later
+            _hooks.error(mysql.error_code(error))
+            _outages.failed(f"cannot connect: {error.args[-1]}")
+            raise DatabaseUnavailable(f"cannot connect to the database: {error.args[-1]}") from error
+        try:
+            yield connection
+        finally:
+            connection.close()
 
 
 def _unavailable(error: MySQLdb.Error) -> DatabaseUnavailable | None:

@@ -1,5 +1,6 @@
 """MySQL knowledge shared by db.py's pool and the migrations: error numbers,
-connection arguments, the health check's query, and the outage log.
+connection arguments, the health check's query, and the outage: its log,
+and one call at a time trying a database that is down.
 
 Which error numbers mean "the connection is gone", "the database cannot
 serve now" and "run the transaction again" decides what a client sees:
@@ -9,11 +10,13 @@ serve now" and "run the transaction again" decides what a client sees:
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import MySQLdb
 
+from servicekit.errors import DatabaseUnavailable
 from servicekit.settings import ServerSettings
 
 # The connection itself is gone: only these may make DBUtils replace it
@@ -85,12 +88,16 @@ def answers(arguments: dict) -> bool:
         connection.close()
 
 
-class OutageLog:
-    """One WARNING when the database stops answering, a count every
-    OUTAGE_REPORT_SECONDS while it stays down, one INFO when it answers again.
+class Outage:
+    """Whether the database is down; one WARNING when it stops answering, a
+    count every OUTAGE_REPORT_SECONDS while it stays down, one INFO when it
+    answers again.
 
-    `answered()` runs after every successful statement, so it only reads a
-    flag unless an outage is being reported.
+    While it is down, one call at a time tries it (`attempt()`) and the
+    others fail at once: a hung database then holds one worker for
+    MYSQL_READ_TIMEOUT, not every worker, so `ping` and `health`, which need
+    no pooled connection, are still answered. `answered()` runs after every
+    successful statement, so it only reads a flag unless the database was down.
     """
 
     def __init__(self) -> None:
@@ -99,6 +106,24 @@ class OutageLog:
         self._since = 0.0
         self._failures = 0
         self._next_report = 0.0
+        self._trying = False
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Around each use of a pooled connection; DatabaseUnavailable at once
+        if the database is down and another call is trying it."""
+        if not self.down:
+            yield
+            return
+        with self._lock:
+            if self._trying:
+                self._failures += 1
+                raise DatabaseUnavailable("the database is unavailable (another call is trying it)")
+            self._trying = True
+        try:
+            yield
+        finally:
+            self._trying = False
 
     def failed(self, reason: str) -> None:
         now = time.monotonic()

@@ -1,6 +1,9 @@
 """The database through the kit: outages, lock waits, the outage log, migrations, the write record."""
 
+import contextlib
+import os
 import re
+import signal
 import threading
 import time
 
@@ -13,6 +16,7 @@ from counters_testing import assert_consistent, run_adds
 from helpers.mysql import connect_kwargs, sql
 from helpers.processes import run_python
 from servicekit import migrate, mysql
+from servicekit.client import ServerUnreachable
 from servicekit.idempotency import IdempotentWrites
 from servicekit.settings import ServerSettings, load
 from tools.throwaway_db import wait_for
@@ -52,9 +56,9 @@ def test_an_outage_logs_one_warning_then_one_info_when_the_database_answers(star
     assert re.search(r" INFO \S+ \[\d+\] database answers again after [\d.]+ s; \d+ calls failed meanwhile", log)
 
 
-def _answers(client) -> bool:
+def _answers(client, name: str = "logged outage") -> bool:
     try:
-        return client.get("logged outage").total == 1
+        return client.get(name).total == 1
     except Unavailable:
         return False
 
@@ -80,6 +84,43 @@ def test_the_database_stopped_mid_load_gives_unavailable_then_recovers(start_ser
     assert during["slowest_failure"] < 15
     assert after["errors"] == [] and after["acknowledged"]
     assert_consistent(own_database.env)
+
+
+def test_a_hung_database_holds_one_worker_so_ping_stays_answered(start_server, own_database):
+    server = start_server(**own_database.env, THRIFT_WORKERS="2", MYSQL_READ_TIMEOUT="2")
+    with server.client(retries=0, timeout=1) as liveness, server.client(pool_size=6, retries=0) as loaded:
+        liveness.add("hung", 1)
+        stop = threading.Event()
+        callers = [threading.Thread(target=keep_reading, args=(loaded, stop)) for _ in range(6)]
+        os.kill(own_database.process.pid, signal.SIGSTOP)
+        try:
+            for caller in callers:
+                caller.start()
+            wait_for(lambda: "database unavailable" in server.log(), 30, "the server to notice the hung database")
+            wait_for(lambda: _pings(liveness), 15, "a worker to be free")
+            for _ in range(10):  # over several read timeouts: a liveness probe's view, 1 s each, no retry
+                assert liveness.ping() == "pong"
+                stop.wait(0.5)
+        finally:
+            os.kill(own_database.process.pid, signal.SIGCONT)
+            stop.set()
+            for caller in callers:
+                caller.join()
+        wait_for(lambda: _answers(liveness, "hung"), 20, "the database to answer")
+
+
+def keep_reading(client, stop: threading.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(Unavailable, ServerUnreachable):
+            client.get("hung")
+        stop.wait(0.01)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping() == "pong"
+    except ServerUnreachable:
+        return False
 
 
 def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_database):
