@@ -4,7 +4,8 @@ A server given by name stands for every IPv4 and IPv6 address the name
 resolves to (one per ready pod behind a Kubernetes headless Service). The
 client (client.py) asks for them before each call and spreads its pool over
 them. Names are resolved again in a background thread, so a call waits on
-DNS only the first time; an address a connection failed to is marked down.
+DNS only the first time; an address a connection or a call timed out on is
+marked down until a call to it returns.
 """
 
 import ipaddress
@@ -118,6 +119,9 @@ class AddressBook:
         self.resolve_soon()
 
     def mark_up(self, address: Address) -> None:
+        """A call to `address` returned: forget its failures."""
+        if address not in self._down_for:  # most calls: no lock
+            return
         with self._lock:
             self._down_for.pop(address, None)
             self._down_until.pop(address, None)

@@ -156,7 +156,8 @@ class PooledClient:
         every IPv4 and IPv6 address `resolve` gives it (one per pod behind a
         Kubernetes headless Service). Connections are spread over the
         addresses (to the one with fewest first, in turn when even); one that
-        refuses connections is skipped for a while.
+        refuses connections, or on which a call timed out, is skipped for a
+        while.
     resolve / resolve_every: host name -> IP addresses (default: the
         system's resolver), asked again every `resolve_every` seconds and
         soon after a connection fails, without holding up calls. New
@@ -294,7 +295,7 @@ class PooledClient:
                     raise ServerUnreachable("the client is closed")
                 if self._idle:
                     connection = self._idle.pop()  # most recently used: least likely to be stale
-                    if time.monotonic() - connection.idle_since < self.max_idle and not connection.closed_by_server():
+                    if self._usable(connection):
                         return connection
                     self._forget(connection)
                     continue
@@ -310,6 +311,16 @@ class PooledClient:
                 self._open -= 1
                 self._available.notify()
             raise
+
+    def _usable(self, connection: _Connection) -> bool:
+        """An idle connection is used again unless it idled too long, the server closed it, or a call to
+        its address timed out since (the server may be hung)."""
+        now = time.monotonic()
+        return (
+            now - connection.idle_since < self.max_idle
+            and self._addresses.down_until(connection.address) <= now
+            and not connection.closed_by_server()
+        )
 
     def _release(self, connection: _Connection) -> None:
         """Back to the pool after a whole reply; closed instead if its place is gone or the pool is uneven."""
@@ -384,8 +395,7 @@ class PooledClient:
                     break
                 self._addresses.mark_down(address)
                 continue
-            self._addresses.mark_up(address)
-            return connection
+            return connection  # marked up once a call on it returns: a hung server accepts connections
         raise ServerUnreachable(", ".join(errors))
 
     def _open_connection(self, address: Address, connect_timeout: float) -> _Connection:
@@ -404,17 +414,23 @@ class PooledClient:
         try:
             connection.socket.sock.settimeout(max(0.001, min(self.timeout, give_up_at - time.monotonic())))
             result = getattr(connection.thrift, method)(*args)
+        except TimeoutError as error:  # the server may hang: its other connections would time out too
+            self._discard(connection)
+            self._addresses.mark_down(connection.address)
+            raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except (TTransportException, OSError) as error:
             self._discard(connection)
             self._addresses.resolve_soon()
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except TException:
             self._release(connection)  # a whole error reply was read: still in step
+            self._addresses.mark_up(connection.address)
             raise
         except BaseException:
             self._discard(connection)  # interrupted mid-call: the reply may still come
             raise
         self._release(connection)
+        self._addresses.mark_up(connection.address)
         return result
 
 

@@ -1,5 +1,7 @@
 """PooledClient under load and failure: pool bounds, waiting, failover, closing; and its address parsing."""
 
+import os
+import signal
 import threading
 import time
 
@@ -51,6 +53,30 @@ def test_calls_spread_over_servers_and_survive_one_stopping(start_server):
         errors = run_threads(8, lambda rng: client.add("two servers", 1), seconds=1)
         assert errors == []
         assert client.get("two servers").total > 1
+
+
+def test_a_hung_server_is_skipped_after_a_call_to_it_times_out(start_server):
+    healthy, hung = start_server(), start_server()
+    servers = f"127.0.0.1:{healthy.port},127.0.0.1:{hung.port}"
+    with CountersClient(servers, pool_size=8, timeout=0.5, deadline=30) as client:
+        client.add("hung server", 1)
+        run_threads(8, lambda rng: client.get("hung server"), seconds=0.5)  # connections to both
+        os.kill(hung.process.pid, signal.SIGSTOP)
+        try:
+            slow = []
+
+            def timed_get(rng) -> None:
+                started = time.monotonic()
+                client.get("hung server")
+                if time.monotonic() - started >= 0.5:
+                    slow.append(time.monotonic() - started)
+
+            errors = run_threads(8, timed_get, seconds=4)
+        finally:
+            os.kill(hung.process.pid, signal.SIGCONT)
+    assert errors == []
+    assert max(slow) < 2 * 0.5  # a call timed out on the hung server once at most, then went to the other
+    assert len(slow) <= 8  # the connections open to it, and one each time it was tried again
 
 
 def test_closing_the_client_closes_every_connection(server):
