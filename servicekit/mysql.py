@@ -49,7 +49,9 @@ def error_code(error: BaseException) -> int | None:
 
 def connect_arguments(settings: ServerSettings) -> dict:
     """Keyword arguments for MySQLdb.connect, shared by the pool and the migrations."""
-    tls = {"ssl": {"ca": settings.mysql_ssl_ca}} if settings.mysql_ssl_ca else {}
+    tls = {}
+    if settings.mysql_ssl_ca:  # required, and the certificate must name MYSQL_HOST: never plain text, never MITM
+        tls = {"ssl": {"ca": settings.mysql_ssl_ca}, "ssl_mode": "VERIFY_IDENTITY"}
     if settings.mysql_ssl_cert:
         tls["ssl"].update(cert=settings.mysql_ssl_cert, key=settings.mysql_ssl_key)
     return {

@@ -35,9 +35,14 @@ def setting(
     choices: tuple[str, ...] = (),
     pattern: str = "",
     secret: bool = False,
+    needs: str = "",
 ) -> Any:
-    """Declare one setting. No default: config.env must set it (names and secrets)."""
-    limits = {"meaning": meaning, "low": low, "high": high, "choices": choices, "pattern": pattern}
+    """Declare one setting. No default: config.env must set it (names and secrets).
+
+    `needs`: the setting (lower-case field name) without which this one has
+    no effect; setting this one alone is refused rather than ignored.
+    """
+    limits = {"meaning": meaning, "low": low, "high": high, "choices": choices, "pattern": pattern, "needs": needs}
     return field(default=default, repr=not secret, metadata=limits)
 
 
@@ -93,8 +98,10 @@ class ServerSettings(CommonSettings):
         10000, "Open connections per server process; more are closed at once.", low=1, high=1_000_000
     )
     thrift_tls_cert: str = setting("", "PEM certificate: with THRIFT_TLS_KEY, serve TLS only (1.2 or newer).")
-    thrift_tls_key: str = setting("", "PEM private key of THRIFT_TLS_CERT.")
-    thrift_tls_client_ca: str = setting("", "Require client certificates signed by this CA (PEM).")
+    thrift_tls_key: str = setting("", "PEM private key of THRIFT_TLS_CERT.", needs="thrift_tls_cert")
+    thrift_tls_client_ca: str = setting(
+        "", "Require client certificates signed by this CA (PEM).", needs="thrift_tls_cert"
+    )
     mysql_host: str = setting("127.0.0.1", "Database server.")
     mysql_port: int = setting(3306, "Database port.", low=1, high=65535)
     mysql_user: str = setting(meaning="The service's own database user (never root).")
@@ -105,9 +112,13 @@ class ServerSettings(CommonSettings):
     mysql_connect_timeout: int = setting(5, "Seconds to connect to the database.", low=1, high=3600)
     mysql_read_timeout: int = setting(10, "Seconds to wait for a query's result.", low=1, high=3600)
     mysql_write_timeout: int = setting(10, "Seconds to wait while sending a query.", low=1, high=3600)
-    mysql_ssl_ca: str = setting("", "TLS to MySQL: the CA that signed the server's certificate; empty: no TLS.")
-    mysql_ssl_cert: str = setting("", "TLS to MySQL: a client certificate (optional).")
-    mysql_ssl_key: str = setting("", "TLS to MySQL: the client certificate's key.")
+    mysql_ssl_ca: str = setting(
+        "",
+        "TLS to MySQL, required: the CA that signed the server's certificate, which must name MYSQL_HOST "
+        "(chain and host name are verified); empty: no TLS.",
+    )
+    mysql_ssl_cert: str = setting("", "TLS to MySQL: a client certificate (optional).", needs="mysql_ssl_ca")
+    mysql_ssl_key: str = setting("", "TLS to MySQL: the client certificate's key.", needs="mysql_ssl_cert")
     db_pool: str = setting(
         "persistent",
         "`persistent`: one connection per worker thread (PersistentDB); "
@@ -139,8 +150,8 @@ class ClientSettings(CommonSettings):
     client_tls_ca: str = setting(
         "", "client.py over TLS: the CA that signed the server's certificate (chain and host name are verified)."
     )
-    client_tls_cert: str = setting("", "client.py over TLS: a client certificate (optional).")
-    client_tls_key: str = setting("", "client.py over TLS: the client certificate's key.")
+    client_tls_cert: str = setting("", "client.py over TLS: a client certificate (optional).", needs="client_tls_ca")
+    client_tls_key: str = setting("", "client.py over TLS: the client certificate's key.", needs="client_tls_cert")
 
 
 def declared() -> list[Field]:
@@ -152,7 +163,12 @@ def declared() -> list[Field]:
 def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = None) -> S:
     """Merge `config_file` with `environ` (default: os.environ) and validate the settings of `kind`."""
     values = {**dotenv_values(config_file), **(os.environ if environ is None else environ)}
-    return kind(**{declaration.name: _parse(declaration, values) for declaration in fields(kind)})
+    parsed = {declaration.name: _parse(declaration, values) for declaration in fields(kind)}
+    for declaration in fields(kind):
+        if (needed := declaration.metadata["needs"]) and parsed[declaration.name] and not parsed[needed]:
+            name, needed = declaration.name.upper(), needed.upper()
+            raise SettingsError(f"{name} is set but {needed} is empty: {name} takes effect only with {needed}")
+    return kind(**parsed)
 
 
 def _parse(declaration: Field, values: Mapping[str, str | None]) -> Any:

@@ -42,6 +42,21 @@ def test_a_bad_value_names_the_variable(tmp_path, variable, value, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize(
+    ("kind", "variable", "needed"),
+    [
+        (ServerSettings, "THRIFT_TLS_KEY", "THRIFT_TLS_CERT"),
+        (ServerSettings, "THRIFT_TLS_CLIENT_CA", "THRIFT_TLS_CERT"),
+        (ServerSettings, "MYSQL_SSL_CERT", "MYSQL_SSL_CA"),
+        (ClientSettings, "CLIENT_TLS_CERT", "CLIENT_TLS_CA"),
+    ],
+)
+def test_a_setting_that_only_works_with_another_is_refused_alone(tmp_path, kind, variable, needed):
+    with pytest.raises(SettingsError) as error:
+        load(kind, tmp_path / "none.env", {**REQUIRED, variable: "/etc/some.pem"})
+    assert str(error.value) == f"{variable} is set but {needed} is empty: {variable} takes effect only with {needed}"
+
+
 def test_a_setting_without_a_default_must_be_set(tmp_path):
     with pytest.raises(SettingsError, match=r"MYSQL_PASSWORD is not set \(add it to config.env\)"):
         load(ServerSettings, tmp_path / "none.env", {k: v for k, v in REQUIRED.items() if k != "MYSQL_PASSWORD"})

@@ -118,6 +118,25 @@ def test_a_missing_certificate_file_stops_the_server_with_one_line_and_status_2(
     assert server.log().count("\n") == 1
 
 
+def test_tls_settings_without_the_certificate_stop_the_server_instead_of_serving_plain_text(start_server, pki):
+    server = start_server(THRIFT_TLS_KEY=pki["server_key"], THRIFT_TLS_CLIENT_CA=pki["ca"], ready=False)
+    assert server.process.wait(30) == 2
+    assert server.log() == (
+        "error: THRIFT_TLS_KEY is set but THRIFT_TLS_CERT is empty: THRIFT_TLS_KEY takes effect only with"
+        " THRIFT_TLS_CERT\n"
+    )
+
+
+@pytest.mark.parametrize("database_tls", ["none", "a certificate for localhost"])
+def test_mysql_tls_is_required_and_its_certificate_must_name_mysql_host(database_tls, start_server, own_database, pki):
+    if database_tls != "none":
+        own_database.stop()
+        own_database.start(f"--ssl-ca={pki['ca']}", f"--ssl-cert={pki['server']}", f"--ssl-key={pki['server_key']}")
+    server = start_server(**own_database.env, MYSQL_SSL_CA=pki["ca"], ready=False)  # MYSQL_HOST is 127.0.0.1
+    assert server.process.wait(60) == 1
+    assert server.log().startswith("error: cannot migrate")
+
+
 def test_the_server_reaches_mysql_over_tls_when_the_database_requires_it(start_server, own_database, pki):
     own_database.stop()
     own_database.start(f"--ssl-ca={pki['ca']}", f"--ssl-cert={pki['database']}", f"--ssl-key={pki['database_key']}")
