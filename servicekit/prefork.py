@@ -55,8 +55,10 @@ class _Supervisor:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def replace(self, pid: int, status: int) -> None:
-        logger.error("server process %d exited with status %d; starting another", pid, status)
+    def replace(self, pid: int, wait_status: int) -> None:
+        code = os.waitstatus_to_exitcode(wait_status)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        logger.error("server process %d %s; starting another", pid, how)
         time.sleep(RESTART_PAUSE_SECONDS)
         if not self.stopping:  # a SIGTERM may have arrived during the pause
             self.start_child()

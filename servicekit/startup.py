@@ -9,7 +9,9 @@ migrate(), database_answers(), pooled_connections().
 import logging
 import os
 import resource
+import shutil
 import signal
+import socket
 import ssl
 import tempfile
 from pathlib import Path
@@ -45,9 +47,14 @@ class StartupError(Exception):
 
 def load_settings(config_file: Path) -> ServerSettings:
     try:
-        return load(ServerSettings, config_file)
+        settings = load(ServerSettings, config_file)
     except SettingsError as error:
         raise StartupError(str(error), 2) from None
+    try:  # before migrations run, and named: binding would blame the metrics port, or say "Unknown error -2"
+        socket.getaddrinfo(settings.thrift_host, settings.thrift_port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise StartupError(f"cannot resolve THRIFT_HOST {settings.thrift_host!r}: {error.strerror}", 2) from None
+    return settings
 
 
 def observe(settings: ServerSettings) -> "Metrics":
@@ -172,6 +179,8 @@ def serve(
             children_started=lambda: _serve_metrics(settings, version, metrics),
             child_exited=metrics.forget_process if settings.metrics_port else lambda pid: None,
         )
+        if settings.metrics_port:  # the processes' metric files, in the directory observe() made
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     else:
         database.init_pool(settings, hooks)
         _serve_metrics(settings, version, metrics)

@@ -20,7 +20,7 @@ from helpers.mysql import connections_opened, statement_waits
 from helpers.processes import child_pids, run_python
 from helpers.wire import call_bytes, framed, reply_names, unread_bytes
 from servicekit.client import ServerUnreachable
-from tools.throwaway_db import wait_for
+from tools.throwaway_db import free_port, wait_for
 
 Counters = counters_thrift.Counters
 
@@ -237,6 +237,7 @@ def test_several_processes_share_the_port_replace_a_dead_one_and_drain_together(
         first = client.add("two processes", 1).total
         os.kill(min(original), signal.SIGKILL)
         wait_for(lambda: child_pids(parent) - original, 10, "a replacement process")
+        assert f"server process {min(original)} was killed by signal 9; starting another" in server.log()
         for _ in range(20):
             client.add("two processes", 1)
         assert client.get("two processes").total == first + 20
@@ -250,6 +251,13 @@ def test_server_processes_exit_when_their_parent_is_killed(start_server):
     children = child_pids(server.process.pid)
     server.stop(signal.SIGKILL)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10, "orphaned processes to exit")
+
+
+def test_a_thrift_host_that_does_not_resolve_is_named_in_one_line(start_server):
+    server = start_server(THRIFT_HOST="no.such.host.invalid", METRICS_PORT=str(free_port()), ready=False)
+    assert server.process.wait(30) == 2
+    assert server.log().startswith("error: cannot resolve THRIFT_HOST 'no.such.host.invalid': ")
+    assert server.log().count("\n") == 1
 
 
 @pytest.mark.parametrize(

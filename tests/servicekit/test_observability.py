@@ -91,15 +91,17 @@ def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_field
     assert {entry["logger"].split(".")[0] for entry in lines} == {"counters"}  # every logger under the service
 
 
-def test_metrics_add_up_across_server_processes(start_server):
+def test_metrics_add_up_across_server_processes_and_their_files_go_with_the_server(start_server, tmp_path):
     metrics_port = free_port()
-    server = start_server(METRICS_PORT=str(metrics_port), THRIFT_PROCESSES="2")
+    server = start_server(METRICS_PORT=str(metrics_port), THRIFT_PROCESSES="2", TMPDIR=str(tmp_path))
     wait_for(lambda: "metrics on" in server.log(), 10, "the metrics endpoint")
     before = scrape(metrics_port)
     with server.client(pool_size=4, retries=0) as client:
         known_calls(client)
     assert_known_counts(before, scrape(metrics_port))
+    assert list(tmp_path.glob("counters-metrics-*"))  # where the processes' files were
     assert server.stop() == 0
+    assert not list(tmp_path.glob("counters-metrics-*"))
 
 
 def test_unknown_method_names_share_one_metric_series(start_server):
