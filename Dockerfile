@@ -20,6 +20,9 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY *.py service.thrift config.env ./
+# The image keeps config.env's defaults but not its password: compose's
+# env_file and Kubernetes' Secret set MYSQL_PASSWORD where the server runs.
+RUN sed -i '/^MYSQL_PASSWORD=/d' config.env
 COPY servicekit ./servicekit
 COPY migrations ./migrations
 USER 10001:10001

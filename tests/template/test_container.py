@@ -101,6 +101,15 @@ def test_the_dockerfile_copies_files_that_exist_and_dockerignore_keeps_them():
         assert needed not in ignored
 
 
+def test_the_image_keeps_config_env_without_its_password(tmp_path):
+    shutil.copy(ROOT / "config.env", tmp_path / "config.env")
+    for command in re.findall(r"^RUN (.*config\.env.*)$", DOCKERFILE, flags=re.M):
+        subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True)
+    in_image = dotenv_values(tmp_path / "config.env")
+    assert "MYSQL_PASSWORD" not in in_image
+    assert in_image == {k: v for k, v in dotenv_values(ROOT / "config.env").items() if k != "MYSQL_PASSWORD"}
+
+
 def test_compose_overrides_only_declared_settings():
     names = {setting.name.upper() for setting in declared()}
     for service in ("mysql", SERVICE, "client"):
