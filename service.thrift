@@ -4,8 +4,9 @@
  * ping, health and the errors InvalidArgument, Conflict and Unavailable
  * come from the kit's base.thrift. Money is an integer number of minor
  * units (cents). Every write takes a client-chosen request_id: repeating a
- * write with the same request_id and the same arguments returns the
- * original result and changes nothing, so a client may always retry a
+ * write with the same request_id and the same arguments changes nothing and
+ * returns what the first call wrote, as it is now (a transfer never
+ * changes; an account's balance may have), so a client may always retry a
  * write whose reply it did not receive.
  */
 

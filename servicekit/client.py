@@ -60,6 +60,8 @@ def parse_servers(servers: str) -> list[tuple[str, int]]:
     """'host:port,[::1]:port' -> [(host, port), ...]; raises ValueError if malformed."""
     addresses = []
     for item in (part.strip() for part in servers.split(",")):
+        if ":" not in item:
+            raise ValueError(f"no port: write host:port, as localhost:9090: {item!r}")
         host, _, port = item.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -255,6 +257,8 @@ class PooledClient:
 
     def call(self, method: str, *args: object):
         """Call `method` with `args`, retrying what is safe to retry; see the class docstring."""
+        if method not in self._argument_specs:
+            raise ValueError(f"{self.service.__name__} has no method {method!r}")
         check_arguments(method, self._argument_specs[method], args)
         if self.max_message_bytes is not None:
             self._check_size(method, args)

@@ -1,4 +1,4 @@
-"""Idempotent writes: a request_id applies its write once; a repeat returns the first result.
+"""Idempotent writes: a request_id applies its write once; a repeat returns what it wrote, as it is now.
 
 Every write RPC takes a client-chosen `request_id` (the kit treats a method
 with an argument of that name as a write). Handlers wrap the write:
@@ -58,7 +58,9 @@ class IdempotentWrites:
 
         `apply` performs the write and returns the id of what it created or
         changed. A repeat with the same method and arguments returns
-        `load(cursor, that id)` without writing; with others it raises
+        `load(cursor, that id)` without writing (so the row as it is now, not
+        as the first call returned it: a service whose rows change and whose
+        clients need the first reply stores that reply); with others it raises
         RequestIdReused. If a concurrent call with the same request_id commits
         first, this transaction rolls back whole and returns that call's result.
         """

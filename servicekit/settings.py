@@ -232,10 +232,10 @@ def render_table() -> str:
 
 def updated_readme(text: str) -> str:
     """`text` with the part between the table markers replaced by render_table()."""
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_START) > text.index(TABLE_END):
+        raise SettingsError(f"the README needs one {TABLE_START} line and, after it, one {TABLE_END} line")
     before, _, rest = text.partition(TABLE_START)
     _, _, after = rest.partition(TABLE_END)
-    if not after and not rest:
-        raise SettingsError(f"the README has no {TABLE_START} marker")
     return f"{before}{TABLE_START}\n{render_table()}\n{TABLE_END}{after}"
 
 
@@ -244,8 +244,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m servicekit.settings update CONFIG_ENV README", file=sys.stderr)
         return 2
     config_env, readme = Path(argv[1]), Path(argv[2])
+    try:
+        table = updated_readme(readme.read_text())
+    except (OSError, SettingsError) as error:
+        print(f"error: {readme}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+        return 1
     config_env.write_text(render_config_env(dotenv_values(config_env)))
-    readme.write_text(updated_readme(readme.read_text()))
+    readme.write_text(table)
     return 0
 
 

@@ -122,6 +122,16 @@ def test_malformed_servers_are_refused(servers):
         parse_servers(servers)
 
 
+def test_a_server_without_a_port_is_refused_as_such():
+    with pytest.raises(ValueError, match=r"no port: write host:port, as localhost:9090: '127\.0\.0\.1'"):
+        parse_servers("127.0.0.1")
+
+
+def test_a_method_the_service_lacks_is_refused_by_name(server):
+    with server.client() as client, pytest.raises(ValueError, match="Counters has no method 'get_itemz'"):
+        client.call("get_itemz", 1)
+
+
 @pytest.mark.parametrize(("bind", "reached_at"), [("::1", ["[::1]"]), ("::", ["127.0.0.1", "[::1]"])])
 def test_a_server_binds_ipv6_and_both_families_and_is_called_there(start_server, bind, reached_at):
     server = start_server(THRIFT_HOST=bind)

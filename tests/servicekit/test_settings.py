@@ -3,8 +3,10 @@
 import pytest
 from dotenv import dotenv_values
 
-from helpers.processes import ROOT
+from helpers.processes import ROOT, run_python
 from servicekit.settings import (
+    TABLE_END,
+    TABLE_START,
     ClientSettings,
     ServerSettings,
     SettingsError,
@@ -88,3 +90,23 @@ def test_the_readme_settings_table_is_the_declarations():
     assert readme == updated_readme(readme), "run `python -m servicekit.settings update config.env README.md`"
     for setting in declared():
         assert f"| `{setting.name.upper()}` |" in readme
+
+
+@pytest.mark.parametrize(
+    "readme",
+    [
+        "# Notes\n\nNo table here.\n",
+        f"# Notes\n\n{TABLE_START}\n| old |\n\n## Operations\n\nimportant text\n",  # its end line lost
+    ],
+    ids=["no markers", "no end marker"],
+)
+def test_updating_a_readme_without_both_table_markers_changes_nothing_and_says_so(tmp_path, readme):
+    config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
+    readme_md.write_text(readme)
+    config_env.write_text("THRIFT_PORT=7000\n")
+    result = run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md))
+    assert result.returncode == 1
+    markers = f"one {TABLE_START} line and, after it, one {TABLE_END} line"
+    assert result.stderr == f"error: {readme_md}: the README needs {markers}\n"
+    assert readme_md.read_text() == readme
+    assert config_env.read_text() == "THRIFT_PORT=7000\n"
