@@ -27,7 +27,7 @@ from dbutils.pooled_db import PooledDB
 
 from servicekit import migrate as migrations
 from servicekit import mysql
-from servicekit.errors import DatabaseUnavailable
+from servicekit.errors import DatabaseUnavailable, DuplicateKey
 from servicekit.settings import ServerSettings, SettingsError, load
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -164,12 +164,16 @@ def run_transaction(work: Callable[..., T]) -> T:
 
     Deadlocks and lock-wait timeouts run `work` again, up to
     DB_DEADLOCK_RETRIES times; `work` must therefore only touch the database.
+    A duplicate unique key raises DuplicateKey, sent as Conflict.
     """
     for attempt in range(_deadlock_retries + 1):
         try:
             with _connection() as connection:
                 result = _run_once(connection, work)
         except MySQLdb.Error as error:
+            if mysql.error_code(error) == mysql.DUPLICATE_KEY:  # a unique key: Conflict, which every write declares
+                _hooks.error(mysql.DUPLICATE_KEY)
+                raise DuplicateKey(f"conflicts with an existing row: {error.args[-1]}") from error
             if mysql.error_code(error) in mysql.RETRYABLE and attempt < _deadlock_retries:
                 _hooks.error(mysql.error_code(error))
                 _hooks.transaction_retried()

@@ -40,6 +40,12 @@ class BadCursor(KitError):
         super().__init__(message, field="cursor")
 
 
+class DuplicateKey(KitError):
+    """A write would duplicate a unique key (MySQL error 1062): it conflicts with a row that exists."""
+
+    thrift_name = "Conflict"
+
+
 class RequestIdReused(KitError):
     """A request_id already applied with other arguments or by another method."""
 

@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 
 import MySQLdb
 
-from servicekit.errors import BadRequestId, RequestIdReused
-from servicekit.mysql import error_code
+from servicekit.errors import BadRequestId, DuplicateKey, RequestIdReused
+from servicekit.mysql import DUPLICATE_KEY, error_code
 
 REQUEST_ID_ARGUMENT = "request_id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 METHOD_NAME_MAX = 255  # write_requests.method
-DUPLICATE_KEY = 1062
 T = TypeVar("T")
 
 
@@ -77,7 +76,9 @@ class IdempotentWrites:
 
         try:
             return self._run_transaction(work)
-        except _AppliedMeanwhile:
+        except (_AppliedMeanwhile, DuplicateKey):
+            # A concurrent call with this request_id committed first (its row, unique, came before our record):
+            # the second run returns its result. A duplicate from another request raises again: Conflict.
             return self._run_transaction(work)
 
 

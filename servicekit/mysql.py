@@ -26,6 +26,7 @@ LOST_CONNECTION = frozenset({2006, 2013, 2055})
 UNAVAILABLE = LOST_CONNECTION | {1040, 1053, 1927, 2002, 2003, 2005, 2026, 4031}
 # The transaction itself caused these; running it again usually succeeds.
 RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
+DUPLICATE_KEY = 1062  # a write duplicated a unique key: the request conflicts with the data
 HEALTH_CHECK_TIMEOUT_SECONDS = 2
 OUTAGE_REPORT_SECONDS = 10.0
 

@@ -28,6 +28,11 @@ def _load_addition(cursor, addition_id: int):
     return counters_thrift.Addition(*cursor.fetchone())
 
 
+def _load_counter(cursor, counter_id: int):
+    cursor.execute("SELECT id, name, total FROM counters WHERE id = %s", (counter_id,))
+    return counters_thrift.Counter(*cursor.fetchone())
+
+
 class CountersHandler:
     def add(self, name: str, amount: int, request_id: str):
         if not isinstance(name, str) or not 1 <= len(name) <= 64:
@@ -48,6 +53,16 @@ class CountersHandler:
             return cursor.lastrowid
 
         return writes.apply("add", request_id, (name, amount), apply, _load_addition)
+
+    def create(self, name: str, request_id: str):
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise InvalidArgument(message="name must be 1 to 64 characters", field="name")
+
+        def apply(cursor) -> int:
+            cursor.execute("INSERT INTO counters (name) VALUES (%s)", (name,))  # no upsert: a name is taken once
+            return cursor.lastrowid
+
+        return writes.apply("create", request_id, (name,), apply, _load_counter)
 
     def get(self, name: str):
         rows = db.read("SELECT id, name, total FROM counters WHERE name = %s", (name,))
@@ -84,6 +99,16 @@ class CountersClient(PooledClient):
 
     def add(self, name: str, amount: int, request_id: str | None = None):
         return self.call("add", name, amount, new_request_id() if request_id is None else request_id)
+
+    def create(self, name: str, request_id: str):
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise InvalidArgument(message="name must be 1 to 64 characters", field="name")
+
+        def apply(cursor) -> int:
+            cursor.execute("INSERT INTO counters (name) VALUES (%s)", (name,))  # no upsert: a name is taken once
+            return cursor.lastrowid
+
+        return writes.apply("create", request_id, (name,), apply, _load_counter)
 
     def get(self, name: str):
         return self.call("get", name)

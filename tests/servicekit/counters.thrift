@@ -25,6 +25,10 @@ service Counters extends base.BaseService {
   Addition add(1: string name, 2: i64 amount, 3: string request_id)
     throws (1: base.InvalidArgument invalid, 2: base.Conflict conflict, 3: base.Unavailable unavailable),
 
+  /** Create the counter name at 0: Conflict if one of that name exists (a unique key). */
+  Counter create(1: string name, 2: string request_id)
+    throws (1: base.InvalidArgument invalid, 2: base.Conflict conflict, 3: base.Unavailable unavailable),
+
   Counter get(1: string name) throws (1: NotFound not_found, 2: base.Unavailable unavailable),
 
   /** Counters by id; limit 1..1000. */

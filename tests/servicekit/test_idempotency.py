@@ -2,10 +2,11 @@
 
 import threading
 
+import MySQLdb
 import pytest
 
 from counters import CountersClient, counters_thrift
-from helpers.mysql import sql
+from helpers.mysql import connect_kwargs, sql
 from helpers.proxy import ReplyDroppingProxy
 from helpers.wire import call_bytes, framed, send_and_hang_up
 from servicekit.client import new_request_id
@@ -54,6 +55,42 @@ def test_concurrent_duplicate_requests_apply_once(server):
     assert len(results) == 8 and len(set(results)) == 1
     with server.client() as check:
         assert check.get("duplicates").total == 7
+
+
+def test_a_write_that_duplicates_a_unique_key_is_a_conflict_not_an_internal_error(server, client):
+    created = client.call("create", "unique name", new_request_id())
+    log_start = len(server.log())
+    with pytest.raises(base.Conflict, match="conflicts with an existing row: Duplicate entry 'unique name'"):
+        client.call("create", "unique name", new_request_id())
+    assert client.get("unique name") == created
+    assert "Traceback" not in server.log()[log_start:]
+
+
+def test_concurrent_duplicates_of_a_write_with_a_unique_key_return_its_result(server, database):
+    request_id = new_request_id()
+    results, errors = [], []
+    # Holding the gap where the name would go makes every duplicate wait at its INSERT, then race.
+    blocker = MySQLdb.connect(**connect_kwargs(database))
+    blocker.cursor().execute("SELECT id FROM counters WHERE name = 'created once' FOR UPDATE")
+
+    def create() -> None:
+        with server.client(retries=0) as own:
+            try:
+                results.append(own.call("create", "created once", request_id).id)
+            except Exception as error:  # noqa: BLE001 - collected for the assertion
+                errors.append(error)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO counters (name)%%'"
+    wait_for(lambda: sql(database, waiting)[0][0] >= 2, 10, "two duplicates to wait at their INSERT")
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(results) == 8 and len(set(results)) == 1
 
 
 def test_a_retry_after_a_lost_reply_is_applied_once(server, client):
