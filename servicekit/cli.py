@@ -320,6 +320,7 @@ class CommandLine:
         if isinstance(error, RequestTooLarge):
             message, status = str(error), EXIT_USAGE
         elif isinstance(error, ServerUnreachable):
+            unsure = unsure if error.sent else ""  # no connection was ever made: nothing can have been applied
             message, status = f"cannot reach the {self.service_name} server at {error}{unsure}", EXIT_UNREACHABLE
         elif isinstance(error, TApplicationException):
             message, status = f"the server failed: {error}{unsure}", EXIT_INTERNAL

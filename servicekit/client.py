@@ -44,7 +44,15 @@ PLAIN_TYPES = {
 
 
 class ServerUnreachable(Exception):
-    """No server could be reached, or none replied within the timeout."""
+    """No server could be reached, or none replied within the timeout.
+
+    `sent`: whether the request may have reached a server; False only when
+    no attempt got as far as sending it (every connection refused, say).
+    """
+
+    def __init__(self, message: str, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class RequestTooLarge(ValueError):
@@ -263,12 +271,16 @@ class PooledClient:
         if self.max_message_bytes is not None:
             self._check_size(method, args)
         give_up_at = time.monotonic() + self.deadline
+        sent = False
         for attempt in itertools.count():
             try:
                 return self._call_once(method, args, give_up_at)
-            except (ServerUnreachable, *self.retry_on):
+            except (ServerUnreachable, *self.retry_on) as error:
+                sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
                 pause = min(MAX_PAUSE_SECONDS, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 if self._closed or attempt == self.retries or time.monotonic() + pause >= give_up_at:
+                    if isinstance(error, ServerUnreachable):
+                        error.sent = sent
                     raise
                 time.sleep(pause)
         raise AssertionError("unreachable")
@@ -291,12 +303,12 @@ class PooledClient:
         try:
             addresses = self._addresses.current()
         except OSError as error:
-            raise ServerUnreachable(str(error)) from None
+            raise ServerUnreachable(str(error), sent=False) from None
         give_up_at = min(give_up_at, time.monotonic() + self.acquire_timeout)
         with self._available:
             while True:
                 if self._closed:
-                    raise ServerUnreachable("the client is closed")
+                    raise ServerUnreachable("the client is closed", sent=False)
                 if self._idle:
                     connection = self._idle.pop()  # most recently used: least likely to be stale
                     if self._usable(connection):
@@ -307,7 +319,7 @@ class PooledClient:
                     self._open += 1
                     break
                 if not self._available.wait(give_up_at - time.monotonic()):
-                    raise ServerUnreachable(f"all {self.pool_size} connections stayed busy")
+                    raise ServerUnreachable(f"all {self.pool_size} connections stayed busy", sent=False)
         try:
             return self._connect(addresses, give_up_at)
         except BaseException:
@@ -400,7 +412,7 @@ class PooledClient:
                 self._addresses.mark_down(address)
                 continue
             return connection  # marked up once a call on it returns: a hung server accepts connections
-        raise ServerUnreachable(", ".join(errors))
+        raise ServerUnreachable(", ".join(errors), sent=False)
 
     def _open_connection(self, address: Address, connect_timeout: float) -> _Connection:
         """A connection to a claimed address; the claim is given back if it fails."""

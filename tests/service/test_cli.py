@@ -104,6 +104,14 @@ def test_unreachable_server_is_one_line_and_status_8():
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_a_write_no_server_accepted_says_nothing_of_having_been_applied():
+    port = free_port()
+    result = cli(port, "--timeout", "1", "deposit", "1", "5")
+    assert result.returncode == 8
+    refused = f"127.0.0.1:{port} ([Errno 111] Connection refused)"
+    assert result.stderr == f"error: cannot reach the Ledger server at {refused}\n"  # no "may have been applied"
+
+
 @pytest.mark.parametrize(
     "args",
     [
