@@ -87,7 +87,7 @@ def test_the_database_stopped_mid_load_gives_unavailable_then_recovers(start_ser
 
 
 def test_a_hung_database_holds_one_worker_so_ping_stays_answered(start_server, own_database):
-    server = start_server(**own_database.env, THRIFT_WORKERS="2", MYSQL_READ_TIMEOUT="2")
+    server = start_server(**own_database.env, THRIFT_WORKERS="2", MYSQL_READ_TIMEOUT="1")
     with server.client(retries=0, timeout=1) as liveness, server.client(pool_size=6, retries=0) as loaded:
         liveness.add("hung", 1)
         stop = threading.Event()
@@ -98,9 +98,9 @@ def test_a_hung_database_holds_one_worker_so_ping_stays_answered(start_server, o
                 caller.start()
             wait_for(lambda: "database unavailable" in server.log(), 30, "the server to notice the hung database")
             wait_for(lambda: _pings(liveness), 15, "a worker to be free")
-            for _ in range(10):  # over several read timeouts: a liveness probe's view, 1 s each, no retry
+            for _ in range(8):  # over several read timeouts: a liveness probe's view, 1 s each, no retry
                 assert liveness.ping() == "pong"
-                stop.wait(0.5)
+                stop.wait(0.4)
         finally:
             os.kill(own_database.process.pid, signal.SIGCONT)
             stop.set()

@@ -87,49 +87,42 @@ def test_a_name_the_deployment_cannot_take_is_refused(name, tmp_path):
     assert not (tmp_path / name / "config.env").exists()
 
 
-def test_an_update_names_the_deployment_files_it_brings_and_only_those_after_the_service(tmp_path):
+def test_an_update_brings_the_kit_and_new_deployment_files_named_but_none_of_the_replaced_example(tmp_path):
     template, shop = tmp_path / "template", tmp_path / "shop"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True, timeout=60)
     copy = [COPIER, "copy", "--quiet", "--trust", "--defaults", "--data", "NAME=shop", template, shop]
     subprocess.run(copy, check=True, timeout=120)
     mine = "data:\n  LEDGER_SERVERS: ledger-headless.payments.svc:9090\n"  # a real ledger service it calls
     (shop / "k8s" / "mine.yaml").write_text(mine)
-    commit(shop, "the copy, and a manifest of its own")
-    config = (shop / "config.env").read_text()
-    (template / "k8s" / "extra.yaml").write_text("kind: ConfigMap\nmetadata:\n  name: ledger-extra\n")
-    commit(template, "a new manifest")
-    update = [COPIER, "update", "--quiet", "--trust", "--defaults", "-a", ".copier/.copier-answers.yml"]
-    subprocess.run(update, cwd=shop, check=True, timeout=120)
-    assert "name: shop-extra" in (shop / "k8s" / "extra.yaml").read_text()
-    assert (shop / "k8s" / "mine.yaml").read_text() == mine
-    assert "ledger" not in (shop / "k8s" / "deployment.yaml").read_text()  # the template's, named at copy
-    assert (shop / "config.env").read_text() == config  # the password and settings stay
-
-
-def test_an_update_brings_the_kit_but_none_of_the_example_a_service_replaced(tmp_path):
-    template, shop = tmp_path / "template", tmp_path / "shop"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True, timeout=60)
-    copy = [COPIER, "copy", "--quiet", "--trust", "--defaults", "--data", "NAME=shop", template, shop]
-    subprocess.run(copy, check=True, timeout=120)
     handlers = '"""The shop\'s own rules."""\n'
     (shop / "handlers.py").write_text(handlers)
     (shop / "migrations" / "001_create_ledger.sql").rename(shop / "migrations" / "001_shop.sql")
     (shop / "tests" / "service" / "test_money.py").unlink()
-    commit(shop, "the shop replaces the example")
+    commit(shop, "the copy, a manifest of its own, and its own service in place of the example")
+    config = (shop / "config.env").read_text()
+    (template / "k8s" / "extra.yaml").write_text("kind: ConfigMap\nmetadata:\n  name: ledger-extra\n")
     (template / "handlers.py").write_text((template / "handlers.py").read_text() + "# a change to the example\n")
     (template / "migrations" / "002_ledger_index.sql").write_text("CREATE INDEX by_owner ON accounts (owner);\n")
     (template / "tests" / "service" / "test_money.py").write_text("# the example's test, changed\n")
     kit = template / "servicekit" / "paging.py"
     kit.write_text(kit.read_text() + "# a kit fix\n")
-    commit(template, "a kit fix and changes to the example")
+    commit(template, "a kit fix, a new manifest, and changes to the example")
     update = [COPIER, "update", "--quiet", "--trust", "--defaults", "-a", ".copier/.copier-answers.yml"]
     subprocess.run(update, cwd=shop, check=True, timeout=120)
     assert (shop / "servicekit" / "paging.py").read_text().endswith("# a kit fix\n")
+    assert "name: shop-extra" in (shop / "k8s" / "extra.yaml").read_text()
+    assert (shop / "k8s" / "mine.yaml").read_text() == mine
+    assert "ledger" not in (shop / "k8s" / "deployment.yaml").read_text()  # the template's, named at copy
+    assert (shop / "config.env").read_text() == config  # the password and settings stay
     assert (shop / "handlers.py").read_text() == handlers
     assert sorted(path.name for path in (shop / "migrations").iterdir()) == ["001_shop.sql"]
     assert not (shop / "tests" / "service" / "test_money.py").exists()
     status = subprocess.run(["git", "status", "--porcelain"], cwd=shop, capture_output=True, text=True, check=True)
-    assert status.stdout.splitlines() == [" M .copier/.copier-answers.yml", " M servicekit/paging.py"]
+    assert sorted(status.stdout.splitlines()) == [
+        " M .copier/.copier-answers.yml",
+        " M servicekit/paging.py",
+        "?? k8s/extra.yaml",
+    ]
 
 
 def commit(repository: Path, message: str) -> None:
