@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from servicekit.mysql import PoolHooks
 
 REQUEST_FIELDS = ("method", "peer", "duration_ms", "outcome", "request_id")
+CLIENT_ERROR_WINDOW_SECONDS = 10.0
 KIT_LOGGER_PREFIX = "servicekit."
 
 
@@ -51,8 +52,58 @@ class _ServiceLoggerNames(logging.Filter):
         return True
 
 
-def configure_logging(service_name: str, level: str, log_format: str) -> None:
-    handler = logging.StreamHandler()
+class _BudgetedHandler(logging.StreamHandler):
+    """stderr, with at most `per_window` lines of each kind of client error every CLIENT_ERROR_WINDOW_SECONDS.
+
+    Any client can make the server log a line (a malformed message, an
+    unknown method): the engine marks such a line with `extra={"client_error":
+    kind}`. Past the budget, lines are counted, not written; one line sums
+    each kind up when the next line is logged after the window, or when the
+    process exits. Metrics still count every one.
+    """
+
+    def __init__(self, per_window: int) -> None:
+        super().__init__()
+        self.per_window = per_window
+        self._window_ends = 0.0
+        self._logged: dict[str, int] = {}
+        self._held: dict[str, tuple[logging.LogRecord, int]] = {}  # kind -> its last record not written, how many
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        with self.lock:  # reentrant: emitting the summaries takes it again
+            if time.monotonic() >= self._window_ends:
+                self._summarize()
+                self._window_ends = time.monotonic() + CLIENT_ERROR_WINDOW_SECONDS
+            kind = getattr(record, "client_error", None)
+            if kind is not None:
+                self._logged[kind] = self._logged.get(kind, 0) + 1
+                if self._logged[kind] > self.per_window:
+                    self._held[kind] = (record, self._held.get(kind, (record, 0))[1] + 1)
+                    return False
+        return super().handle(record)
+
+    def close(self) -> None:
+        with self.lock:
+            self._summarize()
+        super().close()
+
+    def _summarize(self) -> None:
+        for kind, (last, count) in self._held.items():
+            summary = logging.makeLogRecord({**last.__dict__, "client_error": None, "exc_info": None})
+            summary.msg, summary.args = (
+                "%d more %s not logged (LOG_CLIENT_ERRORS_PER_10S); the last: %s",
+                (
+                    count,
+                    kind,
+                    last.getMessage(),
+                ),
+            )
+            super().handle(summary)
+        self._logged, self._held = {}, {}
+
+
+def configure_logging(service_name: str, level: str, log_format: str, client_errors_per_window: int) -> None:
+    handler = _BudgetedHandler(client_errors_per_window)
     handler.addFilter(_ServiceLoggerNames(service_name))
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -31,6 +31,7 @@ INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "in
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
 WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.DOUBLE, TType.BINARY}
 logger = logging.getLogger(__name__)
+UNKNOWN_METHOD = {"client_error": "calls of unknown methods"}  # any client can cause it: logging caps the lines
 
 
 class Observer(Protocol):
@@ -178,7 +179,7 @@ class GuardedProcessor(TProcessor):
         if method is None:
             iprot.skip(TType.STRUCT)
             iprot.read_message_end()
-            logger.warning("unknown method %r", name)
+            logger.warning("unknown method %r", name, extra=UNKNOWN_METHOD)
             if self.observe:
                 self.observe(name, peer, "unknown_method", 0.0, None)
             self.send_exception(oprot, name, TApplicationException(TApplicationException.UNKNOWN_METHOD), seqid)

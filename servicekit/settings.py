@@ -137,6 +137,13 @@ class ServerSettings(CommonSettings):
         "text", "`text` for people, `json` for log collectors (one object per line).", choices=("text", "json")
     )
     slow_request_ms: float = setting(500, "Requests slower than this are logged at WARNING.", low=0, high=3_600_000)
+    log_client_errors_per_10s: int = setting(
+        50,
+        "Lines logged in 10 s for each kind of client error (malformed message, unknown method, failed TLS "
+        "handshake, connection reset); more are counted and summed up in one line.",
+        low=1,
+        high=1_000_000,
+    )
     metrics_port: int = setting(
         0, "Prometheus metrics on http://THRIFT_HOST:METRICS_PORT/metrics; 0 turns them off.", low=0, high=65535
     )

@@ -66,7 +66,9 @@ def observe(settings: ServerSettings) -> "Metrics":
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{settings.service_name}-metrics-")
     from servicekit import observability
 
-    observability.configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    observability.configure_logging(
+        settings.service_name, settings.log_level, settings.log_format, settings.log_client_errors_per_10s
+    )
     return observability.Metrics(settings.service_name)
 
 

@@ -63,6 +63,11 @@ logger = logging.getLogger(__name__)
 RECV_SIZE = 65536
 HOUSEKEEPING_SECONDS = 1.0
 WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure warnings
+# Lines any client can cause, one per connection: marked so that logging (observability.py) caps each kind.
+CONNECTION_ERROR = {"client_error": "connection errors"}
+MALFORMED_MESSAGE = {"client_error": "malformed messages"}
+FAILED_HANDSHAKE = {"client_error": "failed TLS handshakes"}
+TIMED_OUT = {"client_error": "connections closed at the read timeout"}
 # The listener is reported once, to one worker, then disarmed until that worker re-arms it.
 ARMED_TO_ACCEPT = select.EPOLLIN | select.EPOLLONESHOT
 # Connections are edge-triggered: an event each time bytes arrive (or, once
@@ -451,9 +456,15 @@ class TThreadPoolServer(TServer):
     def _close_after(self, connection: _Connection, error: Exception) -> None:
         """Close a connection whose serving raised: a client gone is logged at INFO, a bad message at WARNING."""
         if isinstance(error, OSError):  # the client left mid-reply, or reset the connection
-            logger.info("closing %s: %s", connection.peer, error)
+            logger.info("closing %s: %s", connection.peer, error, extra=CONNECTION_ERROR)
         else:
-            logger.warning("closing %s: malformed message (%s: %s)", connection.peer, type(error).__name__, error)
+            logger.warning(
+                "closing %s: malformed message (%s: %s)",
+                connection.peer,
+                type(error).__name__,
+                error,
+                extra=MALFORMED_MESSAGE,
+            )
         self._forget(connection)
 
     def _receive(self, connection: _Connection) -> bytes | None:
@@ -596,7 +607,7 @@ class TThreadPoolServer(TServer):
             self._notify_when_writable(connection)
             return
         except (ssl.SSLError, OSError) as error:
-            logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error)
+            logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error, extra=FAILED_HANDSHAKE)
             self._forget(connection)
             return
         connection.handshaking = False
@@ -649,11 +660,13 @@ class TThreadPoolServer(TServer):
             return
         if connection.unsent:
             # A plain close would leave the kernel holding the reply until the client reads it.
-            logger.info("closing %s: took no reply bytes for %gs", connection.peer, self.read_timeout)
+            logger.info("closing %s: took no reply bytes for %gs", connection.peer, self.read_timeout, extra=TIMED_OUT)
             self._forget(connection, reset=True)
             return
         if stalled:
-            logger.info("closing %s: no complete message within %gs", connection.peer, self.read_timeout)
+            logger.info(
+                "closing %s: no complete message within %gs", connection.peer, self.read_timeout, extra=TIMED_OUT
+            )
         else:
             logger.debug("closing idle connection %s", connection.peer)
         self._forget(connection)

@@ -27,7 +27,9 @@ def start_server(database, tmp_path):
 @pytest.fixture(scope="session")
 def server(database, tmp_path_factory) -> ServerProcess:
     """One server shared by the tests that do not stop or reconfigure it."""
-    with shared_server(counters_process, database, tmp_path_factory.mktemp("counters")) as process:
+    # Every hostile-input case looks for its own log line: no cap on them here (test_observability checks it).
+    env = {**database, "LOG_CLIENT_ERRORS_PER_10S": "1000000"}
+    with shared_server(counters_process, env, tmp_path_factory.mktemp("counters")) as process:
         yield process
 
 

@@ -166,3 +166,18 @@ def test_a_taken_metrics_port_stops_the_server_with_one_line_and_status_1(start_
     last_line = server.log().splitlines()[-1]  # after the migrations' INFO line, if any were applied
     assert last_line == f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     assert "Traceback" not in server.log()
+
+
+def test_client_errors_past_the_budget_are_summed_up_in_one_line(start_server):
+    server = start_server(LOG_CLIENT_ERRORS_PER_10S="3")
+    for _ in range(8):
+        reply, _ = exchange(server.port, b"\x13\x37\x13\x37")  # garbage: closed with a WARNING
+        assert reply == b""
+    assert server.stop() == 0  # the held count is written at exit at the latest
+    log = server.log()
+    assert len(re.findall(r" WARNING \S+ \[\d+\] closing \S+: malformed message", log)) == 3
+    assert re.search(
+        r" WARNING \S+ \[\d+\] 5 more malformed messages not logged \(LOG_CLIENT_ERRORS_PER_10S\);"
+        r" the last: closing 127\.0\.0\.1:\d+: malformed message \(MalformedMessage: frame of",
+        log,
+    )
