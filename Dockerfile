@@ -8,6 +8,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt requirements-client.txt /build/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /build/requirements.txt
+# The image keeps config.env's defaults but not its password, in no layer:
+# compose's env_file and Kubernetes' Secret set MYSQL_PASSWORD where it runs.
+COPY config.env /build/
+RUN sed -i '/^MYSQL_PASSWORD=/d' /build/config.env
 
 FROM python:3.11-slim-bookworm
 # libmariadb3 speaks MySQL 8.4's caching_sha2_password (its plugin ships in the package).
@@ -19,10 +23,8 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
-COPY *.py service.thrift config.env ./
-# The image keeps config.env's defaults but not its password: compose's
-# env_file and Kubernetes' Secret set MYSQL_PASSWORD where the server runs.
-RUN sed -i '/^MYSQL_PASSWORD=/d' config.env
+COPY *.py service.thrift ./
+COPY --from=build /build/config.env ./
 COPY servicekit ./servicekit
 COPY migrations ./migrations
 USER 10001:10001

@@ -100,15 +100,8 @@ class CountersClient(PooledClient):
     def add(self, name: str, amount: int, request_id: str | None = None):
         return self.call("add", name, amount, new_request_id() if request_id is None else request_id)
 
-    def create(self, name: str, request_id: str):
-        if not isinstance(name, str) or not 1 <= len(name) <= 64:
-            raise InvalidArgument(message="name must be 1 to 64 characters", field="name")
-
-        def apply(cursor) -> int:
-            cursor.execute("INSERT INTO counters (name) VALUES (%s)", (name,))  # no upsert: a name is taken once
-            return cursor.lastrowid
-
-        return writes.apply("create", request_id, (name,), apply, _load_counter)
+    def create(self, name: str, request_id: str | None = None):
+        return self.call("create", name, new_request_id() if request_id is None else request_id)
 
     def get(self, name: str):
         return self.call("get", name)

@@ -58,10 +58,10 @@ def test_concurrent_duplicate_requests_apply_once(server):
 
 
 def test_a_write_that_duplicates_a_unique_key_is_a_conflict_not_an_internal_error(server, client):
-    created = client.call("create", "unique name", new_request_id())
+    created = client.create("unique name")
     log_start = len(server.log())
     with pytest.raises(base.Conflict, match="conflicts with an existing row: Duplicate entry 'unique name'"):
-        client.call("create", "unique name", new_request_id())
+        client.create("unique name")
     assert client.get("unique name") == created
     assert "Traceback" not in server.log()[log_start:]
 
@@ -76,7 +76,7 @@ def test_concurrent_duplicates_of_a_write_with_a_unique_key_return_its_result(se
     def create() -> None:
         with server.client(retries=0) as own:
             try:
-                results.append(own.call("create", "created once", request_id).id)
+                results.append(own.create("created once", request_id).id)
             except Exception as error:  # noqa: BLE001 - collected for the assertion
                 errors.append(error)
 
