@@ -119,6 +119,7 @@ def database_answers() -> bool:
 
 @contextmanager
 def _connection() -> Iterator:
+    """A pooled connection, and what its use says of the database: down (an outage error), or answering."""
     if _pool is None:
         raise RuntimeError("db.init_pool() has not been called")
     with _outages.attempt():
@@ -130,33 +131,42 @@ def _connection() -> Iterator:
             raise DatabaseUnavailable(f"cannot connect to the database: {error.args[-1]}") from error
         try:
             yield connection
+        except MySQLdb.Error as error:
+            if mysql.error_code(error) in mysql.UNAVAILABLE:
+                _outages.failed(f"error {mysql.error_code(error)}: {error.args[-1]}")
+            else:  # a deadlock, a duplicate key, bad SQL: it answered
+                _outages.answered()
+            raise
+        except Exception:  # the request's own error (NotFound, a reused request_id): it answered
+            _outages.answered()
+            raise
+        else:
+            _outages.answered()
         finally:
             connection.close()
 
 
 def _unavailable(error: MySQLdb.Error) -> DatabaseUnavailable | None:
-    """The DatabaseUnavailable to raise for `error`, None if it is not an outage."""
+    """The DatabaseUnavailable to raise for `error`, None if it is not an outage or a lock that did not clear."""
     code = mysql.error_code(error)
     _hooks.error(code)
     if code in mysql.UNAVAILABLE | mysql.RETRYABLE:
-        _outages.failed(f"error {code}: {error.args[-1]}")
         return DatabaseUnavailable(f"database error {code}: {error.args[-1]}")
     return None
 
 
 def read(query: str, params: tuple = ()) -> list[tuple]:
     """Run one read-only query with autocommit on and return all rows."""
-    with _connection() as connection:
-        cursor = connection.cursor()
-        try:
-            cursor.execute(query, params)
-            rows = list(cursor.fetchall())
-        except MySQLdb.Error as error:
-            raise (_unavailable(error) or error) from error
-        finally:
-            cursor.close()
-    _outages.answered()
-    return rows
+    try:
+        with _connection() as connection:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(query, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+    except MySQLdb.Error as error:
+        raise (_unavailable(error) or error) from error
 
 
 def run_transaction(work: Callable[..., T]) -> T:
@@ -171,7 +181,7 @@ def run_transaction(work: Callable[..., T]) -> T:
             with _connection() as connection:
                 result = _run_once(connection, work)
         except MySQLdb.Error as error:
-            if mysql.error_code(error) == mysql.DUPLICATE_KEY:  # a unique key: Conflict, which every write declares
+            if mysql.error_code(error) == mysql.DUPLICATE_KEY:  # Conflict: every write (request_id) declares it
                 _hooks.error(mysql.DUPLICATE_KEY)
                 raise DuplicateKey(f"conflicts with an existing row: {error.args[-1]}") from error
             if mysql.error_code(error) in mysql.RETRYABLE and attempt < _deadlock_retries:
@@ -181,7 +191,6 @@ def run_transaction(work: Callable[..., T]) -> T:
                 time.sleep(0.01 * 2**attempt)
                 continue
             raise (_unavailable(error) or error) from error
-        _outages.answered()
         return result
     raise AssertionError("unreachable")
 

@@ -97,10 +97,12 @@ class Outage:
     answers again.
 
     While it is down, one call at a time tries it (`attempt()`) and the
-    others fail at once: a hung database then holds one worker for
-    MYSQL_READ_TIMEOUT, not every worker, so `ping` and `health`, which need
-    no pooled connection, are still answered. `answered()` runs after every
-    successful statement, so it only reads a flag unless the database was down.
+    others fail at once: a hung database then holds one worker until its
+    read times out, not every worker, so `ping` and `health`, which need no
+    pooled connection, are still answered. Only outage errors (UNAVAILABLE)
+    mark it down; any answer, an error of the request's own included, marks
+    it up. `answered()` runs after every use of a connection, so it only
+    reads a flag unless the database was down.
     """
 
     def __init__(self) -> None:
