@@ -15,7 +15,7 @@ import MySQLdb
 from servicekit.errors import DatabaseUnavailable
 
 KIT_MIGRATIONS = Path(__file__).with_name("migrations")
-MIGRATION_NAME = re.compile(r"(\d+)_\w+\.sql")
+MIGRATION_NAME = re.compile(r"(\d+)_[^/]+\.sql")
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 
@@ -28,9 +28,10 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
     """Apply the kit's, then the service's pending migrations; return their names.
 
     MySQL commits DDL implicitly, so each file should be one logical change.
-    Raises MigrationError, before touching the database, if the files are not
-    NNN_description.sql with distinct numbers; DatabaseUnavailable if another
-    process holds the lock past `lock_timeout` seconds.
+    Raises MigrationError before any file runs if a .sql file is not
+    NNN_description.sql, two share a number, or one already applied has
+    another name now; DatabaseUnavailable if another process holds the lock
+    past `lock_timeout` seconds.
     """
     kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
     # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
@@ -43,7 +44,13 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
         if cursor.fetchone()[0] != 1:
             raise DatabaseUnavailable(f"another process held the migration lock for {lock_timeout} s")
         try:
-            return _apply_files(cursor, kit_files, KIT_TABLE) + _apply_files(cursor, service_files, SERVICE_TABLE)
+            directories = [(kit_files, KIT_TABLE), (service_files, SERVICE_TABLE)]
+            applied = [_applied(cursor, files, table) for files, table in directories]
+            return [
+                name
+                for (files, table), done in zip(directories, applied, strict=True)
+                for name in _apply_pending(cursor, files, table, done)
+            ]
         finally:
             cursor.execute("SELECT RELEASE_LOCK(LEFT(CONCAT('migrations:', DATABASE()), 64))")
     finally:
@@ -51,20 +58,19 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
 
 
 def numbered(directory: Path) -> dict[int, Path]:
-    """A directory's migration files by number; files not named as migrations are refused, others ignored."""
+    """A directory's .sql files by number (none if it does not exist); other files are not migrations."""
     files: dict[int, Path] = {}
-    for path in sorted(directory.iterdir()):
-        if not (path.suffix == ".sql" or path.name[:1].isdigit()):
-            continue  # a README, .gitkeep: not meant as a migration
+    for path in sorted(directory.glob("*.sql")):
         if not (match := MIGRATION_NAME.fullmatch(path.name)):
-            raise MigrationError(f"{path}: a migration is named NNN_description.sql (digits, then letters, digits, _)")
+            raise MigrationError(f"{path}: a migration is named NNN_description.sql (digits, then _)")
         if (version := int(match[1])) in files:
             raise MigrationError(f"{files[version].name} and {path.name} in {directory} share the number {version}")
         files[version] = path
     return dict(sorted(files.items()))
 
 
-def _apply_files(cursor, files: dict[int, Path], table: str) -> list[str]:
+def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
+    """The numbers `table` records as applied; MigrationError if one of `files` has another name than recorded."""
     # `table` is one of the two constants above, never input: identifiers cannot be parameters.
     cursor.execute(
         f"CREATE TABLE IF NOT EXISTS {table} ("
@@ -81,6 +87,10 @@ def _apply_files(cursor, files: dict[int, Path], table: str) -> list[str]:
                 f"migration {version} was applied as {applied[version]}, but the file numbered {version}"
                 f" is {path.name}: give a new change a new number, or rename the file back"
             )
+    return set(applied)
+
+
+def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]) -> list[str]:
     applied_now = []
     for version, path in files.items():
         if version in applied:

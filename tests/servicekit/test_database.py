@@ -163,17 +163,21 @@ def connect_arguments(database: dict[str, str], **settings: str) -> dict:
     return mysql.connect_arguments(load(ServerSettings, db.CONFIG_FILE, {**database, **settings}))
 
 
+def test_a_service_without_a_migrations_directory_gets_the_kits_alone(database_server, tmp_path):
+    database = database_server.database("kit_no_migrations")
+    assert migrate.apply(connect_arguments(database), tmp_path / "migrations", 5) == ["001_write_requests.sql"]
+
+
 @pytest.mark.parametrize(
     ("files", "refusal"),
     [
         (["001_first.sql", "002-second.sql"], "002-second.sql: a migration is named NNN_description.sql"),
-        (["001_first.sql", "002_second"], "002_second: a migration is named NNN_description.sql"),
         (
             ["001_first.sql", "002_second.sql", "002_other.sql"],
             r"002_other.sql and 002_second.sql in \S+ share",
         ),
     ],
-    ids=["dash", "no .sql", "one number twice"],
+    ids=["dash", "one number twice"],
 )
 def test_migration_files_misnamed_or_sharing_a_number_are_refused_before_any_runs(
     files, refusal, database_server, tmp_path
@@ -189,8 +193,11 @@ def test_migration_files_misnamed_or_sharing_a_number_are_refused_before_any_run
 def test_a_new_file_under_the_number_of_an_applied_one_is_refused(database_server, tmp_path):
     database = database_server.database("kit_renumbered_migrations")
     (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\n")
-    (tmp_path / "README.md").write_text("Not a migration: ignored.\n")
-    assert migrate.apply(connect_arguments(database), tmp_path, 5) == ["001_write_requests.sql", "001_stock.sql"]
+    (tmp_path / "002_add-index.v2.sql").write_text("CREATE INDEX by_id ON stock (id);\n")
+    for not_a_migration in ("README.md", "003_notes", "001_stock.sql~"):  # text, a draft, an editor's backup
+        (tmp_path / not_a_migration).write_text("ignored\n")
+    applied = migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert applied == ["001_write_requests.sql", "001_stock.sql", "002_add-index.v2.sql"]
     (tmp_path / "001_stock.sql").rename(tmp_path / "001_movements.sql")
     with pytest.raises(
         migrate.MigrationError,
