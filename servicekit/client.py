@@ -330,11 +330,11 @@ class PooledClient:
 
     def _usable(self, connection: _Connection) -> bool:
         """An idle connection is used again unless it idled too long, the server closed it, or a call to
-        its address timed out since (the server may be hung)."""
+        its address timed out since (the server may be hung) while another address is up."""
         now = time.monotonic()
         return (
             now - connection.idle_since < self.max_idle
-            and self._addresses.down_until(connection.address) <= now
+            and (self._addresses.down_until(connection.address) <= now or not self._addresses.up())
             and not connection.closed_by_server()
         )
 
@@ -427,26 +427,28 @@ class PooledClient:
 
     def _call_once(self, method: str, args: tuple, give_up_at: float):
         connection = self._acquire(give_up_at)
+        timeout = min(self.timeout, give_up_at - time.monotonic())
         try:
-            connection.socket.sock.settimeout(max(0.001, min(self.timeout, give_up_at - time.monotonic())))
+            connection.socket.sock.settimeout(max(0.001, timeout))
             result = getattr(connection.thrift, method)(*args)
-        except TimeoutError as error:  # the server may hang: its other connections would time out too
+        except TimeoutError as error:
             self._discard(connection)
-            self._addresses.mark_down(connection.address)
+            if timeout >= self.timeout:  # the server's whole time, not the end of the caller's deadline:
+                self._addresses.mark_down(connection.address)  # it may hang, and its other connections with it
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except (TTransportException, OSError) as error:
             self._discard(connection)
             self._addresses.resolve_soon()
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except TException:
+            self._addresses.mark_up(connection.address)  # before release, which weighs the addresses up
             self._release(connection)  # a whole error reply was read: still in step
-            self._addresses.mark_up(connection.address)
             raise
         except BaseException:
             self._discard(connection)  # interrupted mid-call: the reply may still come
             raise
-        self._release(connection)
         self._addresses.mark_up(connection.address)
+        self._release(connection)
         return result
 
 
