@@ -67,7 +67,8 @@ class _BudgetedHandler(logging.StreamHandler):
         self.per_window = per_window
         self._window_ends = 0.0
         self._logged: dict[str, int] = {}
-        self._held: dict[str, tuple[logging.LogRecord, int]] = {}  # kind -> its last record not written, how many
+        # kind -> (logger name, level, the last message not written, how many were not)
+        self._held: dict[str, tuple[str, int, str, int]] = {}
 
     def handle(self, record: logging.LogRecord) -> bool:
         with self.lock:  # reentrant: emitting the summaries takes it again
@@ -78,7 +79,9 @@ class _BudgetedHandler(logging.StreamHandler):
             if kind is not None:
                 self._logged[kind] = self._logged.get(kind, 0) + 1
                 if self._logged[kind] > self.per_window:
-                    self._held[kind] = (record, self._held.get(kind, (record, 0))[1] + 1)
+                    held = self._held.get(kind, ("", 0, "", 0))[3]
+                    # The message, not the record: its arguments may hold a connection's buffers.
+                    self._held[kind] = (record.name, record.levelno, record.getMessage(), held + 1)
                     return False
         return super().handle(record)
 
@@ -88,17 +91,9 @@ class _BudgetedHandler(logging.StreamHandler):
         super().close()
 
     def _summarize(self) -> None:
-        for kind, (last, count) in self._held.items():
-            summary = logging.makeLogRecord({**last.__dict__, "client_error": None, "exc_info": None})
-            summary.msg, summary.args = (
-                "%d more %s not logged (LOG_CLIENT_ERRORS_PER_10S); the last: %s",
-                (
-                    count,
-                    kind,
-                    last.getMessage(),
-                ),
-            )
-            super().handle(summary)
+        for kind, (name, level, last, count) in self._held.items():
+            message = f"{count} more {kind} not logged (LOG_CLIENT_ERRORS_PER_10S); the last: %s"
+            super().handle(logging.getLogger(name).makeRecord(name, level, "", 0, message, (last,), None))
         self._logged, self._held = {}, {}
 
 
