@@ -61,7 +61,8 @@ class IdempotentWrites:
         as the first call returned it: a service whose rows change and whose
         clients need the first reply stores that reply); with others it raises
         RequestIdReused. If a concurrent call with the same request_id commits
-        first, this transaction rolls back whole and returns that call's result.
+        first, this transaction rolls back whole and returns that call's result;
+        so a write that duplicates a unique key runs twice before its Conflict.
         """
         check_request_id(request_id)
         fingerprint = hashlib.sha256(json.dumps([method, *arguments]).encode()).hexdigest()

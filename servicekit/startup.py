@@ -6,6 +6,7 @@ it. `database` is the service's db.py module: init_pool(), close_pool(),
 migrate(), database_answers(), pooled_connections().
 """
 
+import atexit
 import logging
 import os
 import resource
@@ -63,7 +64,11 @@ def observe(settings: ServerSettings) -> "Metrics":
         # prometheus-client adds up several processes' metrics through files
         # in this directory, and reads the variable when first imported:
         # hence the import below, after it is set.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{settings.service_name}-metrics-")
+        directory = tempfile.mkdtemp(prefix=f"{settings.service_name}-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        # Removed when this process exits, whether start-up failed or its children drained (they leave by
+        # os._exit, which runs no atexit hooks).
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
     from servicekit import observability
 
     observability.configure_logging(
@@ -181,8 +186,6 @@ def serve(
             children_started=lambda: _serve_metrics(settings, version, metrics),
             child_exited=metrics.forget_process if settings.metrics_port else lambda pid: None,
         )
-        if settings.metrics_port:  # the processes' metric files, in the directory observe() made
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     else:
         database.init_pool(settings, hooks)
         _serve_metrics(settings, version, metrics)

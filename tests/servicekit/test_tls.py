@@ -1,5 +1,6 @@
 """TLS between clients and the server, and between the server and MySQL."""
 
+import re
 import socket
 import ssl
 
@@ -127,14 +128,23 @@ def test_tls_settings_without_the_certificate_stop_the_server_instead_of_serving
     )
 
 
-@pytest.mark.parametrize("database_tls", ["none", "a certificate for localhost"])
-def test_mysql_tls_is_required_and_its_certificate_must_name_mysql_host(database_tls, start_server, own_database, pki):
+@pytest.mark.parametrize(
+    ("database_tls", "refusal"),
+    [
+        ("none", "SSL is required, but the server does not support it"),
+        # Signed by the right CA (the next test's certificate, for 127.0.0.1, passes): only the name is wrong.
+        ("a certificate for localhost", "Validation of SSL server certificate failed"),
+    ],
+)
+def test_mysql_tls_is_required_and_its_certificate_must_name_mysql_host(
+    database_tls, refusal, start_server, own_database, pki
+):
     if database_tls != "none":
         own_database.stop()
         own_database.start(f"--ssl-ca={pki['ca']}", f"--ssl-cert={pki['server']}", f"--ssl-key={pki['server_key']}")
     server = start_server(**own_database.env, MYSQL_SSL_CA=pki["ca"], ready=False)  # MYSQL_HOST is 127.0.0.1
     assert server.process.wait(60) == 1
-    assert server.log().startswith("error: cannot migrate")
+    assert re.fullmatch(rf"error: cannot migrate \S+ on 127\.0\.0\.1:\d+: TLS/SSL error: {refusal}\n", server.log())
 
 
 def test_the_server_reaches_mysql_over_tls_when_the_database_requires_it(start_server, own_database, pki):
