@@ -71,7 +71,7 @@ def test_a_hung_server_is_skipped_after_a_call_to_it_times_out(start_server):
                 if time.monotonic() - started >= 0.5:
                     slow.append(time.monotonic() - started)
 
-            errors = run_threads(8, timed_get, seconds=4)
+            errors = run_threads(8, timed_get, seconds=3)
         finally:
             os.kill(hung.process.pid, signal.SIGCONT)
     assert errors == []
