@@ -55,6 +55,17 @@ class ServerUnreachable(Exception):
         self.sent = sent
 
 
+class TLSRefused(ServerUnreachable):
+    """Every server tried refused the TLS handshake, or this client's certificate: a certificate,
+    CA or host name that is wrong now is wrong on a retry too, so it is raised at once."""
+
+
+def _tls_refusal(error: BaseException) -> bool:
+    """A TLS error that a retry with the same settings cannot mend (not a closed or interrupted connection)."""
+    transient = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ssl.SSLWantReadError)
+    return isinstance(error, ssl.SSLError) and not isinstance(error, transient)
+
+
 class RequestTooLarge(ValueError):
     """A request longer than the server accepts: refused before a byte is sent, never retried."""
 
@@ -278,7 +289,8 @@ class PooledClient:
             except (ServerUnreachable, *self.retry_on) as error:
                 sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
                 pause = min(MAX_PAUSE_SECONDS, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
-                if self._closed or attempt == self.retries or time.monotonic() + pause >= give_up_at:
+                last = isinstance(error, TLSRefused) or attempt == self.retries or self._closed
+                if last or time.monotonic() + pause >= give_up_at:
                     if isinstance(error, ServerUnreachable):
                         error.sent = sent
                     raise
@@ -399,7 +411,7 @@ class PooledClient:
 
     def _connect(self, addresses: list[Address], give_up_at: float) -> _Connection:
         """Open a connection to the best address that accepts one, trying each at most once."""
-        errors, tried = [], set()
+        errors, tried, refusals = [], set(), 0
         while address := self._claim(addresses, tried):
             tried.add(address)
             connect_timeout = min(self.connect_timeout, give_up_at - time.monotonic())
@@ -407,12 +419,14 @@ class PooledClient:
                 connection = self._open_connection(address, connect_timeout)
             except (TTransportException, OSError) as error:
                 errors.append(f"{address} ({reason(error)})")
+                refusals += _tls_refusal(error)
                 if connect_timeout <= 0:
                     break
                 self._addresses.mark_down(address)
                 continue
             return connection  # marked up once a call on it returns: a hung server accepts connections
-        raise ServerUnreachable(", ".join(errors), sent=False)
+        unreachable = TLSRefused if errors and refusals == len(errors) else ServerUnreachable
+        raise unreachable(", ".join(errors), sent=False)
 
     def _open_connection(self, address: Address, connect_timeout: float) -> _Connection:
         """A connection to a claimed address; the claim is given back if it fails."""
@@ -438,6 +452,8 @@ class PooledClient:
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except (TTransportException, OSError) as error:
             self._discard(connection)
+            if _tls_refusal(error):  # TLS 1.3 refuses a client certificate after the handshake, at the first read
+                raise TLSRefused(f"{connection.address} ({reason(error)})", sent=False) from None
             self._addresses.resolve_soon()
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except TException:

@@ -3,6 +3,7 @@
 import re
 import socket
 import ssl
+import time
 
 import pytest
 from thriftpy2.protocol import TCompactProtocolFactory
@@ -13,7 +14,7 @@ from counters_testing import counters_process
 from helpers.mysql import sql
 from helpers.pki import make_pki
 from helpers.wire import call_bytes, framed
-from servicekit.client import ServerUnreachable, new_request_id, tls_context
+from servicekit.client import ServerUnreachable, TLSRefused, new_request_id, tls_context
 from tools.throwaway_db import wait_for
 
 
@@ -72,6 +73,15 @@ def test_tls_refuses_what_it_must(tls_server, pki, case, expected):
     host = "127.0.0.1" if case == "wrong hostname" else "localhost"
     with pytest.raises(ServerUnreachable, match=expected), _tls_client(tls_server.port, context, host) as client:
         client.ping()
+
+
+@pytest.mark.parametrize("case", ["wrong CA", "no client certificate"])
+def test_a_tls_refusal_fails_the_call_at_once_instead_of_at_the_deadline(tls_server, pki, case):
+    context = tls_context(pki["other_ca"]) if case == "wrong CA" else tls_context(pki["ca"])
+    started = time.monotonic()
+    with pytest.raises(TLSRefused), CountersClient(f"localhost:{tls_server.port}", tls=context, deadline=30) as client:
+        client.ping()
+    assert time.monotonic() - started < 10  # no retries until the 30 s deadline
 
 
 def test_tls_refuses_an_expired_server_certificate(start_server, pki):
