@@ -97,6 +97,10 @@ class AddressBook:
             raise OSError(", ".join(errors))
         return self._addresses
 
+    def is_only(self, address: Address) -> bool:
+        """Whether `address` is the one address there is."""
+        return self._addresses == [address]
+
     def is_current(self, address: Address) -> bool:
         return address in self._addresses
 

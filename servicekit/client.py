@@ -56,14 +56,24 @@ class ServerUnreachable(Exception):
 
 
 class TLSRefused(ServerUnreachable):
-    """Every server tried refused the TLS handshake, or this client's certificate: a certificate,
-    CA or host name that is wrong now is wrong on a retry too, so it is raised at once."""
+    """Every server refused the TLS handshake, or this client's certificate: a certificate, CA or
+    host name that is wrong now is wrong on a retry too, so it is raised once each was tried.
+
+    `refused_by`: the addresses that refused.
+    """
+
+    def __init__(self, message: str, refused_by: set[Address]) -> None:
+        super().__init__(message, sent=False)
+        self.refused_by = refused_by
+
+
+# What OpenSSL names a refusal of the certificates or of TLS itself (not a connection closed or corrupted).
+TLS_REFUSALS = re.compile(r"CERTIFICATE|UNKNOWN_CA|HANDSHAKE_FAILURE|PROTOCOL_VERSION|WRONG_VERSION_NUMBER")
 
 
 def _tls_refusal(error: BaseException) -> bool:
-    """A TLS error that a retry with the same settings cannot mend (not a closed or interrupted connection)."""
-    transient = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ssl.SSLWantReadError)
-    return isinstance(error, ssl.SSLError) and not isinstance(error, transient)
+    """A TLS error that a retry with the same settings cannot mend."""
+    return isinstance(error, ssl.SSLError) and bool(TLS_REFUSALS.search(str(error.reason)))
 
 
 class RequestTooLarge(ValueError):
@@ -282,20 +292,28 @@ class PooledClient:
         if self.max_message_bytes is not None:
             self._check_size(method, args)
         give_up_at = time.monotonic() + self.deadline
-        sent = False
+        sent, refused_by = False, set()
         for attempt in itertools.count():
             try:
                 return self._call_once(method, args, give_up_at)
             except (ServerUnreachable, *self.retry_on) as error:
                 sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
+                refused_by |= getattr(error, "refused_by", set())
                 pause = min(MAX_PAUSE_SECONDS, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
-                last = isinstance(error, TLSRefused) or attempt == self.retries or self._closed
+                last = attempt == self.retries or self._closed or self._all_refused(refused_by)
                 if last or time.monotonic() + pause >= give_up_at:
                     if isinstance(error, ServerUnreachable):
                         error.sent = sent
                     raise
                 time.sleep(pause)
         raise AssertionError("unreachable")
+
+    def _all_refused(self, refused_by: set[Address]) -> bool:
+        """Whether every address has refused this client's TLS: no retry can succeed."""
+        try:
+            return bool(refused_by) and refused_by >= set(self._addresses.current())
+        except OSError:
+            return True  # no address to try at all
 
     def _check_size(self, method: str, args: tuple) -> None:
         """RequestTooLarge if the request, encoded as it would be sent, is over max_message_bytes."""
@@ -342,11 +360,12 @@ class PooledClient:
 
     def _usable(self, connection: _Connection) -> bool:
         """An idle connection is used again unless it idled too long, the server closed it, or a call to
-        its address timed out since (the server may be hung) while another address is up."""
+        its address timed out since (the server may be hung) and there are other addresses."""
         now = time.monotonic()
+        address = connection.address
         return (
             now - connection.idle_since < self.max_idle
-            and (self._addresses.down_until(connection.address) <= now or not self._addresses.up())
+            and (self._addresses.down_until(address) <= now or self._addresses.is_only(address))
             and not connection.closed_by_server()
         )
 
@@ -411,7 +430,7 @@ class PooledClient:
 
     def _connect(self, addresses: list[Address], give_up_at: float) -> _Connection:
         """Open a connection to the best address that accepts one, trying each at most once."""
-        errors, tried, refusals = [], set(), 0
+        errors, tried, refused_by = [], set(), set()
         while address := self._claim(addresses, tried):
             tried.add(address)
             connect_timeout = min(self.connect_timeout, give_up_at - time.monotonic())
@@ -419,14 +438,16 @@ class PooledClient:
                 connection = self._open_connection(address, connect_timeout)
             except (TTransportException, OSError) as error:
                 errors.append(f"{address} ({reason(error)})")
-                refusals += _tls_refusal(error)
+                if _tls_refusal(error):
+                    refused_by.add(address)
                 if connect_timeout <= 0:
                     break
                 self._addresses.mark_down(address)
                 continue
             return connection  # marked up once a call on it returns: a hung server accepts connections
-        unreachable = TLSRefused if errors and refusals == len(errors) else ServerUnreachable
-        raise unreachable(", ".join(errors), sent=False)
+        if refused_by:
+            raise TLSRefused(", ".join(errors), refused_by)
+        raise ServerUnreachable(", ".join(errors), sent=False)
 
     def _open_connection(self, address: Address, connect_timeout: float) -> _Connection:
         """A connection to a claimed address; the claim is given back if it fails."""
@@ -447,13 +468,16 @@ class PooledClient:
             result = getattr(connection.thrift, method)(*args)
         except TimeoutError as error:
             self._discard(connection)
-            if timeout >= self.timeout:  # the server's whole time, not the end of the caller's deadline:
-                self._addresses.mark_down(connection.address)  # it may hang, and its other connections with it
+            # It may hang, its other connections with it; unless the caller's deadline, not the server, cut the
+            # attempt short (less than half the timeout was left).
+            if timeout >= self.timeout / 2:
+                self._addresses.mark_down(connection.address)
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except (TTransportException, OSError) as error:
             self._discard(connection)
             if _tls_refusal(error):  # TLS 1.3 refuses a client certificate after the handshake, at the first read
-                raise TLSRefused(f"{connection.address} ({reason(error)})", sent=False) from None
+                self._addresses.mark_down(connection.address)
+                raise TLSRefused(f"{connection.address} ({reason(error)})", {connection.address}) from None
             self._addresses.resolve_soon()
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
         except TException:

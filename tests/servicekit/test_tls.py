@@ -84,6 +84,19 @@ def test_a_tls_refusal_fails_the_call_at_once_instead_of_at_the_deadline(tls_ser
     assert time.monotonic() - started < 10  # no retries until the 30 s deadline
 
 
+def test_a_server_that_refuses_the_client_certificate_is_passed_over_for_one_that_accepts_it(
+    tls_server, start_server, pki
+):
+    env = {"THRIFT_TLS_CERT": pki["server"], "THRIFT_TLS_KEY": pki["server_key"]}
+    refusing = start_server(**env, THRIFT_TLS_CLIENT_CA=pki["other_ca"], ready=False)
+    wait_for(lambda: "serving counters" in refusing.log(), 30, "the refusing server")
+    servers = f"localhost:{refusing.port},localhost:{tls_server.port}"
+    context = tls_context(pki["ca"], pki["client"], pki["client_key"])
+    for _ in range(20):  # a new client starts at either address: about half start at the refusing one
+        with CountersClient(servers, tls=context, deadline=10) as client:
+            assert client.ping() == "pong"
+
+
 def test_tls_refuses_an_expired_server_certificate(start_server, pki):
     server = start_server(THRIFT_TLS_CERT=pki["expired"], THRIFT_TLS_KEY=pki["expired_key"], ready=False)
     wait_for(lambda: "serving counters" in server.log(), 30, "the server")
