@@ -11,7 +11,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /build/requirements.txt
 # The image keeps config.env's defaults but not its password, in no layer:
 # compose's env_file and Kubernetes' Secret set MYSQL_PASSWORD where it runs.
 COPY config.env /build/
-RUN sed -i '/^MYSQL_PASSWORD=/d' /build/config.env
+RUN sed -E -i '/^[[:space:]]*(export[[:space:]]+)?MYSQL_PASSWORD[[:space:]]*=/d' /build/config.env
 
 FROM python:3.11-slim-bookworm
 # libmariadb3 speaks MySQL 8.4's caching_sha2_password (its plugin ships in the package).

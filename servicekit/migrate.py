@@ -16,6 +16,7 @@ from servicekit.errors import DatabaseUnavailable
 
 KIT_MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_NAME = re.compile(r"(\d+)_[^/]+\.sql")
+MAX_VERSION = 2**31 - 1  # the version column is an INT
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 
@@ -58,12 +59,16 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
 
 
 def numbered(directory: Path) -> dict[int, Path]:
-    """A directory's .sql files by number (none if it does not exist); other files are not migrations."""
+    """A directory's .sql files by number (none if it does not exist); other files, and hidden ones
+    (an editor's lock file), are not migrations."""
     files: dict[int, Path] = {}
-    for path in sorted(directory.glob("*.sql")):
+    candidates = directory.iterdir() if directory.is_dir() else []
+    for path in sorted(p for p in candidates if p.suffix.lower() == ".sql" and not p.name.startswith(".")):
         if not (match := MIGRATION_NAME.fullmatch(path.name)):
             raise MigrationError(f"{path}: a migration is named NNN_description.sql (digits, then _)")
-        if (version := int(match[1])) in files:
+        if (version := int(match[1])) > MAX_VERSION:
+            raise MigrationError(f"{path}: numbered past {MAX_VERSION}, the largest schema_migrations records")
+        if version in files:
             raise MigrationError(f"{files[version].name} and {path.name} in {directory} share the number {version}")
         files[version] = path
     return dict(sorted(files.items()))
@@ -86,6 +91,10 @@ def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
             raise MigrationError(
                 f"migration {version} was applied as {applied[version]}, but the file numbered {version}"
                 f" is {path.name}: give a new change a new number, or rename the file back"
+            )
+        if version not in applied and applied and version < max(applied):
+            raise MigrationError(
+                f"{path.name} is numbered below {applied[max(applied)]}, which has run: number it past {max(applied)}"
             )
     return set(applied)
 

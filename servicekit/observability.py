@@ -12,6 +12,7 @@ module is first imported.
 import json
 import logging
 import time
+from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
@@ -81,7 +82,9 @@ class _BudgetedHandler(logging.StreamHandler):
                 if self._logged[kind] > self.per_window:
                     held = self._held.get(kind, ("", 0, "", 0))[3]
                     # The message, not the record: its arguments may hold a connection's buffers.
-                    self._held[kind] = (record.name, record.levelno, record.getMessage(), held + 1)
+                    self._held[kind] = (record.name, record.levelno, str(record.msg), held + 1)
+                    with suppress(Exception):  # a line that cannot be formatted is summed up by its template
+                        self._held[kind] = (record.name, record.levelno, record.getMessage(), held + 1)
                     return False
         return super().handle(record)
 
@@ -93,7 +96,8 @@ class _BudgetedHandler(logging.StreamHandler):
     def _summarize(self) -> None:
         for kind, (name, level, last, count) in self._held.items():
             message = f"{count} more {kind} not logged (LOG_CLIENT_ERRORS_PER_10S); the last: %s"
-            super().handle(logging.getLogger(name).makeRecord(name, level, "", 0, message, (last,), None))
+            # A LogRecord made here: logging.getLogger() would take logging's lock inside this handler's.
+            super().handle(logging.LogRecord(name, level, "", 0, message, (last,), None))
         self._logged, self._held = {}, {}
 
 

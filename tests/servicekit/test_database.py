@@ -163,6 +163,16 @@ def connect_arguments(database: dict[str, str], **settings: str) -> dict:
     return mysql.connect_arguments(load(ServerSettings, db.CONFIG_FILE, {**database, **settings}))
 
 
+def test_a_new_file_numbered_below_one_that_has_run_is_refused(database_server, tmp_path):
+    database = database_server.database("kit_late_migration")
+    (tmp_path / "002_stock.sql").write_text("CREATE TABLE stock (id INT);\n")
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    (tmp_path / "001_late.sql").write_text("CREATE TABLE late (id INT);\n")  # from a branch merged later
+    with pytest.raises(migrate.MigrationError, match=r"001_late\.sql is numbered below 002_stock\.sql, which has run"):
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert ("late",) not in sql(database, "SHOW TABLES")
+
+
 def test_a_service_without_a_migrations_directory_gets_the_kits_alone(database_server, tmp_path):
     database = database_server.database("kit_no_migrations")
     assert migrate.apply(connect_arguments(database), tmp_path / "migrations", 5) == ["001_write_requests.sql"]
@@ -172,12 +182,14 @@ def test_a_service_without_a_migrations_directory_gets_the_kits_alone(database_s
     ("files", "refusal"),
     [
         (["001_first.sql", "002-second.sql"], "002-second.sql: a migration is named NNN_description.sql"),
+        (["001_first.sql", "002_second.SQL"], "002_second.SQL: a migration is named NNN_description.sql"),
+        (["20261127120000_timestamped.sql"], "numbered past 2147483647"),
         (
             ["001_first.sql", "002_second.sql", "002_other.sql"],
             r"002_other.sql and 002_second.sql in \S+ share",
         ),
     ],
-    ids=["dash", "one number twice"],
+    ids=["dash", "upper-case", "past an INT", "one number twice"],
 )
 def test_migration_files_misnamed_or_sharing_a_number_are_refused_before_any_runs(
     files, refusal, database_server, tmp_path
@@ -194,7 +206,7 @@ def test_a_new_file_under_the_number_of_an_applied_one_is_refused(database_serve
     database = database_server.database("kit_renumbered_migrations")
     (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\n")
     (tmp_path / "002_add-index.v2.sql").write_text("CREATE INDEX by_id ON stock (id);\n")
-    for not_a_migration in ("README.md", "003_notes", "001_stock.sql~"):  # text, a draft, an editor's backup
+    for not_a_migration in ("README.md", "003_notes", "001_stock.sql~", ".#001_stock.sql"):  # text, draft, editor
         (tmp_path / not_a_migration).write_text("ignored\n")
     applied = migrate.apply(connect_arguments(database), tmp_path, 5)
     assert applied == ["001_write_requests.sql", "001_stock.sql", "002_add-index.v2.sql"]
