@@ -17,7 +17,7 @@ from helpers.mysql import connect_kwargs
 from tools.throwaway_db import MissingPrograms, ThrowawayDatabase
 
 # The fuzz tests' budget, per transport and protocol; a longer run: pytest -k fuzz --hypothesis-profile=long
-settings.register_profile("suite", max_examples=2_500, deadline=None)
+settings.register_profile("suite", max_examples=1_000, deadline=None)
 settings.register_profile("long", max_examples=1_000_000, deadline=None)
 settings.load_profile("suite")
 
