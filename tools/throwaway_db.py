@@ -75,11 +75,14 @@ class ThrowawayDatabase:
             "MYSQL_PASSWORD": "",
             "MYSQL_DATABASE": database,
         }
+        # Its own temporary directory: installers sharing /tmp at once collide on their temporary tables.
+        (directory / "tmp").mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
                 install,
                 "--no-defaults",
                 f"--datadir={directory / 'data'}",
+                f"--tmpdir={directory / 'tmp'}",
                 "--auth-root-authentication-method=normal",
                 *self._user(),
             ],
@@ -97,6 +100,7 @@ class ThrowawayDatabase:
                 self.server,
                 "--no-defaults",
                 f"--datadir={self.directory / 'data'}",
+                f"--tmpdir={self.directory / 'tmp'}",
                 f"--socket={self.directory / 'mysqld.sock'}",
                 f"--pid-file={self.directory / 'mysqld.pid'}",
                 f"--log-error={self.directory / 'error.log'}",
