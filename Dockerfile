@@ -1,8 +1,8 @@
 # The service's image. The build stage compiles mysqlclient's C extension into
 # a wheel; the runtime stage has only the client library, the wheels and the
-# code, and runs as an unprivileged user. Python 3.11: the version the suite
-# runs on (a test checks they agree).
-FROM python:3.11-slim-bookworm AS build
+# code, and runs as an unprivileged user. Both stages use one Python: the
+# suite runs the compose command with it and the pinned requirements.
+FROM python:3.12-slim-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libmariadb-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -13,7 +13,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /build/requirements.txt
 COPY config.env /build/
 RUN sed -E -i '/^[[:space:]]*(export[[:space:]]+)?MYSQL_PASSWORD[[:space:]]*=/d' /build/config.env
 
-FROM python:3.11-slim-bookworm
+FROM python:3.12-slim-bookworm
 # libmariadb3 speaks MySQL 8.4's caching_sha2_password (its plugin ships in the package).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libmariadb3 \
