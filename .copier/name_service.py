@@ -2,7 +2,9 @@
 
 `copy NAME` (in the new copy): SERVICE_NAME, MYSQL_USER and MYSQL_DATABASE in
 config.env become NAME and MYSQL_PASSWORD a random one; the word `ledger` (the
-template's own name) becomes NAME in the deployment files. `update NAME`
+template's own name) becomes NAME in the deployment files, and in the README's
+commands and names of the deployment (not in the example's `ledger_thrift`
+and `ledger_helpers`, which stay until you replace the example). `update NAME`
 (after `copier update`): only the deployment files the update brought in (a
 new manifest still says `ledger`); your own files and config.env stay yours.
 """
@@ -15,6 +17,8 @@ from pathlib import Path
 
 TEMPLATE_NAME = "ledger"
 DEPLOYMENT_FILES = ["docker-compose.yml", "compose.scale.yaml", *sorted(str(p) for p in Path("k8s").glob("*.yaml"))]
+# In the README: `ledger` alone (compose service, Kubernetes objects, loggers) or as the metrics' prefix.
+NAMED_IN_README = re.compile(rf"\b{TEMPLATE_NAME}(?=\b|_)(?!_thrift\b|_helpers\b)")
 
 
 def name_config(name: str) -> None:
@@ -36,6 +40,11 @@ def name_deployment(name: str, files: list[str]) -> None:
         path.write_text(re.sub(rf"\b{TEMPLATE_NAME}\b", name, path.read_text()))
 
 
+def name_readme(name: str) -> None:
+    readme = Path("README.md")
+    readme.write_text(NAMED_IN_README.sub(name, readme.read_text()))
+
+
 def brought_by_update() -> list[str]:
     """The deployment files git does not know yet: `copier update` starts from a clean work tree.
 
@@ -53,5 +62,6 @@ if __name__ == "__main__":
     if operation == "copy":
         name_config(new_name)
         name_deployment(new_name, DEPLOYMENT_FILES)
+        name_readme(new_name)
     else:
         name_deployment(new_name, brought_by_update())

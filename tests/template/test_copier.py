@@ -43,6 +43,22 @@ def test_the_copy_is_named_after_its_service_with_a_fresh_password(catalog):
     assert "NAME: catalog" in (catalog / ".copier" / ".copier-answers.yml").read_text()
 
 
+def test_the_copys_readme_names_its_deployment_and_still_the_example(catalog):
+    readme = (catalog / "README.md").read_text()
+    for command in (
+        "docker compose logs -f catalog",
+        "--scale catalog=3",
+        "kubectl rollout status deployment/catalog",
+        "kubectl create secret generic catalog-secrets",
+        "--servers catalog-headless:9090 health",
+        "`catalog.requests`",
+        "`catalog_requests_total`",
+    ):
+        assert command in readme, command
+    assert "from client import LedgerClient, ledger_thrift" in readme  # the example, until replaced
+    assert "ledger" not in readme.replace("ledger_thrift", "").replace("ledger_helpers", "").replace("_ledger.", "")
+
+
 def test_the_copy_keeps_the_example_to_replace_and_leaves_the_template_behind(catalog):
     assert (catalog / "service.thrift").read_text() == (ROOT / "service.thrift").read_text()
     assert not (catalog / "copier.yml").exists()
