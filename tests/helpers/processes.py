@@ -133,6 +133,12 @@ def child_pids(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
+def all_children(pid: int, count: int) -> set[int]:
+    """The `count` processes `pid` forks, once all have started (the first may answer before the last is forked)."""
+    wait_for(lambda: len(child_pids(pid)) == count, 10, f"{count} server processes")
+    return child_pids(pid)
+
+
 def rss_kb(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])

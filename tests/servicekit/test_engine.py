@@ -17,7 +17,7 @@ from thriftpy2.transport import TCyFramedTransportFactory
 from counters import counters_thrift
 from helpers.load import connections_to, run_threads
 from helpers.mysql import connections_opened, statement_waits
-from helpers.processes import child_pids, run_python
+from helpers.processes import all_children, child_pids, run_python
 from helpers.wire import call_bytes, framed, reply_names, unread_bytes
 from servicekit.client import ServerUnreachable
 from tools.throwaway_db import free_port, wait_for
@@ -231,8 +231,7 @@ def test_pooled_db_mode_serves_too(start_server):
 def test_several_processes_share_the_port_replace_a_dead_one_and_drain_together(start_server):
     server = start_server(THRIFT_PROCESSES="2")
     parent = server.process.pid
-    original = child_pids(parent)
-    assert len(original) == 2
+    original = all_children(parent, 2)
     with server.client(pool_size=4) as client:
         first = client.add("two processes", 1).total
         os.kill(min(original), signal.SIGKILL)
@@ -248,7 +247,7 @@ def test_several_processes_share_the_port_replace_a_dead_one_and_drain_together(
 
 def test_server_processes_exit_when_their_parent_is_killed(start_server):
     server = start_server(THRIFT_PROCESSES="2")
-    children = child_pids(server.process.pid)
+    children = all_children(server.process.pid, 2)
     server.stop(signal.SIGKILL)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10, "orphaned processes to exit")
 
