@@ -27,15 +27,17 @@ def sql(database: dict[str, str], query: str, params: tuple = ()) -> list[tuple]
 
 
 def connections_opened(database: dict[str, str]) -> int:
-    """How many connections the database server has accepted since it started."""
+    """How many connections the database server has accepted since it started: from every client of the server."""
     return int(sql(database, "SHOW GLOBAL STATUS LIKE 'Connections'")[0][1])
 
 
 def statement_waits(database: dict[str, str], statement_start: str) -> bool:
-    """True while a session runs a statement beginning with `statement_start` (say, blocked on a lock)."""
+    """True while a session on this database runs a statement beginning with `statement_start` (say, blocked on a
+    lock); sessions on other databases (another test process's, on a shared MYSQL_HOST) do not count."""
     waiting = sql(
         database,
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()",
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+        " WHERE INFO LIKE %s AND DB = DATABASE() AND ID <> CONNECTION_ID()",
         (statement_start.replace("%", "\\%") + "%",),
     )
     return waiting[0][0] > 0

@@ -100,9 +100,11 @@ def test_drain_timeout_bounds_shutdown(start_server, database):
     assert len(errors) == 1  # a clean error, not a hang
 
 
-def test_database_connections_are_reused_across_1000_requests(start_server, database):
+def test_database_connections_are_reused_across_1000_requests(start_server, own_database):
+    # A database server of its own: the count of connections it accepted is server-wide.
+    database = own_database.env
     workers = 4
-    server = start_server(THRIFT_WORKERS=str(workers))
+    server = start_server(**database, THRIFT_WORKERS=str(workers))
     with server.client() as setup:
         setup.add("reuse", 1)
     before = connections_opened(database)
