@@ -42,15 +42,18 @@ def connections_to(port: int, host: str | None = None) -> int:
             continue  # closed meanwhile by another thread
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    count = 0
+    # By inode: the kernel writes these tables a page at a time, so a socket
+    # can appear twice when connections open and close meanwhile.
+    counted = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             remote_ip, remote_port = fields[2].split(":")
             if int(remote_port, 16) != port or fields[3] != "01" or fields[9] not in inodes:
                 continue
-            count += host is None or _kernel_ip(remote_ip) == ipaddress.ip_address(host)
-    return count
+            if host is None or _kernel_ip(remote_ip) == ipaddress.ip_address(host):
+                counted.add(fields[9])
+    return len(counted)
 
 
 def _kernel_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
