@@ -218,6 +218,8 @@ class TThreadPoolServer(TServer):
         # worker's next wait returns at once.
         self._epoll.register(self._wake_reader, select.EPOLLIN)
         self._epoll.register(self._listener, ARMED_TO_ACCEPT)
+        if self._closing:  # close() came before the wake-up socket existed (SIGTERM at start-up)
+            self._wake_writer.send(b"\0")
         self._workers = [_Worker(number) for number in range(self.workers)]
         self._waiting = [False] * self.workers
         threads = [

@@ -1,5 +1,6 @@
 """The server engine on real processes: errors, draining, pooling, timeouts, processes, start-up."""
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -14,12 +15,14 @@ from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TCyFramedTransportFactory
 
-from counters import counters_thrift
+from counters import CountersHandler, counters_thrift
 from helpers.load import connections_to, run_threads
 from helpers.mysql import connections_opened, statement_waits
 from helpers.processes import all_children, child_pids, run_python
 from helpers.wire import call_bytes, framed, reply_names, unread_bytes
 from servicekit.client import ServerUnreachable
+from servicekit.processor import GuardedProcessor
+from servicekit.thread_pool_server import TThreadPoolServer
 from tools.throwaway_db import free_port, wait_for
 
 Counters = counters_thrift.Counters
@@ -98,6 +101,21 @@ def test_drain_timeout_bounds_shutdown(start_server, database):
         assert time.monotonic() - started < 5
         caller.join(10)
     assert len(errors) == 1  # a clean error, not a hang
+
+
+def test_a_stop_asked_for_before_serving_begins_is_not_lost(caplog):
+    """SIGTERM at start-up: close() runs before serve() has made its wake-up socket."""
+    handler = CountersHandler()
+    processor = GuardedProcessor(Counters, handler, version="1", is_serving=lambda: True, database_answers=lambda: True)
+    server = TThreadPoolServer(processor, "127.0.0.1", free_port(), 2, 60, 10, 5, 65536, 100)
+    server.listen()
+    server.close()
+    serving = threading.Thread(target=server.serve)
+    with caplog.at_level(logging.WARNING):
+        serving.start()
+        serving.join(30)
+    assert not serving.is_alive()
+    assert "drain timeout" not in caplog.text  # its workers were woken, not abandoned
 
 
 def test_database_connections_are_reused_across_1000_requests(start_server, own_database):
