@@ -44,4 +44,6 @@ class ReplyDroppingProxy:
             return b""
 
     def close(self) -> None:
+        with suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() a plain close would leave blocked
         self.listener.close()
