@@ -35,9 +35,10 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
     past `lock_timeout` seconds.
     """
     kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
-    # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
-    # may take minutes. Each file's record commits as soon as it is written.
-    untimed = {key: value for key, value in arguments.items() if key not in ("read_timeout", "write_timeout")}
+    # No read, write or lock-wait timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a
+    # big table) may take minutes. Each file's record commits as soon as it is written.
+    timeouts = ("read_timeout", "write_timeout", "init_command")
+    untimed = {key: value for key, value in arguments.items() if key not in timeouts}
     connection = MySQLdb.connect(**{**untimed, "autocommit": True})
     try:
         cursor = connection.cursor()

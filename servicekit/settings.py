@@ -110,7 +110,9 @@ class ServerSettings(CommonSettings):
     )
     mysql_database: str = setting(meaning="Database name.")
     mysql_connect_timeout: int = setting(5, "Seconds to connect to the database.", low=1, high=3600)
-    mysql_read_timeout: int = setting(10, "Seconds to wait for a query's result.", low=1, high=3600)
+    mysql_read_timeout: int = setting(
+        10, "Seconds to wait for a query's result; a lock is waited for half as long.", low=1, high=3600
+    )
     mysql_write_timeout: int = setting(10, "Seconds to wait while sending a query.", low=1, high=3600)
     mysql_ssl_ca: str = setting(
         "",
