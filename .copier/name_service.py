@@ -63,5 +63,7 @@ if __name__ == "__main__":
         name_config(new_name)
         name_deployment(new_name, DEPLOYMENT_FILES)
         name_readme(new_name)
-    else:
+    elif operation == "update":
         name_deployment(new_name, brought_by_update())
+    else:  # a copier older than copier.yml allows renders no operation: the copy would keep "ledger"
+        sys.exit(f"error: copier said no operation ({operation!r}): use copier 9.6.0 or newer")

@@ -102,6 +102,19 @@ def test_a_name_the_deployment_cannot_take_is_refused(name, tmp_path):
     assert not (tmp_path / name / "config.env").exists()
 
 
+def test_the_naming_task_refuses_a_copier_that_names_no_operation(tmp_path):
+    # copier before 9.6.0 renders {{ _copier_operation }} as "": the copy would silently keep the template's names.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / ".copier" / "name_service.py"), "", "notes"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "error: copier said no operation (''): use copier 9.6.0 or newer\n"
+
+
 def test_an_update_brings_the_kit_and_new_deployment_files_named_but_none_of_the_replaced_example(tmp_path):
     template, shop = tmp_path / "template", tmp_path / "shop"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(template)], check=True, timeout=60)
