@@ -17,22 +17,27 @@ format: $(VENV)/installed
 	$(VENV)/bin/ruff check --fix-only .
 	$(VENV)/bin/ruff format .
 
-run: $(VENV)/installed
+run: $(VENV)/runtime
 	$(PYTHON) server.py
 
-migrate: $(VENV)/installed
+migrate: $(VENV)/runtime
 	$(PYTHON) db.py migrate
 
 bench: $(VENV)/installed
 	$(PYTHON) -m tools.bench
 
-# mysqlclient compiles against libmariadb-dev; the tests start throwaway
-# MariaDB servers from mariadb-server's programs, and generate a stock Apache
-# Thrift client with thrift-compiler.
-$(VENV)/installed: requirements.txt requirements-client.txt requirements-dev.txt
+# What the server needs: mysqlclient compiles against libmariadb-dev.
+$(VENV)/runtime: requirements.txt requirements-client.txt
 	pkg-config --exists libmariadb || pkg-config --exists mysqlclient || ($(APT_INSTALL) libmariadb-dev pkg-config)
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# What the tests need besides: they start throwaway MariaDB servers from
+# mariadb-server's programs, and generate a stock Apache Thrift client with
+# thrift-compiler. `make run` never installs these.
+$(VENV)/installed: $(VENV)/runtime requirements-dev.txt
 	PATH="$$PATH:/usr/sbin" command -v mariadbd >/dev/null || ($(APT_INSTALL) mariadb-server)
 	command -v thrift >/dev/null || ($(APT_INSTALL) thrift-compiler)
-	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
