@@ -322,6 +322,9 @@ class CommandLine:
         elif isinstance(error, ServerUnreachable):
             unsure = unsure if error.sent else ""  # no connection was ever made: nothing can have been applied
             message, status = f"cannot reach the {self.service_name} server at {error}{unsure}", EXIT_UNREACHABLE
+        elif isinstance(error, TApplicationException) and error.type == TApplicationException.UNKNOWN_METHOD:
+            # Nothing ran: most likely --servers names another service.
+            message, status = f"the server does not serve {self.service_name} ({error}): check --servers", EXIT_INTERNAL
         elif isinstance(error, TApplicationException):
             message, status = f"the server failed: {error}{unsure}", EXIT_INTERNAL
         else:  # declared by the IDL: only Unavailable leaves a write's outcome unknown

@@ -1,10 +1,18 @@
 """The kit's command line, built for the Counters service: errors as one line and an exit status."""
 
 import pytest
+import thriftpy2
 
 from counters import CountersClient, counters_thrift
 from helpers.processes import ROOT
+from servicekit.base import BASE_THRIFT
 from servicekit.cli import CommandLine, i64, string
+from servicekit.client import PooledClient, new_request_id
+
+# Another service on the kit, with a write the Counters server does not have.
+ELSEWHERE = """include "{base}"
+service Elsewhere extends base.BaseService {{ void touch(1: string request_id) throws (1: base.Unavailable u) }}
+"""
 
 
 @pytest.fixture
@@ -33,3 +41,22 @@ def test_a_bad_argument_is_one_line_and_status_2(counters_cli, capsys, args):
     assert exit_.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
+
+
+def test_a_server_of_another_service_is_named_as_such_not_as_a_write_that_may_have_applied(server, tmp_path, capsys):
+    idl = tmp_path / "elsewhere.thrift"
+    idl.write_text(ELSEWHERE.format(base=BASE_THRIFT))
+    service = thriftpy2.load(str(idl), module_name="elsewhere_thrift").Elsewhere
+
+    class ElsewhereClient(PooledClient):
+        def __init__(self, servers: str, **options) -> None:
+            super().__init__(service, servers, **options)
+
+        def touch(self, request_id: str | None = None) -> None:
+            return self.call("touch", request_id or new_request_id())
+
+    cli = CommandLine(ElsewhereClient, service, ROOT / "config.env", {}, show=str)
+    cli.command("touch", "a write", write=True)
+    assert cli.main(["--servers", f"127.0.0.1:{server.port}", "touch"]) == 1
+    error = capsys.readouterr().err
+    assert error == "error: the server does not serve Elsewhere (Unknown method): check --servers\n"
