@@ -26,6 +26,7 @@ from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TT
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
+from servicekit.settings import DEFAULT_MAX_MESSAGE_BYTES
 from servicekit.wire import element_type, field_type
 
 # The longest pause between retries: a server restarting is noticed within it.
@@ -207,11 +208,11 @@ class PooledClient:
         `acquire_timeout` seconds for a free one.
     max_idle: seconds an unused connection is kept before it is replaced.
     tls: an ssl.SSLContext (see tls_context()) to call a TLS server.
-    max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES, if given: a
-        longer request raises RequestTooLarge before anything is sent (the
-        server would reset the connection, which looks like an outage and
-        would be retried until the deadline). Checking encodes each request
-        once more.
+    max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES (its default
+        unless given; None checks nothing): a longer request raises
+        RequestTooLarge before anything is sent (the server would reset the
+        connection, which looks like an outage and would be retried until
+        the deadline). Checking encodes each request once more.
 
     Arguments are checked against the IDL before a byte is sent, values
     nested in structs and containers too: an i64 must be an int (not a bool,
@@ -234,7 +235,7 @@ class PooledClient:
         acquire_timeout: float = 10.0,
         max_idle: float = 300.0,
         tls: ssl.SSLContext | None = None,
-        max_message_bytes: int | None = None,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         resolve: Resolver = resolve_both_families,
         resolve_every: float = 30.0,
     ) -> None:

@@ -26,6 +26,10 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
+# A server's THRIFT_MAX_MESSAGE_BYTES unless set: PooledClient assumes it unless told otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 65536
+
+
 def setting(
     default: Any = MISSING,
     meaning: str = "",
@@ -61,7 +65,7 @@ class CommonSettings:
     )
     thrift_port: int = setting(9090, "Thrift port.", low=1, high=65535)
     thrift_max_message_bytes: int = setting(
-        65536,
+        DEFAULT_MAX_MESSAGE_BYTES,
         "Largest request the server accepts, in bytes; client.py refuses a longer one before sending it.",
         low=1024,
         high=2**30,

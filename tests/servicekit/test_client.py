@@ -101,6 +101,11 @@ def test_a_request_over_the_servers_limit_is_refused_unsent_and_the_client_goes_
         assert client.ping() == "pong"
 
 
+def test_by_default_a_request_over_the_servers_default_limit_is_refused_unsent(server):
+    with server.client() as client, pytest.raises(RequestTooLarge, match="over the server's limit of 65536"):
+        client.add("x" * 70_000, 1)  # sent, the server would reset the connection, retried until the deadline
+
+
 @pytest.mark.parametrize(
     ("servers", "parsed"),
     [
