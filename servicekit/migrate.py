@@ -12,6 +12,7 @@ from pathlib import Path
 
 import MySQLdb
 
+from servicekit import mysql
 from servicekit.errors import DatabaseUnavailable
 
 KIT_MIGRATIONS = Path(__file__).with_name("migrations")
@@ -19,10 +20,11 @@ MIGRATION_NAME = re.compile(r"(\d+)_[^/]+\.sql")
 MAX_VERSION = 2**31 - 1  # the version column is an INT
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
+DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
 
 
 class MigrationError(Exception):
-    """A migration file is misnamed, shares its number with another, or differs from the one applied."""
+    """A migration file is misnamed, shares its number with another, differs from the one applied, or fails."""
 
 
 def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[str]:
@@ -100,14 +102,41 @@ def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
     return set(applied)
 
 
+def statements(text: str) -> list[str]:
+    """A migration's statements: each ends with `;` at the end of a line, or with what a `DELIMITER //` line
+    sets, as in the mysql client (for a trigger or a procedure, whose body holds `;`)."""
+    delimiter, lines, found = ";", [], []
+    for line in text.splitlines():
+        if match := DELIMITER_LINE.fullmatch(line):
+            delimiter = match[1]
+        elif (end := line.rstrip()).endswith(delimiter):
+            found.append("\n".join([*lines, end.removesuffix(delimiter)]))
+            lines = []
+        else:
+            lines.append(line)
+    return [statement for statement in [*found, "\n".join(lines)] if statement.strip()]
+
+
+def _left(failed: int) -> str:
+    """What a failed migration leaves: MySQL commits each DDL statement at once, so the ones before stay."""
+    if failed == 1:
+        return ""
+    before = "statement 1 was" if failed == 2 else f"statements 1 to {failed - 1} were"
+    return f" ({before} applied: undo that, or take it out of the file, and migrate again)"
+
+
 def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]) -> list[str]:
     applied_now = []
     for version, path in files.items():
         if version in applied:
             continue
-        for statement in re.split(r";\s*$", path.read_text(encoding="utf-8"), flags=re.M):
-            if statement.strip():
+        for number, statement in enumerate(statements(path.read_text(encoding="utf-8")), 1):
+            try:
                 cursor.execute(statement)
+            except MySQLdb.Error as error:
+                if mysql.error_code(error) in mysql.UNAVAILABLE:
+                    raise  # the database's fault, not the file's
+                raise MigrationError(f"{path.name}, statement {number}: {error.args[-1]}{_left(number)}") from None
         cursor.execute(
             f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608
             (version, path.name, int(time.time() * 1000)),

@@ -218,6 +218,34 @@ def test_a_new_file_under_the_number_of_an_applied_one_is_refused(database_serve
         migrate.apply(connect_arguments(database), tmp_path, 5)
 
 
+def test_a_failing_statement_is_named_with_its_file_and_what_it_left_applied(database_server, tmp_path):
+    database = database_server.database("kit_failing_migration")
+    (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\nCREATE TABLE stock (id INT);\n")
+    with pytest.raises(migrate.MigrationError) as refused:
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert str(refused.value) == (
+        "001_stock.sql, statement 2: Table 'stock' already exists"
+        " (statement 1 was applied: undo that, or take it out of the file, and migrate again)"
+    )
+    assert sql(database, "SELECT name FROM schema_migrations") == []
+
+
+def test_a_trigger_whose_body_holds_semicolons_runs_between_delimiter_lines(database_server, tmp_path):
+    database = database_server.database("kit_trigger_migration")
+    (tmp_path / "001_stock.sql").write_text(
+        "CREATE TABLE stock (id INT, doubled INT);\n"
+        "DELIMITER //\n"
+        "CREATE TRIGGER stock_doubled BEFORE INSERT ON stock FOR EACH ROW\n"
+        "BEGIN\n"
+        "  SET NEW.doubled = NEW.id * 2;\n"
+        "END//\n"
+        "DELIMITER ;\n"
+        "INSERT INTO stock (id) VALUES (21);\n"
+    )
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert sql(database, "SELECT doubled FROM stock") == [(42,)]
+
+
 def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(database_server):
     database = database_server.database("kit_migration_lock")
     holder = MySQLdb.connect(**connect_kwargs(database))
