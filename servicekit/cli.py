@@ -320,8 +320,10 @@ class CommandLine:
         if isinstance(error, RequestTooLarge):
             message, status = str(error), EXIT_USAGE
         elif isinstance(error, ServerUnreachable):
-            unsure = unsure if error.sent else ""  # no connection was ever made: nothing can have been applied
-            message, status = f"cannot reach the {self.service_name} server at {error}{unsure}", EXIT_UNREACHABLE
+            # Sent: a server had the request (its database may be what is slow). Else nothing can have been applied.
+            failure = "no reply from" if error.sent else "cannot reach"
+            unsure = unsure if error.sent else ""
+            message, status = f"{failure} the {self.service_name} server at {error}{unsure}", EXIT_UNREACHABLE
         elif isinstance(error, TApplicationException) and error.type == TApplicationException.UNKNOWN_METHOD:
             # Nothing ran: most likely --servers names another service.
             message, status = f"the server does not serve {self.service_name} ({error}): check --servers", EXIT_INTERNAL

@@ -235,6 +235,7 @@ def test_a_write_without_a_reply_names_the_request_id_that_repeats_it_at_most_on
     finally:
         hung.close()
     assert result.returncode == 8 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: no reply from the Ledger server at 127.0.0.1:{hung.port} (")
     hint = re.search(r"; the deposit may have been applied: repeat it with --request-id (\w+) ", result.stderr)
     for _ in range(2):
         cli_json(ledger.port, "deposit", str(account), "5", "--request-id", hint.group(1))
