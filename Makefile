@@ -3,7 +3,8 @@
 # pinned packages, lints, and runs pytest against a throwaway database.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+# --no-remove: where a package conflicts with one installed (mariadb-server with MySQL's), stop, never replace it.
+APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove
 
 .PHONY: test format run migrate bench
 
