@@ -301,7 +301,7 @@ class CommandLine:
         def call(**arguments: object) -> object:
             client.deadline = give_up_at - time.monotonic()  # --all makes several calls: one --timeout for all
             if client.deadline <= 0:
-                raise ServerUnreachable(f"{servers} (no reply within --timeout {timeout:g} s)")
+                raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)")
             return getattr(client, method)(**arguments)
 
         try:
@@ -325,8 +325,9 @@ class CommandLine:
             unsure = unsure if error.sent else ""
             message, status = f"{failure} the {self.service_name} server at {error}{unsure}", EXIT_UNREACHABLE
         elif isinstance(error, TApplicationException) and error.type == TApplicationException.UNKNOWN_METHOD:
-            # Nothing ran: most likely --servers names another service.
-            message, status = f"the server does not serve {self.service_name} ({error}): check --servers", EXIT_INTERNAL
+            # Nothing ran: --servers names another service, or a version of this one without the call.
+            message = f"the server does not serve this call of {self.service_name} ({error}): check --servers"
+            status = EXIT_INTERNAL
         elif isinstance(error, TApplicationException):
             message, status = f"the server failed: {error}{unsure}", EXIT_INTERNAL
         else:  # declared by the IDL: only Unavailable leaves a write's outcome unknown

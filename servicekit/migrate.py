@@ -33,14 +33,14 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
     MySQL commits DDL implicitly, so each file should be one logical change.
     Raises MigrationError before any file runs if a .sql file is not
     NNN_description.sql, two share a number, or one already applied has
-    another name now; DatabaseUnavailable if another process holds the lock
-    past `lock_timeout` seconds.
+    another name now, and when the database refuses a statement (the ones
+    before it stay applied); DatabaseUnavailable if another process holds the
+    lock past `lock_timeout` seconds.
     """
     kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
-    # No read, write or lock-wait timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a
-    # big table) may take minutes. Each file's record commits as soon as it is written.
-    timeouts = ("read_timeout", "write_timeout", "init_command")
-    untimed = {key: value for key, value in arguments.items() if key not in timeouts}
+    # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
+    # may take minutes. Each file's record commits as soon as it is written.
+    untimed = {key: value for key, value in arguments.items() if key not in ("read_timeout", "write_timeout")}
     connection = MySQLdb.connect(**{**untimed, "autocommit": True})
     try:
         cursor = connection.cursor()
@@ -106,8 +106,8 @@ def statements(text: str) -> list[str]:
     """A migration's statements: each ends with `;` at the end of a line, or with what a `DELIMITER //` line
     sets, as in the mysql client (for a trigger or a procedure, whose body holds `;`)."""
     delimiter, lines, found = ";", [], []
-    for line in text.splitlines():
-        if match := DELIMITER_LINE.fullmatch(line):
+    for line in text.split("\n"):  # not splitlines(): a form feed or U+2028 in a string literal stays
+        if not _started(lines) and (match := DELIMITER_LINE.fullmatch(line)):  # not a column named delimiter
             delimiter = match[1]
         elif (end := line.rstrip()).endswith(delimiter):
             found.append("\n".join([*lines, end.removesuffix(delimiter)]))
@@ -115,6 +115,11 @@ def statements(text: str) -> list[str]:
         else:
             lines.append(line)
     return [statement for statement in [*found, "\n".join(lines)] if statement.strip()]
+
+
+def _started(lines: list[str]) -> bool:
+    """Whether a statement has begun in `lines` (comments and blank lines are none)."""
+    return any(line.strip() and not line.lstrip().startswith(("--", "#")) for line in lines)
 
 
 def _left(failed: int) -> str:
@@ -134,8 +139,8 @@ def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]
             try:
                 cursor.execute(statement)
             except MySQLdb.Error as error:
-                if mysql.error_code(error) in mysql.UNAVAILABLE:
-                    raise  # the database's fault, not the file's
+                if mysql.error_code(error) in mysql.UNAVAILABLE | mysql.RETRYABLE:
+                    raise  # the database is down, or a lock was held too long: not the file's fault
                 raise MigrationError(f"{path.name}, statement {number}: {error.args[-1]}{_left(number)}") from None
         cursor.execute(
             f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608

@@ -68,15 +68,16 @@ def connect_arguments(settings: ServerSettings) -> dict:
         "connect_timeout": settings.mysql_connect_timeout,
         "read_timeout": settings.mysql_read_timeout,
         "write_timeout": settings.mysql_write_timeout,
-        "init_command": _bounded_lock_waits(settings.mysql_read_timeout),
+        "init_command": _bounded_lock_waits(settings.mysql_read_timeout, settings.db_deadlock_retries),
     }
 
 
-def _bounded_lock_waits(read_timeout: int) -> str:
-    """Each session's row and table lock waits end (error 1205, retried as a deadlock is) well before its read
-    timeout: MySQL's own 50 s and one year would outlast it, and a timed-out read looks like a database outage,
-    which fails every other call while the locked one retries."""
-    seconds = max(1, read_timeout // 2)  # an integer from settings: nothing to escape
+def _bounded_lock_waits(read_timeout: int, retries: int) -> str:
+    """A session's row and table lock waits (error 1205), every re-run of a transaction included, end within
+    half its read timeout: the server's own (50 s for rows; a day or a year for tables) would outlast it, and a
+    timed-out read looks like a database outage. A migration waits no longer, rather than queue every query on
+    its table behind it."""
+    seconds = max(1, read_timeout // (2 * (retries + 1)))  # integers from settings: nothing to escape
     return f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
 
 

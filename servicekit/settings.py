@@ -66,7 +66,8 @@ class CommonSettings:
     thrift_port: int = setting(9090, "Thrift port.", low=1, high=65535)
     thrift_max_message_bytes: int = setting(
         DEFAULT_MAX_MESSAGE_BYTES,
-        "Largest request the server accepts, in bytes; client.py refuses a longer one before sending it.",
+        "Largest request the server accepts, in bytes; client.py refuses a longer one before sending it, and so "
+        "does PooledClient, which assumes 65536 unless given the server's own.",
         low=1024,
         high=2**30,
     )
@@ -115,7 +116,11 @@ class ServerSettings(CommonSettings):
     mysql_database: str = setting(meaning="Database name.")
     mysql_connect_timeout: int = setting(5, "Seconds to connect to the database.", low=1, high=3600)
     mysql_read_timeout: int = setting(
-        10, "Seconds to wait for a query's result; a lock is waited for half as long.", low=1, high=3600
+        10,
+        "Seconds to wait for a query's result. Lock waits get half of it, shared by a transaction's re-runs "
+        "(1 s each at least; a migration's too).",
+        low=1,
+        high=3600,
     )
     mysql_write_timeout: int = setting(10, "Seconds to wait while sending a query.", low=1, high=3600)
     mysql_ssl_ca: str = setting(

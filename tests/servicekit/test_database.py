@@ -124,8 +124,9 @@ def _pings(client) -> bool:
 
 
 def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_database):
-    # MySQL's own lock wait (50 s) would outlast the read timeout: the server's sessions wait half of it.
-    server = start_server(**own_database.env, DB_DEADLOCK_RETRIES="2", MYSQL_READ_TIMEOUT="4")
+    # With the defaults: MySQL's own lock wait (50 s) would outlast the read timeout (10 s) and the client's (10 s);
+    # the server's sessions share half the read timeout among a transaction's 4 attempts.
+    server = start_server(**own_database.env)
     with server.client(retries=0) as client:
         client.add("contended", 1)
         blocker = MySQLdb.connect(**connect_kwargs(own_database.env))
@@ -133,7 +134,7 @@ def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_datab
         started = time.monotonic()
         with pytest.raises(Unavailable):
             client.add("contended", 1)
-        assert time.monotonic() - started >= 6  # three attempts of two seconds each
+        assert time.monotonic() - started >= 4  # four attempts of one second each, within the client's timeout
         # A lock that did not clear is not an outage: while another call waits on it, others are served.
         waiting = threading.Thread(target=add_unless_unavailable, args=(client, "contended"))
         waiting.start()
@@ -230,10 +231,27 @@ def test_a_failing_statement_is_named_with_its_file_and_what_it_left_applied(dat
     assert sql(database, "SELECT name FROM schema_migrations") == []
 
 
+def test_a_migration_behind_a_long_transaction_fails_instead_of_queueing_the_tables_queries(database_server, tmp_path):
+    database = database_server.database("kit_migration_behind_a_transaction")
+    (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\n")
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    reader = MySQLdb.connect(**connect_kwargs(database))
+    reader.cursor().execute("BEGIN")
+    reader.cursor().execute("SELECT id FROM stock")  # holds the table's metadata lock until it ends
+    (tmp_path / "002_stock_name.sql").write_text("ALTER TABLE stock ADD COLUMN name VARCHAR(64);\n")
+    try:
+        with pytest.raises(MySQLdb.OperationalError) as waited:  # db.py migrate: status 1, the next start retries
+            migrate.apply(connect_arguments(database), tmp_path, 5)
+    finally:
+        reader.close()
+    assert waited.value.args[0] == 1205  # lock wait timeout, after the defaults' 1 s
+    assert migrate.apply(connect_arguments(database), tmp_path, 5) == ["002_stock_name.sql"]
+
+
 def test_a_trigger_whose_body_holds_semicolons_runs_between_delimiter_lines(database_server, tmp_path):
     database = database_server.database("kit_trigger_migration")
     (tmp_path / "001_stock.sql").write_text(
-        "CREATE TABLE stock (id INT, doubled INT);\n"
+        "CREATE TABLE stock (\n  id INT,\n  delimiter CHAR(1),\n  doubled INT\n);\n"  # a column, not a command
         "DELIMITER //\n"
         "CREATE TRIGGER stock_doubled BEFORE INSERT ON stock FOR EACH ROW\n"
         "BEGIN\n"
@@ -243,7 +261,7 @@ def test_a_trigger_whose_body_holds_semicolons_runs_between_delimiter_lines(data
         "INSERT INTO stock (id) VALUES (21);\n"
     )
     migrate.apply(connect_arguments(database), tmp_path, 5)
-    assert sql(database, "SELECT doubled FROM stock") == [(42,)]
+    assert sql(database, "SELECT delimiter, doubled FROM stock") == [(None, 42)]
 
 
 def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(database_server):
