@@ -14,8 +14,10 @@ from thriftpy2.thrift import TApplicationException, TType
 
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError
+from servicekit.wire import element_type, field_type
 
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
+MAX_DEPTH = 3  # struct within struct: past this, a struct with every field unset
 
 
 def service_in(idl: Path) -> type:
@@ -46,8 +48,8 @@ def _specs(service: type, method: str) -> list[tuple]:
     return [spec for _, spec in sorted(getattr(service, method + "_args").thrift_spec.items())]
 
 
-def _edge_values(spec: tuple) -> st.SearchStrategy:
-    kind, name = spec[0], spec[1]
+def _edge_values(kind: int, held: object, name: str, depth: int = 0) -> st.SearchStrategy:
+    """Values of Thrift type `kind` (`held`: a struct's class, or a container's element types) from its edges."""
     if kind in INTEGER_BITS:
         limit = 2 ** (INTEGER_BITS[kind] - 1)
         edges = [v for v in (0, 1, -1, 2, 1000, 10**12, 10**15 + 1, limit - 1, -limit) if -limit <= v < limit]
@@ -63,22 +65,50 @@ def _edge_values(spec: tuple) -> st.SearchStrategy:
         return st.sampled_from([0.0, -1.0, 0.001])
     if kind == TType.BOOL:
         return st.booleans()
+    if kind in (TType.LIST, TType.SET):
+        items = _edge_values(*element_type(held), name, depth + 1)
+        return st.lists(items, max_size=4) if kind == TType.LIST else st.sets(items, max_size=4)
+    if kind == TType.MAP:
+        keys, items = (_edge_values(*element_type(part), name, depth + 1) for part in held)
+        return st.dictionaries(keys, items, max_size=4)
+    if kind == TType.STRUCT:
+        if depth > MAX_DEPTH:  # a struct that holds itself
+            return st.builds(held)
+        fields = {
+            spec[1]: st.none() | _edge_values(*field_type(spec), spec[1], depth + 1)
+            for spec in held.thrift_spec.values()
+        }
+        return st.builds(held, **fields)
     raise NotImplementedError(f"no edge values for argument {name} of type {kind}")
 
 
 def arguments(service: type, method: str) -> st.SearchStrategy[tuple]:
     """Argument tuples for `method` built from the edges of each argument's type."""
-    return st.tuples(*(_edge_values(spec) for spec in _specs(service, method)))
+    return st.tuples(*(_edge_values(*field_type(spec), spec[1]) for spec in _specs(service, method)))
 
 
 def plausible_arguments(service: type, method: str) -> tuple:
-    """Arguments a well-behaved caller might send: small distinct numbers, a fresh id, an empty cursor, text."""
-    values = {"request_id": uuid.uuid4().hex, "cursor": "", "limit": 10}
-    plain = {TType.STRING: "text", TType.DOUBLE: 0.0, TType.BOOL: False}
+    """Arguments a well-behaved caller might send: small distinct numbers, a fresh id, an empty cursor, text,
+    and containers of one such value each (an empty one may be answered without the database)."""
     return tuple(
-        values.get(spec[1], position + 1 if spec[0] in INTEGER_BITS else plain[spec[0]])
-        for position, spec in enumerate(_specs(service, method))
+        _plausible(*field_type(spec), spec[1], position + 1) for position, spec in enumerate(_specs(service, method))
     )
+
+
+def _plausible(kind: int, held: object, name: str, number: int) -> object:
+    named = {"request_id": uuid.uuid4().hex, "cursor": "", "limit": 10}
+    if name in named and kind in (TType.STRING, *INTEGER_BITS):
+        return named[name]
+    if kind in INTEGER_BITS:
+        return number
+    if kind in (TType.LIST, TType.SET):
+        item = _plausible(*element_type(held), name, number)
+        return [item] if kind == TType.LIST else {item}
+    if kind == TType.MAP:
+        return {_plausible(*element_type(held[0]), name, number): _plausible(*element_type(held[1]), name, number)}
+    if kind == TType.STRUCT:
+        return held(**{spec[1]: _plausible(*field_type(spec), spec[1], number) for spec in held.thrift_spec.values()})
+    return {TType.STRING: "text", TType.DOUBLE: 0.0, TType.BOOL: False}[kind]
 
 
 def declared(service: type, method: str) -> tuple[type, ...]:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from helpers.contract import StockClient, answer, arguments, methods, plausible_arguments, service_in
 from helpers.processes import ROOT
-from servicekit.client import PooledClient
+from servicekit.base import BASE_THRIFT
+from servicekit.client import PooledClient, check_arguments
 
 SERVICE = service_in(ROOT / "service.thrift")
 
@@ -88,3 +89,28 @@ def test_the_client_refuses_integers_out_of_range(method, position, big):
     args[integers[position % len(integers)]] = big
     with pytest.raises(ValueError, match="range"):
         client.call(method, *args)
+
+
+# A service of your own may take containers and structs: the walk above builds those too.
+CONTAINERS = """include "{base}"
+struct Note {{ 1: string title, 2: list<string> tags, 3: map<string, i64> counts, 4: set<i32> marks }}
+service Notes extends base.BaseService {{
+  list<Note> add(1: Note note, 2: list<i64> ids, 3: map<i32, list<Note>> groups, 4: string request_id)
+    throws (1: base.Unavailable unavailable),
+}}
+"""
+
+
+def test_arguments_of_container_and_struct_types_are_built_as_the_idl_declares_them(tmp_path):
+    idl = tmp_path / "notes.thrift"
+    idl.write_text(CONTAINERS.format(base=BASE_THRIFT))
+    notes = service_in(idl)
+    specs = list(notes.add_args.thrift_spec.values())
+    check_arguments("add", specs, plausible_arguments(notes, "add"))  # raises unless every value fits the IDL
+
+    @settings(max_examples=50)
+    @given(args=arguments(notes, "add"))
+    def fit(args: tuple) -> None:
+        check_arguments("add", specs, args)
+
+    fit()
