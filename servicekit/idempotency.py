@@ -39,6 +39,18 @@ def check_request_id(request_id: object) -> None:
         raise BadRequestId("request_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
 
 
+def _plain(value: object) -> object:
+    """What JSON cannot hold of a write's arguments, for its fingerprint: a struct as its fields, a set in an
+    order that does not depend on the process (a set of strings iterates in a different one in each)."""
+    if hasattr(value, "thrift_spec"):
+        return {name: getattr(value, name) for _, name, *_ in value.thrift_spec.values()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"a write's argument of type {type(value).__name__} has no fingerprint")
+
+
 class IdempotentWrites:
     """Applies writes once per request_id, inside `run_transaction(work)` (db.py's)."""
 
@@ -65,7 +77,7 @@ class IdempotentWrites:
         so a write that duplicates a unique key runs twice before its Conflict.
         """
         check_request_id(request_id)
-        fingerprint = hashlib.sha256(json.dumps([method, *arguments]).encode()).hexdigest()
+        fingerprint = hashlib.sha256(json.dumps([method, *arguments], default=_plain).encode()).hexdigest()
 
         def work(cursor) -> T:
             previous_id = _previous_result(cursor, request_id, method, fingerprint)

@@ -17,6 +17,7 @@ from helpers.mysql import connect_kwargs, sql, statement_waits
 from helpers.processes import run_python
 from servicekit import migrate, mysql
 from servicekit.client import ServerUnreachable
+from servicekit.errors import RequestIdReused
 from servicekit.idempotency import IdempotentWrites
 from servicekit.settings import ServerSettings, load
 from tools.throwaway_db import wait_for
@@ -293,6 +294,35 @@ def test_the_migration_lock_is_waited_for_longer_than_the_read_timeout(database_
         holder.close()  # which releases the lock
     migrating.join(timeout=20)
     assert applied == ["001_write_requests.sql", "001_stock.sql"]
+
+
+def test_a_write_whose_arguments_hold_a_struct_and_a_set_is_applied_once(database_server):
+    database = database_server.database("kit_struct_write")
+    sql(database, "CREATE TABLE IF NOT EXISTS things (id BIGINT AUTO_INCREMENT PRIMARY KEY)")
+    settings = load(ServerSettings, db.CONFIG_FILE, {**database, "SERVICE_NAME": "things"})
+    db.migrate(settings)
+    db.init_pool(settings)
+    try:
+        writes = IdempotentWrites(db.run_transaction)
+
+        def insert(cursor) -> int:
+            cursor.execute("INSERT INTO things () VALUES ()")
+            return cursor.lastrowid
+
+        def load_id(cursor, thing_id: int) -> int:
+            return thing_id
+
+        def add(counter, marks: set[str]) -> int:
+            return writes.apply("add_thing", "with-a-struct", (counter, marks), insert, load_id)
+
+        Counter = counters_thrift.Counter
+        first = add(Counter(id=1, name="n", total=2), {"a", "b", "c"})
+        assert add(Counter(id=1, name="n", total=2), {"c", "b", "a"}) == first
+        with pytest.raises(RequestIdReused):
+            add(Counter(id=1, name="n", total=3), {"a", "b", "c"})
+    finally:
+        db.close_pool()
+    assert sql(database, "SELECT COUNT(*) FROM things") == [(1,)]
 
 
 def test_a_write_method_name_of_255_characters_is_recorded(database_server):
