@@ -94,6 +94,7 @@ def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
             raise MigrationError(
                 f"migration {version} was applied as {applied[version]}, but the file numbered {version}"
                 f" is {path.name}: give a new change a new number, or rename the file back"
+                " (or, if this database is another service's, such as the template's example, use a new one)"
             )
         if version not in applied and applied and version < max(applied):
             raise MigrationError(
