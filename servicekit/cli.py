@@ -9,6 +9,7 @@ its own exit status.
 
 import argparse
 import codecs
+import inspect
 import json
 import os
 import re
@@ -219,8 +220,17 @@ class CommandLine:
         """A subcommand calling the client method `name` (dashes for underscores).
 
         arguments: (name, type) pairs, such as ("item_id", i64); write adds
-        --request-id; page adds --limit, --cursor and --all.
+        --request-id; page adds --limit, --cursor and --all. TypeError, when
+        client.py starts, unless the client method takes those parameters.
         """
+        wanted = [argument for argument, _ in arguments]
+        wanted += ["request_id"] * write + ["limit", "cursor"] * page
+        method = getattr(self.client_class, name.replace("-", "_"), None)
+        if method is None:
+            raise TypeError(f"command {name}: {self.client_class.__name__} has no method {name.replace('-', '_')}")
+        missing = [parameter for parameter in wanted if parameter not in inspect.signature(method).parameters]
+        if missing:
+            raise TypeError(f"command {name}: {self.client_class.__name__}.{method.__name__} takes no {missing}")
         self._commands.append((name, help, arguments, write, page))
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:

@@ -60,3 +60,10 @@ def test_a_server_of_another_service_is_named_as_such_not_as_a_write_that_may_ha
     assert cli.main(["--servers", f"127.0.0.1:{server.port}", "touch"]) == 1
     error = capsys.readouterr().err
     assert error == "error: the server does not serve this call of Elsewhere (Unknown method): check --servers\n"
+
+
+def test_a_command_that_does_not_fit_its_client_method_is_refused_when_declared(counters_cli):
+    with pytest.raises(TypeError, match="command list: CountersClient has no method list"):
+        counters_cli.command("list", "counters", page=True)
+    with pytest.raises(TypeError, match=r"command get: CountersClient.get takes no \['limit', 'cursor'\]"):
+        counters_cli.command("get", "one counter", ("name", string), page=True)
