@@ -79,7 +79,7 @@ class ServerSettings(CommonSettings):
         4,
         "Worker threads per server process: requests in progress at once. Raise it when requests spend "
         "long waiting on the database (a remote or busy one); past what those waits need, more workers "
-        "only take turns with the GIL, which costs CPU (docs/performance.md).",
+        "only take turns with the GIL, which costs CPU.",
         low=1,
         high=1024,
     )
