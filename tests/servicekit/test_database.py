@@ -296,54 +296,43 @@ def test_the_migration_lock_is_waited_for_longer_than_the_read_timeout(database_
     assert applied == ["001_write_requests.sql", "001_stock.sql"]
 
 
-def test_a_write_whose_arguments_hold_a_struct_and_a_set_is_applied_once(database_server):
-    database = database_server.database("kit_struct_write")
-    sql(database, "CREATE TABLE IF NOT EXISTS things (id BIGINT AUTO_INCREMENT PRIMARY KEY)")
-    settings = load(ServerSettings, db.CONFIG_FILE, {**database, "SERVICE_NAME": "things"})
-    db.migrate(settings)
-    db.init_pool(settings)
-    try:
-        writes = IdempotentWrites(db.run_transaction)
-
-        def insert(cursor) -> int:
-            cursor.execute("INSERT INTO things () VALUES ()")
-            return cursor.lastrowid
-
-        def load_id(cursor, thing_id: int) -> int:
-            return thing_id
-
-        def add(counter, marks: set[str]) -> int:
-            return writes.apply("add_thing", "with-a-struct", (counter, marks), insert, load_id)
-
-        Counter = counters_thrift.Counter
-        first = add(Counter(id=1, name="n", total=2), {"a", "b", "c"})
-        assert add(Counter(id=1, name="n", total=2), {"c", "b", "a"}) == first
-        with pytest.raises(RequestIdReused):
-            add(Counter(id=1, name="n", total=3), {"a", "b", "c"})
-    finally:
-        db.close_pool()
-    assert sql(database, "SELECT COUNT(*) FROM things") == [(1,)]
-
-
-def test_a_write_method_name_of_255_characters_is_recorded(database_server):
-    database = database_server.database("kit_method_width")
+@pytest.fixture
+def thing_writes(database_server, request):
+    """IdempotentWrites in this process on a database of its own (named after the test), and
+    add_thing(method, request_id, arguments), which inserts a thing once per request_id."""
+    database = database_server.database(request.node.name[:40])
     sql(database, "CREATE TABLE IF NOT EXISTS things (id BIGINT AUTO_INCREMENT PRIMARY KEY)")
     settings = load(ServerSettings, db.CONFIG_FILE, {**database, "SERVICE_NAME": "things"})
     db.migrate(settings)  # the kit's write record (and the example's tables, unused here)
     db.init_pool(settings)
+    writes = IdempotentWrites(db.run_transaction)
+
+    def insert(cursor) -> int:
+        cursor.execute("INSERT INTO things () VALUES ()")
+        return cursor.lastrowid
+
+    def add_thing(method: str, request_id: str, arguments: tuple) -> int:
+        return writes.apply(method, request_id, arguments, insert, lambda cursor, thing_id: thing_id)
+
     try:
-        writes = IdempotentWrites(db.run_transaction)
-
-        def insert(cursor) -> int:
-            cursor.execute("INSERT INTO things () VALUES ()")
-            return cursor.lastrowid
-
-        def load_id(cursor, thing_id: int) -> int:
-            return thing_id
-
-        method = "m" * 255
-        first = writes.apply(method, "long-name", (), insert, load_id)
-        assert writes.apply(method, "long-name", (), insert, load_id) == first
+        yield database, add_thing
     finally:
         db.close_pool()
+
+
+def test_a_write_whose_arguments_hold_a_struct_and_a_set_is_applied_once(thing_writes):
+    database, add_thing = thing_writes
+    Counter = counters_thrift.Counter
+    first = add_thing("add", "with-a-struct", (Counter(id=1, name="n", total=2), {"a", "b", "c"}))
+    assert add_thing("add", "with-a-struct", (Counter(id=1, name="n", total=2), {"c", "b", "a"})) == first
+    with pytest.raises(RequestIdReused):
+        add_thing("add", "with-a-struct", (Counter(id=1, name="n", total=3), {"a", "b", "c"}))
+    assert sql(database, "SELECT COUNT(*) FROM things") == [(1,)]
+
+
+def test_a_write_method_name_of_255_characters_is_recorded(thing_writes):
+    database, add_thing = thing_writes
+    method = "m" * 255
+    first = add_thing(method, "long-name", ())
+    assert add_thing(method, "long-name", ()) == first
     assert sql(database, "SELECT method FROM write_requests") == [(method,)]
