@@ -20,6 +20,7 @@ from servicekit.mysql import PoolHooks
 
 REQUEST_FIELDS = ("method", "peer", "duration_ms", "outcome", "request_id")
 CLIENT_ERROR_WINDOW_SECONDS = 10.0
+MAX_CLIENT_ERROR_CHARS = 300  # a client error line quotes at most this much of what the client sent
 KIT_LOGGER_PREFIX = "servicekit."
 
 
@@ -53,6 +54,13 @@ class _ServiceLoggerNames(logging.Filter):
         return True
 
 
+def _cut_to_size(record: logging.LogRecord) -> None:
+    """Cut a client error's message to MAX_CLIENT_ERROR_CHARS, saying how long it was."""
+    with suppress(Exception):  # a line that cannot be formatted is left to logging's own error report
+        if len(message := record.getMessage()) > MAX_CLIENT_ERROR_CHARS:
+            record.msg, record.args = f"{message[:MAX_CLIENT_ERROR_CHARS]}... ({len(message)} characters)", ()
+
+
 class _BudgetedHandler(logging.StreamHandler):
     """stderr, with at most `per_window` lines of each kind of client error every CLIENT_ERROR_WINDOW_SECONDS.
 
@@ -60,7 +68,8 @@ class _BudgetedHandler(logging.StreamHandler):
     unknown method): the engine marks such a line with `extra={"client_error":
     kind}`. Past the budget, lines are counted, not written; one line sums
     each kind up when the next line is logged after the window, or when the
-    process exits. Metrics still count every one.
+    process exits. Each such line is cut to MAX_CLIENT_ERROR_CHARS: it may
+    quote what the client sent (a method name of 64 KiB).
     """
 
     def __init__(self, per_window: int) -> None:
@@ -78,6 +87,7 @@ class _BudgetedHandler(logging.StreamHandler):
                 self._window_ends = time.monotonic() + CLIENT_ERROR_WINDOW_SECONDS
             kind = getattr(record, "client_error", None)
             if kind is not None:
+                _cut_to_size(record)
                 self._logged[kind] = self._logged.get(kind, 0) + 1
                 if self._logged[kind] > self.per_window:
                     held = self._held.get(kind, ("", 0, "", 0))[3]

@@ -116,6 +116,15 @@ def test_unknown_method_names_share_one_metric_series(start_server):
     assert server.stop() == 0
 
 
+def test_a_client_error_line_quotes_at_most_300_characters_of_what_the_client_sent(start_server):
+    server = start_server()
+    exchange(server.port, framed(message_header(b"A" * 60_000) + b"\x00"))  # an unknown method of 60,000 bytes
+    assert server.stop() == 0
+    (line,) = [line for line in server.log().splitlines() if "unknown method" in line]
+    assert line.endswith("... (60017 characters)")  # "unknown method 'AAA...'"
+    assert len(line) < 500
+
+
 def test_slow_requests_are_logged_as_warnings_and_only_they(start_server):
     server = start_server(SLOW_REQUEST_MS="200", LOG_LEVEL="WARNING")
     with server.client() as client:
