@@ -102,6 +102,14 @@ class ServerSettings(CommonSettings):
     thrift_max_connections: int = setting(
         10000, "Open connections per server process; more are closed at once.", low=1, high=1_000_000
     )
+    thrift_max_buffered_bytes: int = setting(
+        64 * 2**20,
+        "Bytes of unfinished requests one server process holds in all (any client can send part of one and "
+        "wait): past it, the connection that adds more is closed. At least THRIFT_MAX_MESSAGE_BYTES; keep it "
+        "well under the memory limit.",
+        low=2**16,
+        high=2**40,
+    )
     thrift_tls_cert: str = setting("", "PEM certificate: with THRIFT_TLS_KEY, serve TLS only (1.2 or newer).")
     thrift_tls_key: str = setting("", "PEM private key of THRIFT_TLS_CERT.", needs="thrift_tls_cert")
     thrift_tls_client_ca: str = setting(

@@ -134,6 +134,7 @@ def build_server(
         drain_timeout=settings.thrift_drain_timeout,
         max_message_bytes=settings.thrift_max_message_bytes,
         max_connections=connection_limit(settings),
+        max_buffered_bytes=settings.thrift_max_buffered_bytes,
         tls=tls_context(settings),
         report_stats=lambda connections, busy: metrics.report_stats(connections, busy, database.pooled_connections()),
     )

@@ -68,6 +68,7 @@ CONNECTION_ERROR = {"client_error": "connection errors"}
 MALFORMED_MESSAGE = {"client_error": "malformed messages"}
 FAILED_HANDSHAKE = {"client_error": "failed TLS handshakes"}
 TIMED_OUT = {"client_error": "connections closed at the read timeout"}
+OVER_BUDGET = {"client_error": "connections closed over the buffered bytes"}
 # The listener is reported once, to one worker, then disarmed until that worker re-arms it.
 ARMED_TO_ACCEPT = select.EPOLLIN | select.EPOLLONESHOT
 # Connections are edge-triggered: an event each time bytes arrive (or, once
@@ -111,6 +112,7 @@ class _Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.received = bytearray()  # grows in place: an unframed walk in progress reads it
+        self.counted = 0  # its share of the server's buffered bytes, as last counted
         self.unsent = memoryview(b"")
         self.codec: Codec | None = None  # detected from the first bytes
         self.walking = None  # the walk of an unframed message not yet complete
@@ -159,6 +161,7 @@ class TThreadPoolServer(TServer):
         drain_timeout: float,
         max_message_bytes: int,
         max_connections: int,
+        max_buffered_bytes: int,
         tls: ssl.SSLContext | None = None,
         report_stats: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -174,6 +177,9 @@ class TThreadPoolServer(TServer):
         self.drain_timeout = drain_timeout
         self.max_message_bytes = max_message_bytes
         self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
+        self._buffered = 0  # bytes of unfinished requests held by every connection (_within_budget)
+        self._buffered_lock = threading.Lock()
         self.tls = tls
         self.report_stats = report_stats  # called each second with (open connections, busy workers)
         self.serving = False
@@ -314,9 +320,9 @@ class TThreadPoolServer(TServer):
             if not data:
                 self._forget(connection)  # the client closed the connection
                 return
-            if not self._answer_whole(connection, data, worker):
-                connection.received += data  # another codec or shape, part of a message, or several
-                self._answer_received(connection, worker)
+            # Another codec or shape, part of a message, or several: buffered.
+            if not self._answer_whole(connection, data, worker) and not self._buffer(connection, data, worker):
+                return
             if self._closing:
                 self._forget(connection)
                 return
@@ -440,9 +446,10 @@ class TThreadPoolServer(TServer):
                 if not data:
                     return False  # nothing yet, or only part of a TLS record: no activity
                 kept = len(connection.received)  # part of a message, from earlier reads
-                if kept or not self._answer_whole(connection, data, worker):
-                    connection.received += data
-                    self._answer_received(connection, worker)
+                if (kept or not self._answer_whole(connection, data, worker)) and not self._buffer(
+                    connection, data, worker
+                ):
+                    return False
                 # After the replies: idle from here, or a message started or completed. Not for
                 # bytes that only extend a partial message: the read timeout bounds the whole message.
                 if not kept or len(connection.received) < kept + len(data):
@@ -506,6 +513,27 @@ class TThreadPoolServer(TServer):
         if reply:
             self._send(connection, reply)
         return True
+
+    def _buffer(self, connection: _Connection, data: bytes, worker: _Worker) -> bool:
+        """Add `data` to what `connection` has sent and answer every whole message; False if it was closed
+        because the bytes left unanswered took the server's buffered bytes over max_buffered_bytes."""
+        connection.received += data
+        self._answer_received(connection, worker)
+        held = len(connection.received)
+        with self._buffered_lock:
+            self._buffered += held - connection.counted
+            connection.counted = held
+            over = held and self._buffered > self.max_buffered_bytes
+        if over:
+            logger.warning(
+                "closing %s: its %d bytes of unfinished requests take the server's over %d (THRIFT_MAX_BUFFERED_BYTES)",
+                connection.peer,
+                held,
+                self.max_buffered_bytes,
+                extra=OVER_BUDGET,
+            )
+            self._forget(connection)
+        return not over
 
     def _answer_received(self, connection: _Connection, worker: _Worker) -> None:
         """Answer every whole message received, until one's reply cannot be sent at once (backpressure)."""
@@ -621,6 +649,9 @@ class TThreadPoolServer(TServer):
         if reset:
             connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         connection.closed = True
+        with self._buffered_lock:
+            self._buffered -= connection.counted
+            connection.counted = 0
         # Out of the table before the descriptor is closed and can be reused.
         self._connections.pop(connection.fd, None)
         connection.sock.close()  # which also removes it from the epoll set

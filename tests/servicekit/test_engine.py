@@ -107,7 +107,7 @@ def test_a_stop_asked_for_before_serving_begins_is_not_lost(caplog):
     """SIGTERM at start-up: close() runs before serve() has made its wake-up socket."""
     handler = CountersHandler()
     processor = GuardedProcessor(Counters, handler, version="1", is_serving=lambda: True, database_answers=lambda: True)
-    server = TThreadPoolServer(processor, "127.0.0.1", free_port(), 2, 60, 10, 5, 65536, 100)
+    server = TThreadPoolServer(processor, "127.0.0.1", free_port(), 2, 60, 10, 5, 65536, 100, 2**20)
     server.listen()
     server.close()
     serving = threading.Thread(target=server.serve)

@@ -207,6 +207,24 @@ def test_a_message_trickled_byte_by_byte_is_closed_at_the_read_timeout(start_ser
     wait_for(lambda: "no complete message within 1s" in server.log(), 5, "the log line")
 
 
+def test_unfinished_requests_past_the_buffered_bytes_budget_close_the_connections_that_add_them(start_server):
+    """Many clients each sending most of a large message and waiting: memory stays within the budget."""
+    server = start_server(THRIFT_MAX_BUFFERED_BYTES=str(2**20))
+    senders = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
+    try:
+        for sock in senders:
+            start = message_header(b"add")  # a call's start, then 50,000 of its 60,000 bytes
+            sock.sendall(struct.pack(">i", 60_000) + start + b"\x00" * (50_000 - len(start)))
+        # 20 such connections hold 1,000,080 bytes: each one after them takes the server over 2**20.
+        wait_for(lambda: connections_to(server.port, "127.0.0.1") == 20, 10, "20 connections left open")
+        with server.client(retries=0) as client:
+            assert client.ping() == "pong"
+    finally:
+        for sock in senders:
+            sock.close()
+    assert "bytes of unfinished requests take the server's over 1048576" in server.log()
+
+
 def test_connections_beyond_the_maximum_are_closed_at_once_with_one_log_line(start_server):
     server = start_server(THRIFT_MAX_CONNECTIONS="20")
     kept = [server.client(pool_size=1) for _ in range(20)]

@@ -48,7 +48,7 @@ def probe_server(tmp_path):
     processor = GuardedProcessor(
         service, ProbeHandler(), version="1", is_serving=lambda: True, database_answers=lambda: True
     )
-    server = TThreadPoolServer(processor, "127.0.0.1", free_port(), 2, 60, 10, 10, 65536, 100)
+    server = TThreadPoolServer(processor, "127.0.0.1", free_port(), 2, 60, 10, 10, 65536, 100, 2**20)
     server.listen()
     serving = threading.Thread(target=server.serve)
     serving.start()
