@@ -61,7 +61,7 @@ class CommonSettings:
     thrift_host: str = setting(
         "127.0.0.1",
         "Address the server binds (`::` binds every IPv4 and IPv6 address); the client connects there, "
-        "or to localhost when it is `0.0.0.0` or `::`.",
+        "or to 127.0.0.1 when it is `0.0.0.0` or `::`.",
     )
     thrift_port: int = setting(9090, "Thrift port.", low=1, high=65535)
     thrift_max_message_bytes: int = setting(
@@ -213,7 +213,8 @@ def _parse(declaration: Field, values: Mapping[str, str | None]) -> Any:
     try:
         value = declaration.type(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        kind = "a whole number" if declaration.type is int else "a number"
+        raise SettingsError(f"{name} must be {kind}, not {raw!r}") from None
     if not limits["low"] <= value <= limits["high"]:
         raise SettingsError(f"{name} must be between {limits['low']:g} and {limits['high']:g}, not {raw!r}")
     return value

@@ -245,6 +245,8 @@ class TThreadPoolServer(TServer):
             self.serving = False
             self._epoll.unregister(self._listener)
             self._listener.close()
+            running = sum(worker.busy for worker in self._workers)
+            logger.info("draining: %d requests running; waiting up to %gs for them", running, self.drain_timeout)
             self._drain(threads)
 
     def close(self) -> None:

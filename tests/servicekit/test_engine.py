@@ -79,6 +79,7 @@ def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_then_exi
         assert caller.is_alive()
         caller.join(10)
     assert server.process.wait(10) == 0
+    assert "draining: 1 requests running; waiting up to 20s for them" in server.log()
     assert "Traceback" not in server.log()
 
 

@@ -31,9 +31,11 @@ def test_declared_defaults_apply_and_the_environment_overrides_config_env(tmp_pa
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("THRIFT_PORT", "http", "THRIFT_PORT must be a number, not 'http'"),
+        ("THRIFT_PORT", "http", "THRIFT_PORT must be a whole number, not 'http'"),
+        ("MYSQL_CONNECT_TIMEOUT", "0.5", "MYSQL_CONNECT_TIMEOUT must be a whole number, not '0.5'"),
+        ("THRIFT_READ_TIMEOUT", "soon", "THRIFT_READ_TIMEOUT must be a number, not 'soon'"),
         ("THRIFT_PORT", "70000", "THRIFT_PORT must be between 1 and 65535, not '70000'"),
-        ("THRIFT_WORKERS", "", "THRIFT_WORKERS must be a number, not ''"),
+        ("THRIFT_WORKERS", "", "THRIFT_WORKERS must be a whole number, not ''"),
         ("DB_POOL", "magic", "DB_POOL must be one of persistent, pooled, not 'magic'"),
         ("SERVICE_NAME", "Bad-Name", "SERVICE_NAME must match [a-z][a-z0-9_]{0,30}, not 'Bad-Name'"),
     ],
