@@ -8,9 +8,10 @@ in it from memory; an event for a connection another worker is serving is
 left to that worker. No thread hands a request to another (each hand-off is
 a thread switch and a wait for the GIL), yet an idle connection costs a file
 descriptor, never a worker, and no worker ever waits on a client: a partial
-message is kept, and a reply the client is slow to take is kept too and sent
-when the socket is writable (EPOLLOUT); until it is, no more requests are
-read from that connection.
+message is kept (up to max_buffered_bytes for all connections together: past
+it, the connection that adds more is closed), and a reply the client is slow
+to take is kept too and sent when the socket is writable (EPOLLOUT); until
+it is, no more requests are read from that connection.
 
 Each connection speaks the Thrift its first bytes show (wire.detect):
 framed or unframed, strict binary or compact, and is answered the same way
@@ -178,7 +179,7 @@ class TThreadPoolServer(TServer):
         self.max_message_bytes = max_message_bytes
         self.max_connections = max_connections
         self.max_buffered_bytes = max_buffered_bytes
-        self._buffered = 0  # bytes of unfinished requests held by every connection (_within_budget)
+        self._buffered = 0  # bytes of unfinished requests held by every connection (_buffer)
         self._buffered_lock = threading.Lock()
         self.tls = tls
         self.report_stats = report_stats  # called each second with (open connections, busy workers)
