@@ -18,6 +18,7 @@ from servicekit.wire import element_type, field_type
 
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
 MAX_DEPTH = 3  # struct within struct: past this, a struct with every field unset
+PLAUSIBLE_BY_NAME = {"cursor": "", "limit": 10}  # the first page, of a size every service accepts
 
 
 def service_in(idl: Path) -> type:
@@ -96,9 +97,10 @@ def plausible_arguments(service: type, method: str) -> tuple:
 
 
 def _plausible(kind: int, held: object, name: str, number: int) -> object:
-    named = {"request_id": uuid.uuid4().hex, "cursor": "", "limit": 10}
-    if name in named and kind in (TType.STRING, *INTEGER_BITS):
-        return named[name]
+    if name == "request_id" and kind == TType.STRING:
+        return uuid.uuid4().hex  # fresh each call: a repeat with other arguments would be a Conflict
+    if name in PLAUSIBLE_BY_NAME and kind in (TType.STRING, *INTEGER_BITS):
+        return PLAUSIBLE_BY_NAME[name]
     if kind in INTEGER_BITS:
         return number
     if kind in (TType.LIST, TType.SET):
