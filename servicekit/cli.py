@@ -33,7 +33,7 @@ from servicekit.client import (
     reason,
     tls_context,
 )
-from servicekit.settings import ClientSettings, SettingsError, load
+from servicekit.settings import ClientSettings, SettingsError, load, misspelled
 
 EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
 EXIT_OTHER_DECLARED = 9  # an exception the IDL declares that exit_statuses gives no status of its own
@@ -272,6 +272,8 @@ class CommandLine:
         except SettingsError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
+        for warning in misspelled():
+            print(f"warning: {warning}", file=sys.stderr)
         options = vars(self.parser(settings).parse_args(argv))
         if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
             options["request_id"] = options["request_id"] or new_request_id()

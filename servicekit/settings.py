@@ -7,6 +7,7 @@ rewrites config.env's comments and the README's settings table from these
 declarations, keeping config.env's values; a test checks both are current.
 """
 
+import difflib
 import os
 import re
 import sys
@@ -28,6 +29,10 @@ class SettingsError(Exception):
 
 # A server's THRIFT_MAX_MESSAGE_BYTES unless set: PooledClient assumes it unless told otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 65536
+# How alike (difflib's ratio) an environment variable's name must be to a
+# setting's to be taken for a typo: one wrong letter in THRIFT_WORKERS is
+# 0.93; MYSQL_ROOT_PASSWORD (the MySQL image's) against MYSQL_PASSWORD, 0.85.
+MISSPELLED_CUTOFF = 0.88
 
 
 def setting(
@@ -187,14 +192,38 @@ def declared() -> list[Field]:
 
 
 def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = None) -> S:
-    """Merge `config_file` with `environ` (default: os.environ) and validate the settings of `kind`."""
-    values = {**dotenv_values(config_file), **(os.environ if environ is None else environ)}
+    """Merge `config_file` with `environ` (default: os.environ) and validate the settings of `kind`.
+
+    A name in `config_file` that is not a setting is refused: a typo there would leave the default in force.
+    """
+    in_file = dotenv_values(config_file)
+    names = [declaration.name.upper() for declaration in declared()]
+    for name in in_file:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, 1)
+            hint = f": did you mean {close[0]}?" if close else " (servicekit/settings.py declares every one)"
+            raise SettingsError(f"{config_file.name} sets {name}, which is not a setting{hint}")
+    values = {**in_file, **(os.environ if environ is None else environ)}
     parsed = {declaration.name: _parse(declaration, values) for declaration in fields(kind)}
     for declaration in fields(kind):
         if (needed := declaration.metadata["needs"]) and parsed[declaration.name] and not parsed[needed]:
             name, needed = declaration.name.upper(), needed.upper()
             raise SettingsError(f"{name} is set but {needed} is empty: {name} takes effect only with {needed}")
     return kind(**parsed)
+
+
+def misspelled(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each environment variable named almost like a setting (default: os.environ).
+
+    Only warned of: the environment is shared with other programs, whose
+    variables (MYSQL_PWD, say) must not stop the service.
+    """
+    names = [declaration.name.upper() for declaration in declared()]
+    return [
+        f"{variable} is set but is not a setting: did you mean {close[0]}?"
+        for variable in (os.environ if environ is None else environ)
+        if variable not in names and (close := difflib.get_close_matches(variable, names, 1, MISSPELLED_CUTOFF))
+    ]
 
 
 def _parse(declaration: Field, values: Mapping[str, str | None]) -> Any:

@@ -26,7 +26,7 @@ from servicekit.errors import ContractError, DatabaseUnavailable
 from servicekit.migrate import MigrationError
 from servicekit.prefork import serve_in_processes
 from servicekit.processor import GuardedProcessor
-from servicekit.settings import ServerSettings, SettingsError, load
+from servicekit.settings import ServerSettings, SettingsError, load, misspelled
 from servicekit.thread_pool_server import TThreadPoolServer, bind
 
 if TYPE_CHECKING:  # imported for real in observe(), once the metrics mode is chosen
@@ -59,7 +59,7 @@ def load_settings(config_file: Path) -> ServerSettings:
 
 
 def observe(settings: ServerSettings) -> "Metrics":
-    """Configure logging; return the service's observability.Metrics."""
+    """Configure logging, warn of misspelled settings in the environment; return the service's Metrics."""
     if settings.metrics_port and settings.thrift_processes > 1:
         # prometheus-client adds up several processes' metrics through files
         # in this directory, and reads the variable when first imported:
@@ -74,6 +74,8 @@ def observe(settings: ServerSettings) -> "Metrics":
     observability.configure_logging(
         settings.service_name, settings.log_level, settings.log_format, settings.log_client_errors_per_10s
     )
+    for warning in misspelled():  # logged once logging is set up, in the format the operator chose
+        logger.warning(warning)
     return observability.Metrics(settings.service_name)
 
 

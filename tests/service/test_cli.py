@@ -156,6 +156,12 @@ def test_the_client_does_not_read_the_server_settings(ledger):
     assert (result.returncode, result.stdout) == (0, "pong\n")
 
 
+def test_a_misspelled_client_setting_is_warned_of_and_the_call_still_made(ledger):
+    result = run_python("client.py", "--servers", f"127.0.0.1:{ledger.port}", "ping", CLIENT_TIMOUT="60")
+    assert (result.returncode, result.stdout) == (0, "pong\n")
+    assert result.stderr == "warning: CLIENT_TIMOUT is set but is not a setting: did you mean CLIENT_TIMEOUT?\n"
+
+
 def test_a_bracketed_ipv6_address_is_called(start_ledger):
     server = start_ledger(THRIFT_HOST="::1")
     result = run_python("client.py", "--servers", f"[::1]:{server.port}", "ping")

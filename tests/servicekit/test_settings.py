@@ -66,6 +66,31 @@ def test_a_setting_without_a_default_must_be_set(tmp_path):
         load(ServerSettings, tmp_path / "none.env", {k: v for k, v in REQUIRED.items() if k != "MYSQL_PASSWORD"})
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("THRIFT_WORKER=8", "config.env sets THRIFT_WORKER, which is not a setting: did you mean THRIFT_WORKERS?"),
+        ("COLOR=blue", "config.env sets COLOR, which is not a setting (servicekit/settings.py declares every one)"),
+    ],
+)
+def test_a_name_in_config_env_that_is_not_a_setting_is_refused(tmp_path, line, message):
+    config = tmp_path / "config.env"
+    config.write_text(f"THRIFT_WORKERS=2\n{line}\n")
+    with pytest.raises(SettingsError) as error:
+        load(ServerSettings, config, REQUIRED)
+    assert str(error.value) == message
+
+
+def test_a_misspelled_setting_in_the_environment_is_warned_of_by_the_server(start_server):
+    server = start_server(THRIFT_WORKER="8", MYSQL_PWD="for the mysql client", LOGLEVEL="debug")
+    with server.client() as client:
+        assert client.ping() == "pong"
+    warnings = [line for line in server.log().splitlines() if "is not a setting" in line]
+    assert len(warnings) == 2, server.log()
+    assert "THRIFT_WORKER is set but is not a setting: did you mean THRIFT_WORKERS?" in warnings[0]
+    assert "LOGLEVEL is set but is not a setting: did you mean LOG_LEVEL?" in warnings[1]
+
+
 def test_the_password_never_shows_in_repr(tmp_path):
     settings = load(ServerSettings, tmp_path / "none.env", {**REQUIRED, "MYSQL_PASSWORD": "Hunter2-secret"})
     assert "Hunter2-secret" not in repr(settings)
