@@ -12,6 +12,7 @@ module is first imported.
 import json
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
@@ -141,6 +142,12 @@ class Metrics:
             name("busy_workers"), "Worker threads handling a request.", multiprocess_mode="livesum"
         )
         self.open_connections = Gauge(name("open_connections"), "Open client connections.", multiprocess_mode="livesum")
+        self.closed_connections = Counter(
+            name("connections_closed_total"),
+            "Connections the server closed, by reason: malformed_message, connection_error, tls_handshake_failed, "
+            "read_timeout, idle_timeout, over_buffered_bytes, over_max_connections.",
+            ["reason"],
+        )
         self.db_connections_opened = Counter(name("db_connections_opened_total"), "MySQL connections the pool opened.")
         self.db_connections = Gauge(
             name("db_connections"), "MySQL connections the pool holds.", multiprocess_mode="livesum"
@@ -159,7 +166,11 @@ class Metrics:
             transaction_retried=self.transaction_retries.inc,
         )
 
-    def report_stats(self, open_connections: int, busy_workers: int, database_connections: int) -> None:
+    def report_stats(
+        self, open_connections: int, busy_workers: int, database_connections: int, closed: Mapping[str, int]
+    ) -> None:
+        for reason, count in closed.items():
+            self.closed_connections.labels(reason).inc(count)
         self.open_connections.set(open_connections)
         self.busy_workers.set(busy_workers)
         self.db_connections.set(database_connections)

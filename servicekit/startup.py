@@ -138,7 +138,9 @@ def build_server(
         max_connections=connection_limit(settings),
         max_buffered_bytes=settings.thrift_max_buffered_bytes,
         tls=tls_context(settings),
-        report_stats=lambda connections, busy: metrics.report_stats(connections, busy, database.pooled_connections()),
+        report_stats=lambda connections, busy, closed: metrics.report_stats(
+            connections, busy, database.pooled_connections(), closed
+        ),
     )
     return server
 

@@ -49,6 +49,7 @@ import ssl
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -164,7 +165,7 @@ class TThreadPoolServer(TServer):
         max_connections: int,
         max_buffered_bytes: int,
         tls: ssl.SSLContext | None = None,
-        report_stats: Callable[[int, int], None] | None = None,
+        report_stats: Callable[[int, int, Counter[str]], None] | None = None,
     ) -> None:
         # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
         # server bind the same port silently; this server owns a plain socket.
@@ -180,9 +181,11 @@ class TThreadPoolServer(TServer):
         self.max_connections = max_connections
         self.max_buffered_bytes = max_buffered_bytes
         self._buffered = 0  # bytes of unfinished requests held by every connection (_buffer)
-        self._buffered_lock = threading.Lock()
+        self._closed: Counter[str] = Counter()  # connections the server closed since the last report, by reason
+        self._counts_lock = threading.Lock()  # for both
         self.tls = tls
-        self.report_stats = report_stats  # called each second with (open connections, busy workers)
+        # Called each second with the open connections, the busy workers and the connections closed since.
+        self.report_stats = report_stats
         self.serving = False
         self._workers: list[_Worker] = []
         self._waiting: list[bool] = []  # by worker number: in epoll_wait
@@ -355,6 +358,8 @@ class TThreadPoolServer(TServer):
             if len(self._connections) >= self.max_connections:
                 sock.close()
                 self._refused += 1
+                with self._counts_lock:
+                    self._closed["over_max_connections"] += 1
                 continue
             try:
                 self._add_connection(sock, address)
@@ -469,6 +474,7 @@ class TThreadPoolServer(TServer):
         """Close a connection whose serving raised: a client gone is logged at INFO, a bad message at WARNING."""
         if isinstance(error, OSError):  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error, extra=CONNECTION_ERROR)
+            self._forget(connection, because="connection_error")
         else:
             logger.warning(
                 "closing %s: malformed message (%s: %s)",
@@ -477,7 +483,7 @@ class TThreadPoolServer(TServer):
                 error,
                 extra=MALFORMED_MESSAGE,
             )
-        self._forget(connection)
+            self._forget(connection, because="malformed_message")
 
     def _receive(self, connection: _Connection) -> bytes | None:
         """What has arrived (maybe nothing); None once the client has closed.
@@ -523,7 +529,7 @@ class TThreadPoolServer(TServer):
         connection.received += data
         self._answer_received(connection, worker)
         held = len(connection.received)
-        with self._buffered_lock:
+        with self._counts_lock:
             self._buffered += held - connection.counted
             connection.counted = held
             over = held and self._buffered > self.max_buffered_bytes
@@ -535,7 +541,7 @@ class TThreadPoolServer(TServer):
                 self.max_buffered_bytes,
                 extra=OVER_BUDGET,
             )
-            self._forget(connection)
+            self._forget(connection, because="over_buffered_bytes")
         return not over
 
     def _answer_received(self, connection: _Connection, worker: _Worker) -> None:
@@ -641,20 +647,25 @@ class TThreadPoolServer(TServer):
             return
         except (ssl.SSLError, OSError) as error:
             logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error, extra=FAILED_HANDSHAKE)
-            self._forget(connection)
+            self._forget(connection, because="tls_handshake_failed")
             return
         connection.handshaking = False
         connection.last_active = time.monotonic()
         self._serve_ready(connection, worker)  # the client may have sent its first request already
 
-    def _forget(self, connection: _Connection, reset: bool = False) -> None:
-        """Close a connection, with `reset` at once (RST): the kernel drops what it could not send. Holds its lock."""
+    def _forget(self, connection: _Connection, reset: bool = False, because: str = "") -> None:
+        """Close a connection, with `reset` at once (RST): the kernel drops what it could not send. Holds its lock.
+
+        `because`: why the server closes it (counted for the metrics); empty when the client left or at a drain.
+        """
         if reset:
             connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         connection.closed = True
-        with self._buffered_lock:
+        with self._counts_lock:
             self._buffered -= connection.counted
             connection.counted = 0
+            if because:
+                self._closed[because] += 1
         # Out of the table before the descriptor is closed and can be reused.
         self._connections.pop(connection.fd, None)
         connection.sock.close()  # which also removes it from the epoll set
@@ -666,7 +677,9 @@ class TThreadPoolServer(TServer):
             logger.warning("parent process is gone; draining")
             self.close()
         if self.report_stats:
-            self.report_stats(len(self._connections), sum(worker.busy for worker in self._workers))
+            with self._counts_lock:
+                closed, self._closed = self._closed, Counter()
+            self.report_stats(len(self._connections), sum(worker.busy for worker in self._workers), closed)
         if self._refused and now >= self._next_refusal_warning:
             logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
             self._refused = 0
@@ -697,15 +710,16 @@ class TThreadPoolServer(TServer):
         if connection.unsent:
             # A plain close would leave the kernel holding the reply until the client reads it.
             logger.info("closing %s: took no reply bytes for %gs", connection.peer, self.read_timeout, extra=TIMED_OUT)
-            self._forget(connection, reset=True)
+            self._forget(connection, reset=True, because="read_timeout")
             return
         if stalled:
             logger.info(
                 "closing %s: no complete message within %gs", connection.peer, self.read_timeout, extra=TIMED_OUT
             )
+            self._forget(connection, because="read_timeout")
         else:
             logger.debug("closing idle connection %s", connection.peer)
-        self._forget(connection)
+            self._forget(connection, because="idle_timeout")
 
     def _drain(self, threads: list[threading.Thread]) -> None:
         deadline = time.monotonic() + self.drain_timeout

@@ -13,7 +13,7 @@ from thriftpy2.rpc import make_client
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
 from helpers.mysql import sql
-from helpers.wire import exchange, framed, message_header
+from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
 from tools.throwaway_db import free_port, wait_for
 
@@ -114,6 +114,35 @@ def test_unknown_method_names_share_one_metric_series(start_server):
     assert sample(samples, "counters_requests_total", method="unknown", outcome="unknown_method") == len(names)
     assert not [key for key in samples if "probe_" in key]  # a client cannot add series
     assert server.stop() == 0
+
+
+def test_connections_the_server_closes_are_counted_by_reason_whatever_the_log_level(start_server):
+    metrics_port = free_port()
+    timeouts = {"THRIFT_READ_TIMEOUT": "2", "THRIFT_IDLE_TIMEOUT": "2"}
+    server = start_server(METRICS_PORT=str(metrics_port), THRIFT_MAX_CONNECTIONS="2", LOG_LEVEL="ERROR", **timeouts)
+    wait_for(
+        lambda: sample(scrape(metrics_port), "counters_open_connections") == 0, 10, "the start-up check to hang up"
+    )
+    address = ("127.0.0.1", server.port)
+    with socket.create_connection(address, timeout=5) as partial, socket.create_connection(address, timeout=5) as idle:
+        partial.sendall(b"\x00\x00\x00\x40\x80\x01")  # 6 bytes of a 68-byte message
+        idle.sendall(framed(call_bytes(counters_thrift.Counters, "ping")))
+        assert idle.recv(1024)  # answered: both are open (accepted in order)
+        with socket.create_connection(address, timeout=5) as refused:
+            assert refused.recv(1) == b""  # over THRIFT_MAX_CONNECTIONS: closed at once
+        assert partial.recv(1) == idle.recv(1) == b""  # closed at the read and idle timeouts
+    for _ in range(2):
+        assert exchange(server.port, b"\x13\x37\x13\x37")[0] == b""  # garbage
+
+    expected = {"over_max_connections": 1, "read_timeout": 1, "idle_timeout": 1, "malformed_message": 2}
+
+    def counted() -> dict[str, float]:
+        samples = scrape(metrics_port)
+        return {reason: sample(samples, "counters_connections_closed_total", reason=reason) for reason in expected}
+
+    wait_for(lambda: counted() == expected, 10, f"the closes to be counted as {expected}")
+    assert server.stop() == 0
+    assert "closing" not in server.log()  # at LOG_LEVEL=ERROR, counted but not logged
 
 
 def test_a_client_error_line_quotes_at_most_300_characters_of_what_the_client_sent(start_server):
