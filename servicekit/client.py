@@ -21,13 +21,13 @@ import uuid
 from collections import Counter
 
 from thriftpy2.protocol import TCyBinaryProtocol
-from thriftpy2.thrift import TClient, TException, TMessageType, TType
+from thriftpy2.thrift import TApplicationException, TClient, TException, TMessageType, TType
 from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TTransportException
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
 from servicekit.settings import DEFAULT_MAX_MESSAGE_BYTES
-from servicekit.wire import element_type, field_type
+from servicekit.wire import UNSUPPORTED_CLIENT_TYPE, element_type, field_type
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
@@ -57,8 +57,9 @@ class ServerUnreachable(Exception):
 
 
 class TLSRefused(ServerUnreachable):
-    """Every server refused the TLS handshake, or this client's certificate: a certificate, CA or
-    host name that is wrong now is wrong on a retry too, so it is raised once each was tried.
+    """Every server refused the TLS handshake, or this client's certificate, or plain text (a server on
+    the kit says "this server accepts TLS only"): a certificate, CA or host name that is wrong now, or
+    TLS missing, is wrong on a retry too, so it is raised once each was tried.
 
     `refused_by`: the addresses that refused.
     """
@@ -481,7 +482,11 @@ class PooledClient:
                 raise TLSRefused(f"{connection.address} ({reason(error)})", {connection.address}) from None
             self._addresses.resolve_soon()
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
-        except TException:
+        except TException as error:
+            if isinstance(error, TApplicationException) and error.type == UNSUPPORTED_CLIENT_TYPE:
+                self._discard(connection)  # a TLS server answered this plain-text call, and closes the connection
+                self._addresses.mark_down(connection.address)
+                raise TLSRefused(f"{connection.address} ({reason(error)})", {connection.address}) from None
             self._addresses.mark_up(connection.address)  # before release, which weighs the addresses up
             self._release(connection)  # a whole error reply was read: still in step
             raise

@@ -55,6 +55,7 @@ from contextlib import suppress
 
 from thriftpy2.protocol import TCompactProtocolFactory, TCyBinaryProtocolFactory
 from thriftpy2.server import TServer
+from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit import wire
@@ -85,6 +86,10 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds
 MAX_NESTING = 16  # a message and its arguments are 2; generous for nested structs and unknown fields
 BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
 KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
+# A TLS port answers a plain-text call with this error, and a plain port a TLS handshake with a fatal
+# handshake_failure alert: either way the client reports a refusal at once, instead of a reset it retries.
+TLS_ONLY = TApplicationException(wire.UNSUPPORTED_CLIENT_TYPE, "this server accepts TLS only")
+HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28))  # type, version, length; fatal, 40
 # How long a staying worker waits for its connection's next request (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
@@ -387,8 +392,8 @@ class TThreadPoolServer(TServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls:
             # The handshake runs step by step in _serve_ready(), never
-            # blocking a worker (thriftpy2 does it inside accept()).
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            # blocking a worker (thriftpy2 does it inside accept()), once
+            # the first bytes show one (_start_tls).
             sock.setblocking(False)
         else:
             sock.setblocking(True)  # whatever socket.getdefaulttimeout() a library may have set
@@ -483,6 +488,9 @@ class TThreadPoolServer(TServer):
                 error,
                 extra=MALFORMED_MESSAGE,
             )
+            if isinstance(error, wire.TLSToPlainPort):
+                with suppress(OSError):
+                    connection.sock.send(HANDSHAKE_FAILURE_ALERT, self._dontwait)
             self._forget(connection, because="malformed_message")
 
     def _receive(self, connection: _Connection) -> bytes | None:
@@ -638,6 +646,8 @@ class TThreadPoolServer(TServer):
             connection.last_active = time.monotonic()
 
     def _continue_handshake(self, connection: _Connection, worker: _Worker) -> None:
+        if not isinstance(connection.sock, ssl.SSLSocket) and not self._start_tls(connection):
+            return
         try:
             connection.sock.do_handshake()
         except ssl.SSLWantReadError:
@@ -652,6 +662,43 @@ class TThreadPoolServer(TServer):
         connection.handshaking = False
         connection.last_active = time.monotonic()
         self._serve_ready(connection, worker)  # the client may have sent its first request already
+
+    def _start_tls(self, connection: _Connection) -> bool:
+        """Wrap a new connection in TLS if its first byte begins a handshake: True once wrapped.
+
+        Anything else is closed; a plain-text Thrift call first gets a TLS_ONLY reply.
+        """
+        try:
+            first = connection.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            self._close_after(connection, error)
+            return False
+        if first == wire.TLS_HANDSHAKE[:1]:
+            connection.sock = self.tls.wrap_socket(connection.sock, server_side=True, do_handshake_on_connect=False)
+            return True
+        if not first:
+            self._forget(connection)
+            return False
+        codec = None
+        with suppress(OSError, wire.MalformedMessage):
+            data = connection.sock.recv(RECV_SIZE)
+            if (codec := wire.detect(data, self.max_message_bytes)) and (
+                header := wire.call_header(data, codec, self.max_message_bytes)
+            ):
+                connection.sock.send(self._error_reply(codec, *header, TLS_ONLY))
+        what = f"plain-text {codec} Thrift, to a port that serves TLS only" if codec else "not a TLS handshake"
+        logger.warning("closing %s: TLS handshake failed: %s", connection.peer, what, extra=FAILED_HANDSHAKE)
+        self._forget(connection, because="tls_handshake_failed")
+        return False
+
+    def _error_reply(self, codec: Codec, method: str, seqid: int, error: TApplicationException) -> bytes:
+        """`error` as the reply to call `seqid` of `method`, in `codec`."""
+        buffer = TCyMemoryBuffer()
+        self.processor.send_exception((COMPACT if codec.compact else BINARY).get_protocol(buffer), method, error, seqid)
+        reply = buffer.getvalue()
+        return FRAME_HEADER.pack(len(reply)) + reply if codec.framed else reply
 
     def _forget(self, connection: _Connection, reset: bool = False, because: str = "") -> None:
         """Close a connection, with `reset` at once (RST): the kernel drops what it could not send. Holds its lock.

@@ -35,10 +35,18 @@ CALL_HEADER = struct.Struct("!Ii")  # a binary message's version and type, and i
 FIELD_HEADER = struct.Struct("!Bh")  # a binary field's type and id
 # A spec lookup: the thrift_spec of a method's arguments, None for a method the service lacks.
 SpecOf = Callable[[str], dict | None]
+# The TApplicationException type for a client the server will not talk to (Apache Thrift's name: thriftpy2
+# names types 0-7 only): a TLS port answers a plain-text call with it.
+UNSUPPORTED_CLIENT_TYPE = 10
+TLS_HANDSHAKE = b"\x16\x03"  # how a TLS handshake record begins (its type, then its version's major)
 
 
 class MalformedMessage(ValueError):
     """The bytes are not a well-formed message within the limits."""
+
+
+class TLSToPlainPort(MalformedMessage):
+    """The bytes begin a TLS handshake, sent to a port that serves plain TCP."""
 
 
 class Codec(NamedTuple):
@@ -78,6 +86,8 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
     try:
         frame_size(start, max_message_bytes)  # refuses a length no message can have
     except MalformedMessage as error:
+        if start[:2] == TLS_HANDSHAKE:
+            raise TLSToPlainPort("a TLS handshake, to a port that serves plain TCP") from None
         raise MalformedMessage(_other_protocol(start) or str(error)) from None
     if len(start) == FRAME_HEADER.size:
         return None
@@ -93,8 +103,6 @@ def _other_protocol(start: bytes | bytearray) -> str | None:
     Read as a frame length, its first bytes are hundreds of megabytes: the
     log would suggest raising THRIFT_MAX_MESSAGE_BYTES, which would not help.
     """
-    if start[:2] == b"\x16\x03":
-        return "a TLS handshake, to a port that serves plain TCP"
     if re.match(rb"[A-Z]+ ", start):
         return "an HTTP request, to a port that serves Thrift"
     if start[:1] == b"[":
@@ -129,6 +137,16 @@ def walk_whole(buffer: bytes, compact: bool, spec_of: SpecOf, max_depth: int = 1
     if message.end != len(buffer):
         raise MalformedMessage(f"{len(buffer) - message.end} bytes after the message")
     return message
+
+
+def call_header(start: bytes | bytearray, codec: Codec, max_message_bytes: int) -> tuple[str, int] | None:
+    """The name and sequence id of the message `start` begins, sent in `codec`; None until they are all there."""
+    walking = walk(start[FRAME_HEADER.size :] if codec.framed else start, max_message_bytes, codec.compact, _no_spec)
+    return (walking.name, walking.seqid) if walking.header() else None
+
+
+def _no_spec(method: str) -> None:
+    return None
 
 
 def known_calls(specs: dict[str, dict]) -> re.Pattern:
@@ -203,6 +221,7 @@ class _Walk:
         self.spec_of = spec_of
         self.stack: list[list] = []
         self.name: str | None = None
+        self.seqid = 0
         self.arguments: dict[int, int] = {}
 
     def resume(self) -> Message | None:
@@ -265,6 +284,7 @@ class _BinaryWalk(_Walk):
         if not self.present(8, name_length + 4):  # the name and the sequence id
             return False
         self.name = self.text(8, name_length)
+        self.seqid = I32_AT(self.buffer, 8 + name_length)[0]
         self.position = 8 + name_length + 4
         self.stack.append([STRUCT_FRAME, 1, self.arguments])
         return True
@@ -381,6 +401,7 @@ class _CompactWalk(_Walk):
         if not self.present(at, name_length):
             return False
         self.name = self.text(at, name_length)
+        self.seqid = sequence[0] - (sequence[0] >> 31 << 32)  # an i32 written as an unsigned varint
         self.position = at + name_length
         self.stack.append([STRUCT_FRAME, 1, self.spec_of(self.name), self.arguments, 0])
         return True

@@ -6,8 +6,9 @@ import ssl
 import time
 
 import pytest
-from thriftpy2.protocol import TCompactProtocolFactory
+from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
 from thriftpy2.rpc import make_client
+from thriftpy2.thrift import TApplicationException
 
 from counters import CountersClient, counters_thrift
 from counters_testing import counters_process
@@ -15,6 +16,7 @@ from helpers.mysql import sql
 from helpers.pki import make_pki
 from helpers.wire import call_bytes, framed
 from servicekit.client import ServerUnreachable, TLSRefused, new_request_id, tls_context
+from servicekit.wire import UNSUPPORTED_CLIENT_TYPE
 from tools.throwaway_db import wait_for
 
 
@@ -117,9 +119,40 @@ def test_a_stock_client_speaking_unframed_compact_is_served_over_tls(tls_server,
         client.close()
 
 
-def test_a_plain_text_client_is_refused_by_a_tls_server(tls_server):
-    with pytest.raises(ServerUnreachable), CountersClient(f"127.0.0.1:{tls_server.port}", retries=0) as plain:
+def test_a_plain_text_client_is_told_the_server_accepts_tls_only_at_once_instead_of_at_the_deadline(tls_server):
+    started = time.monotonic()
+    with (
+        pytest.raises(TLSRefused, match="this server accepts TLS only"),
+        CountersClient(f"127.0.0.1:{tls_server.port}", deadline=30) as plain,
+    ):
         plain.ping()
+    assert time.monotonic() - started < 10  # no retries until the 30 s deadline
+    assert re.search(
+        r"TLS handshake failed: plain-text framed binary Thrift, to a port that serves TLS only", tls_server.log()
+    )
+
+
+@pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory])
+def test_a_stock_plain_text_client_gets_the_error_in_its_own_protocol(tls_server, protocol):
+    client = make_client(counters_thrift.Counters, "127.0.0.1", tls_server.port, proto_factory=protocol(), timeout=5000)
+    try:
+        with pytest.raises(TApplicationException) as error:
+            client.ping()
+    finally:
+        client.close()
+    assert error.value.type == UNSUPPORTED_CLIENT_TYPE
+    assert error.value.message == "this server accepts TLS only"
+
+
+def test_a_tls_client_of_a_plain_server_is_refused_at_once_instead_of_at_the_deadline(server, pki):
+    started = time.monotonic()
+    with (
+        pytest.raises(TLSRefused, match="HANDSHAKE_FAILURE"),
+        CountersClient(f"localhost:{server.port}", tls=tls_context(pki["ca"]), deadline=30) as client,
+    ):
+        client.ping()
+    assert time.monotonic() - started < 10  # no retries until the 30 s deadline
+    assert "a TLS handshake, to a port that serves plain TCP" in server.log()
 
 
 def test_stalled_tls_handshakes_do_not_block_other_clients(tls_server, pki):
