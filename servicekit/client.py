@@ -464,7 +464,10 @@ class PooledClient:
 
     def _call_once(self, method: str, args: tuple, give_up_at: float):
         connection = self._acquire(give_up_at)
-        timeout = min(self.timeout, give_up_at - time.monotonic())
+        left = give_up_at - time.monotonic()
+        # With another address to retry on, a server that hangs may take half of what is left at most,
+        # not all of it (client.py's --timeout is both its timeout and its deadline).
+        timeout = min(self.timeout, left if self._addresses.is_only(connection.address) else left / 2)
         try:
             connection.socket.sock.settimeout(max(0.001, timeout))
             result = getattr(connection.thrift, method)(*args)

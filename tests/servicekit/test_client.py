@@ -82,6 +82,27 @@ def test_a_hung_server_is_skipped_after_a_call_to_it_times_out(start_server):
     assert len(slow) <= 8  # the connections open to it, and one each time it was tried again
 
 
+def test_a_hung_server_takes_half_the_deadline_at_most_when_another_can_answer(start_server):
+    healthy, hung = start_server(), start_server()
+    servers = f"127.0.0.1:{healthy.port},127.0.0.1:{hung.port}"
+    with CountersClient(servers, pool_size=2, timeout=2, deadline=2) as client:  # as client.py's --timeout 2
+        run_threads(4, lambda rng: client.ping(), seconds=0.3)  # a connection to each
+        os.kill(hung.process.pid, signal.SIGSTOP)
+        try:
+            took = []
+
+            def timed_ping() -> None:
+                started = time.monotonic()
+                client.ping()
+                took.append(time.monotonic() - started)
+
+            errors = run_threads(2, lambda rng: timed_ping(), seconds=0.1)  # the first two calls take both
+        finally:
+            os.kill(hung.process.pid, signal.SIGCONT)
+    assert errors == []
+    assert 1 <= max(took) < 2  # timed out on the hung server after half the deadline, then answered by the other
+
+
 def test_closing_the_client_closes_every_connection(start_server):
     server = start_server()  # its own, as above
     client = server.client(pool_size=4)
