@@ -80,6 +80,7 @@ def test_the_scale_override_drops_host_ports_so_replicas_do_not_clash():
     merged["services"][SERVICE] = {**COMPOSE["services"][SERVICE], **override["services"][SERVICE]}
     validate_compose(merged)
     assert merged["services"][SERVICE]["ports"] == []
+    assert merged["services"][SERVICE]["scale"] == 3  # `up` with both files starts replicas, no --scale needed
     assert service_environment("client")["THRIFT_HOST"] == SERVICE  # the name that resolves to every replica
 
 

@@ -47,7 +47,7 @@ def test_the_copys_readme_names_its_deployment_and_still_the_example(catalog):
     readme = (catalog / "README.md").read_text()
     for command in (
         "docker compose logs -f catalog",
-        "--scale catalog=3",
+        "--scale catalog=N",
         "kubectl rollout status deployment/catalog",
         "kubectl create secret generic catalog-secrets",
         "--servers catalog-headless:9090 health",
