@@ -79,6 +79,8 @@ def request_id(text: str) -> str:
 
 def seconds(text: str) -> float:
     try:
+        if not text.isascii() or "_" in text:  # float() takes other scripts' digits and 1_0, as integers here do not
+            raise ValueError
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
@@ -93,6 +95,16 @@ def servers(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def _default_servers(settings: ClientSettings) -> str:
+    """THRIFT_HOST:THRIFT_PORT, at 127.0.0.1 when THRIFT_HOST binds every address."""
+    host = "127.0.0.1" if settings.thrift_host in ("0.0.0.0", "::") else settings.thrift_host
+    try:
+        parse_servers(default := host_port(host, settings.thrift_port))
+    except ValueError:
+        raise SettingsError(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}") from None
+    return default
 
 
 def _retry_hint(command: str, request_id: str | None) -> str:
@@ -234,7 +246,7 @@ class CommandLine:
         self._commands.append((name, help, arguments, write, page))
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
-        host = "127.0.0.1" if settings.thrift_host in ("0.0.0.0", "::") else settings.thrift_host
+        """The command line; SettingsError if THRIFT_HOST and THRIFT_PORT make no default for --servers."""
         statuses = ", ".join(
             f"{status} {cls.__name__}" for cls, status in sorted(self.exit_statuses.items(), key=lambda i: i[1])
         )
@@ -246,7 +258,7 @@ class CommandLine:
         parser.add_argument(
             "--servers",
             type=servers,
-            default=host_port(host, settings.thrift_port),
+            default=_default_servers(settings),
             help="host:port[,host:port...] (default from THRIFT_HOST and THRIFT_PORT: %(default)s)",
         )
         parser.add_argument(
@@ -269,12 +281,13 @@ class CommandLine:
     def main(self, argv: list[str] | None = None) -> int:
         try:
             settings = load(ClientSettings, self.config_file)
+            parser = self.parser(settings)
         except SettingsError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
         for warning in misspelled():
             print(f"warning: {warning}", file=sys.stderr)
-        options = vars(self.parser(settings).parse_args(argv))
+        options = vars(parser.parse_args(argv))
         if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
             options["request_id"] = options["request_id"] or new_request_id()
         unsure = _retry_hint(options["command"], options.get("request_id"))
@@ -313,7 +326,7 @@ class CommandLine:
         def call(**arguments: object) -> object:
             client.deadline = give_up_at - time.monotonic()  # --all makes several calls: one --timeout for all
             if client.deadline <= 0:
-                raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)")
+                raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)", sent=False)  # this call's
             return getattr(client, method)(**arguments)
 
         try:

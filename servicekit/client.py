@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.thrift import TApplicationException, TClient, TException, TMessageType, TType
@@ -91,6 +93,10 @@ def parse_servers(servers: str) -> list[tuple[str, int]]:
     """'host:port,[::1]:port' -> [(host, port), ...]; raises ValueError if malformed."""
     addresses = []
     for item in (part.strip() for part in servers.split(",")):
+        if not item:
+            raise ValueError(f"an empty address in {servers!r}: write host:port[,host:port...]")
+        if "/" in item:
+            raise ValueError(f"not host:port (no scheme or path), as localhost:9090: {item!r}")
         if ":" not in item:
             raise ValueError(f"no port: write host:port, as localhost:9090: {item!r}")
         host, _, port = item.rpartition(":")
@@ -128,11 +134,22 @@ def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SS
     """Client TLS settings: verify the server's chain against `ca_file` and its
     host name (thriftpy2's own TSSLSocket turns hostname checking off), and
     present a client certificate if one is given."""
-    context = ssl.create_default_context(cafile=ca_file)
+    with _naming(ca_file):
+        context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file:
-        context.load_cert_chain(cert_file, key_file or None)
+        with _naming(f"{cert_file} and {key_file}" if key_file else cert_file):
+            context.load_cert_chain(cert_file, key_file or None)
     return context
+
+
+@contextmanager
+def _naming(files: str) -> Iterator[None]:
+    """Re-raise an OSError (ssl.SSLError is one) with the files it is about: OpenSSL's own says "PEM lib"."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(f"{files}: {error.strerror or getattr(error, 'reason', None) or error}") from None
 
 
 class _Connection:

@@ -196,7 +196,11 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
 
     A name in `config_file` that is not a setting is refused: a typo there would leave the default in force.
     """
-    in_file = dotenv_values(config_file)
+    try:
+        in_file = dotenv_values(config_file)
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise SettingsError(f"{config_file.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
     names = [declaration.name.upper() for declaration in declared()]
     for name in in_file:
         if name not in names:
@@ -245,7 +249,7 @@ def _parse(declaration: Field, values: Mapping[str, str | None]) -> Any:
         kind = "a whole number" if declaration.type is int else "a number"
         raise SettingsError(f"{name} must be {kind}, not {raw!r}") from None
     if not limits["low"] <= value <= limits["high"]:
-        raise SettingsError(f"{name} must be between {limits['low']:g} and {limits['high']:g}, not {raw!r}")
+        raise SettingsError(f"{name} must be between {_shown(limits['low'])} and {_shown(limits['high'])}, not {raw!r}")
     return value
 
 

@@ -104,6 +104,38 @@ def test_unreachable_server_is_one_line_and_status_8():
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("servers", "message"),
+    [
+        ("127.0.0.1:9090,", "an empty address in '127.0.0.1:9090,': write host:port[,host:port...]"),
+        ("http://127.0.0.1:9090", "not host:port (no scheme or path), as localhost:9090: 'http://127.0.0.1:9090'"),
+    ],
+)
+def test_a_servers_list_that_is_no_list_of_addresses_says_what_it_is(servers, message):
+    result = run_python("client.py", "--servers", servers, "ping")
+    assert result.returncode == 2
+    assert result.stderr == f"error: client.py: argument --servers: {message} (see --help)\n"
+
+
+def test_a_bad_thrift_host_is_named_as_the_setting_it_is():
+    result = run_python("client.py", "ping", THRIFT_HOST="")
+    assert (result.returncode, result.stderr) == (2, "error: THRIFT_HOST must be a host name or IP address, not ''\n")
+
+
+def test_a_missing_tls_file_is_named(tmp_path):
+    result = run_python("client.py", "ping", CLIENT_TLS_CA=str(tmp_path / "ca.pem"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: cannot load the TLS files (CLIENT_TLS_*): {tmp_path / 'ca.pem'}: No such file or directory\n"
+    )
+
+
+def test_a_write_whose_timeout_ran_out_before_it_was_sent_says_nothing_of_having_been_applied(ledger):
+    result = cli(ledger.port, "--timeout", "1e-9", "deposit", "1", "5")
+    assert result.returncode == 8
+    assert result.stderr.startswith("error: cannot reach the Ledger server at") and "applied" not in result.stderr
+
+
 def test_a_write_no_server_accepted_says_nothing_of_having_been_applied():
     port = free_port()
     result = cli(port, "--timeout", "1", "deposit", "1", "5")
@@ -133,6 +165,8 @@ def test_a_write_no_server_accepted_says_nothing_of_having_been_applied():
         ("deposit", "1", "5_000"),
         ("deposit", "1", "+5"),
         ("deposit", "1", "\u0665"),
+        ("--timeout", "\uff15", "ping"),
+        ("--timeout", "1_0", "ping"),
     ],
 )
 def test_every_bad_argument_is_one_line_and_status_2(args):

@@ -35,6 +35,11 @@ def test_declared_defaults_apply_and_the_environment_overrides_config_env(tmp_pa
         ("MYSQL_CONNECT_TIMEOUT", "0.5", "MYSQL_CONNECT_TIMEOUT must be a whole number, not '0.5'"),
         ("THRIFT_READ_TIMEOUT", "soon", "THRIFT_READ_TIMEOUT must be a number, not 'soon'"),
         ("THRIFT_PORT", "70000", "THRIFT_PORT must be between 1 and 65535, not '70000'"),
+        (
+            "THRIFT_MAX_MESSAGE_BYTES",
+            "2000000000",
+            "THRIFT_MAX_MESSAGE_BYTES must be between 1024 and 1073741824, not '2000000000'",
+        ),
         ("THRIFT_WORKERS", "", "THRIFT_WORKERS must be a whole number, not ''"),
         ("DB_POOL", "magic", "DB_POOL must be one of persistent, pooled, not 'magic'"),
         ("SERVICE_NAME", "Bad-Name", "SERVICE_NAME must match [a-z][a-z0-9_]{0,30}, not 'Bad-Name'"),
@@ -89,6 +94,14 @@ def test_a_misspelled_setting_in_the_environment_is_warned_of_by_the_server(star
     assert len(warnings) == 2, server.log()
     assert "THRIFT_WORKER is set but is not a setting: did you mean THRIFT_WORKERS?" in warnings[0]
     assert "LOGLEVEL is set but is not a setting: did you mean LOG_LEVEL?" in warnings[1]
+
+
+def test_a_config_env_that_is_not_utf_8_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "config.env"
+    config.write_bytes(b"# caf\xe9\nTHRIFT_WORKERS=2\n")
+    with pytest.raises(SettingsError) as error:
+        load(ServerSettings, config, REQUIRED)
+    assert str(error.value) == "config.env is not UTF-8 text (byte 0xe9): save it as UTF-8"
 
 
 def test_the_password_never_shows_in_repr(tmp_path):
