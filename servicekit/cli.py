@@ -28,6 +28,7 @@ from servicekit.client import (
     PooledClient,
     RequestTooLarge,
     ServerUnreachable,
+    UnexpectedReply,
     new_request_id,
     parse_servers,
     reason,
@@ -344,6 +345,9 @@ class CommandLine:
         """One line on stderr for a call that failed (with `unsure` where its outcome is unknown); its exit status."""
         if isinstance(error, RequestTooLarge):
             message, status = str(error), EXIT_USAGE
+        elif isinstance(error, UnexpectedReply):
+            message = f"no {self.service_name} reply from {error}: is it a {self.service_name} server? check --servers"
+            message, status = message + unsure, EXIT_INTERNAL
         elif isinstance(error, ServerUnreachable):
             # Sent: a server had the request (its database may be what is slow). Else nothing can have been applied.
             failure = "no reply from" if error.sent else "cannot reach"

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from thriftpy2.protocol import TCyBinaryProtocol
-from thriftpy2.thrift import TApplicationException, TClient, TException, TMessageType, TType
+from thriftpy2.protocol.cybin import ProtocolError
+from thriftpy2.protocol.exc import TProtocolException
+from thriftpy2.thrift import TApplicationException, TClient, TDecodeException, TException, TMessageType, TType
 from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TTransportException
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
@@ -56,6 +58,18 @@ class ServerUnreachable(Exception):
     def __init__(self, message: str, sent: bool = True) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+class UnexpectedReply(ServerUnreachable):
+    """A server answered with bytes that are no reply of this service (another service's, or not Thrift):
+    a retry cannot mend it, so it is raised once each address was tried. The request was sent.
+
+    `refused_by`: the addresses that answered so.
+    """
+
+    def __init__(self, message: str, refused_by: set[Address]) -> None:
+        super().__init__(message, sent=True)
+        self.refused_by = refused_by
 
 
 class TLSRefused(ServerUnreachable):
@@ -502,6 +516,12 @@ class PooledClient:
                 raise TLSRefused(f"{connection.address} ({reason(error)})", {connection.address}) from None
             self._addresses.resolve_soon()
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
+        except (TProtocolException, TDecodeException, ProtocolError, MemoryError, SystemError, ValueError) as error:
+            # Bytes no reply of this service decodes to (MemoryError: a frame of gigabytes declared).
+            self._discard(connection)
+            self._addresses.mark_down(connection.address)
+            message = f"{connection.address} ({type(error).__name__}: {reason(error)})"
+            raise UnexpectedReply(message, {connection.address}) from None
         except TException as error:
             if isinstance(error, TApplicationException) and error.type == UNSUPPORTED_CLIENT_TYPE:
                 self._discard(connection)  # a TLS server answered this plain-text call, and closes the connection

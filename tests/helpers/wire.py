@@ -5,6 +5,8 @@ import fcntl
 import socket
 import struct
 import termios
+import threading
+from contextlib import suppress
 
 from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
 from thriftpy2.thrift import TMessageType
@@ -88,3 +90,30 @@ def reply_names(received: bytes) -> list[str]:
 def unread_bytes(sock: socket.socket) -> int:
     """How many received bytes `sock` holds that nobody has read yet."""
     return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+
+class FixedReplyServer:
+    """Answers every request on any connection with `reply`: a server of something else, as a client sees it."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with suppress(OSError):  # the listener closed
+            while True:
+                sock, _ = self.listener.accept()
+                threading.Thread(target=self._answer, args=(sock,), daemon=True).start()
+
+    def _answer(self, sock: socket.socket) -> None:
+        with sock, suppress(OSError):
+            while sock.recv(65536):
+                sock.sendall(self.reply)
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(5)

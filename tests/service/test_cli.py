@@ -12,6 +12,7 @@ import time
 import pytest
 
 from helpers.processes import ROOT, run_python
+from helpers.wire import FixedReplyServer
 from servicekit.client import new_request_id
 from tools.throwaway_db import free_port, wait_for
 
@@ -115,6 +116,20 @@ def test_a_servers_list_that_is_no_list_of_addresses_says_what_it_is(servers, me
     result = run_python("client.py", "--servers", servers, "ping")
     assert result.returncode == 2
     assert result.stderr == f"error: client.py: argument --servers: {message} (see --help)\n"
+
+
+def test_a_server_of_another_service_is_one_line_and_status_1():
+    other = FixedReplyServer(b"\x00\x00\x00\x05hello")
+    try:
+        result = cli(other.port, "deposit", "1", "5", "--request-id", "r-1")
+    finally:
+        other.close()
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: no Ledger reply from 127.0.0.1:{other.port} (ProtocolError: No protocol version header): "
+        "is it a Ledger server? check --servers; the deposit may have been applied: "
+        "repeat it with --request-id r-1 to apply it at most once\n"
+    )
 
 
 def test_a_bad_thrift_host_is_named_as_the_setting_it_is():

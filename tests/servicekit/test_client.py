@@ -10,7 +10,8 @@ import pytest
 from counters import CountersClient
 from helpers.load import connections_to, run_threads
 from helpers.mysql import statement_waits
-from servicekit.client import RequestTooLarge, ServerUnreachable, parse_servers
+from helpers.wire import FixedReplyServer
+from servicekit.client import RequestTooLarge, ServerUnreachable, UnexpectedReply, parse_servers
 from tools.throwaway_db import wait_for
 
 HOST = "127.0.0.1"  # where a test's own server listens: another address may have a server on the same port
@@ -101,6 +102,23 @@ def test_a_hung_server_takes_half_the_deadline_at_most_when_another_can_answer(s
             os.kill(hung.process.pid, signal.SIGCONT)
     assert errors == []
     assert 1 <= max(took) < 2  # timed out on the hung server after half the deadline, then answered by the other
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"\x00\x00\x00\x05hello", b"\x7f\xff\xff\xf0"],
+    ids=["a frame that holds no Thrift message", "a frame of 2 GB declared"],
+)
+def test_a_server_of_something_else_is_one_error_at_once_not_a_traceback_or_a_wait(reply):
+    other = FixedReplyServer(reply)
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnexpectedReply) as error, CountersClient(f"127.0.0.1:{other.port}", deadline=30) as client:
+            client.ping()
+        assert time.monotonic() - started < 10  # every address answered so: no retries until the deadline
+    finally:
+        other.close()
+    assert error.value.sent and str(error.value).startswith(f"127.0.0.1:{other.port} (")
 
 
 def test_closing_the_client_closes_every_connection(start_server):
