@@ -79,22 +79,29 @@ class AddressBook:
         self._addresses = self._collect()
         self._resolved_at = self._due_at = float("-inf")
         self._resolving = False
+        self._resolved = threading.Event()  # set while no resolution runs
+        self._resolved.set()
+        self._errors: list[str] = []  # of the last resolution, one line per name that failed
         self._down_until: dict[Address, float] = {}
         self._down_for: dict[Address, float] = {}
 
-    def current(self) -> list[Address]:
-        """Every address now. Until one is known names are resolved here (OSError if none
-        resolves); after that in a background thread when due."""
+    def current(self, timeout: float) -> list[Address]:
+        """Every address now. Names are resolved in a background thread when due, and at once
+        while no address is known: then this waits up to `timeout` seconds for the answer (a
+        resolver that never answers holds no caller past its deadline); OSError if none came."""
         with self._lock:
             addresses = self._addresses
-            if addresses and self._names and time.monotonic() >= self._due_at and not self._resolving:
+            if (not addresses or time.monotonic() >= self._due_at) and self._names and not self._resolving:
                 self._resolving = True
+                self._resolved.clear()
                 threading.Thread(target=self._resolve_names, name="resolver", daemon=True).start()
         if addresses:
             return addresses
-        errors = self._resolve_names()
+        if not self._resolved.wait(max(0.0, timeout)):
+            names = ", ".join(host_port(host, port) for host, port in self._names)
+            raise OSError(f"{names} (no answer from the resolver within {timeout:.3g} s)")
         if not self._addresses:
-            raise OSError(", ".join(errors))
+            raise OSError(", ".join(self._errors))
         return self._addresses
 
     def is_only(self, address: Address) -> bool:
@@ -137,8 +144,8 @@ class AddressBook:
     def _collect(self) -> list[Address]:
         return list(dict.fromkeys(address for server in self._servers for address in self._found.get(server, ())))
 
-    def _resolve_names(self) -> list[str]:
-        """Resolve every name, keep what did not resolve, report a change; returns one line per failure."""
+    def _resolve_names(self) -> None:
+        """Resolve every name, keep what did not resolve, report a change; the resolving thread."""
         results = {server: self._resolve_one(*server) for server in self._names}
         with self._lock:
             before = self._addresses
@@ -149,10 +156,11 @@ class AddressBook:
                     del marks[address]
             self._resolved_at = time.monotonic()
             self._due_at = self._resolved_at + self._resolve_every
+            self._errors = [error for _, error in results.values() if error]
             self._resolving = False
+            self._resolved.set()
         if set(after) != set(before):
             self._changed(frozenset(after))
-        return [error for _, error in results.values() if error]
 
     def _resolve_one(self, host: str, port: int) -> tuple[list[Address], str]:
         try:

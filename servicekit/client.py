@@ -344,7 +344,7 @@ class PooledClient:
     def _all_refused(self, refused_by: set[Address]) -> bool:
         """Whether every address has refused this client's TLS: no retry can succeed."""
         try:
-            return bool(refused_by) and refused_by >= set(self._addresses.current())
+            return bool(refused_by) and refused_by >= set(self._addresses.current(0))
         except OSError:
             return True  # no address to try at all
 
@@ -364,7 +364,7 @@ class PooledClient:
 
     def _acquire(self, give_up_at: float) -> _Connection:
         try:
-            addresses = self._addresses.current()
+            addresses = self._addresses.current(give_up_at - time.monotonic())
         except OSError as error:
             raise ServerUnreachable(str(error), sent=False) from None
         give_up_at = min(give_up_at, time.monotonic() + self.acquire_timeout)

@@ -141,6 +141,23 @@ def test_ip_addresses_are_not_looked_up_and_a_name_that_does_not_resolve_is_unre
     assert dns.asked == [NAME]
 
 
+def test_a_resolver_that_never_answers_holds_a_call_no_longer_than_its_deadline(port):
+    answer = threading.Event()
+
+    def hung_dns(host: str) -> list[str]:
+        answer.wait(60)
+        return [HOSTS[0]]
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachable, match=f"{NAME}:{port} \\(no answer from the resolver within"):
+            with CountersClient(f"{NAME}:{port}", resolve=hung_dns, deadline=1) as client:
+                client.ping()
+        assert time.monotonic() - started < 5  # its 1 s, not the resolver's 60
+    finally:
+        answer.set()
+
+
 def test_a_rolling_restart_behind_one_name_fails_no_call_and_ends_spread_over_all_three(start_server, database):
     port, metrics_port = free_port(), free_port()
 
