@@ -25,7 +25,7 @@ from thriftpy2.thrift import TApplicationException, TException, TMessageType, TP
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError, KitError
 from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
-from servicekit.wire import MalformedMessage, element_type, field_type
+from servicekit.wire import MalformedMessage, OffContract, element_type, field_type
 
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
@@ -189,7 +189,7 @@ class GuardedProcessor(TProcessor):
         iprot.read_message_end()
         for spec in method.may_hold_text:
             if _undecoded(*field_type(spec), getattr(arguments, spec[1])):
-                raise MalformedMessage(f"argument {spec[1]!r} of {name} holds a string that is not UTF-8")
+                raise OffContract(f"argument {spec[1]!r} of {name} holds a string that is not UTF-8", (name, seqid))
         started = perf_counter()
         outcome = self._answer(method, name, arguments, oprot, seqid)
         if (seconds := perf_counter() - started) >= self._observe_from:

@@ -489,8 +489,10 @@ class TThreadPoolServer(TServer):
                 extra=MALFORMED_MESSAGE,
             )
             if isinstance(error, wire.TLSToPlainPort):
-                with suppress(OSError):
-                    connection.sock.send(HANDSHAKE_FAILURE_ALERT, self._dontwait)
+                self._say_before_closing(connection, HANDSHAKE_FAILURE_ALERT)
+            elif isinstance(error, wire.OffContract):  # told why, in its own codec, rather than cut off
+                answer = TApplicationException(TApplicationException.PROTOCOL_ERROR, str(error))
+                self._say_before_closing(connection, self._error_reply(connection.codec, *error.call, answer))
             self._forget(connection, because="malformed_message")
 
     def _receive(self, connection: _Connection) -> bytes | None:
@@ -596,7 +598,7 @@ class TThreadPoolServer(TServer):
         return message.end
 
     def _check_types(self, message: Message) -> None:
-        wire.check_argument_types(message.name, message.argument_types, self._spec_of(message.name))
+        wire.check_argument_types(message, self._spec_of(message.name))
 
     def _process(self, connection: _Connection, data: bytes | bytearray, worker: _Worker) -> bytes:
         """Decode, run and encode one checked message: the reply, framed if the connection is."""
@@ -687,11 +689,16 @@ class TThreadPoolServer(TServer):
             if (codec := wire.detect(data, self.max_message_bytes)) and (
                 header := wire.call_header(data, codec, self.max_message_bytes)
             ):
-                connection.sock.send(self._error_reply(codec, *header, TLS_ONLY))
+                self._say_before_closing(connection, self._error_reply(codec, *header, TLS_ONLY))
         what = f"plain-text {codec} Thrift, to a port that serves TLS only" if codec else "not a TLS handshake"
         logger.warning("closing %s: TLS handshake failed: %s", connection.peer, what, extra=FAILED_HANDSHAKE)
         self._forget(connection, because="tls_handshake_failed")
         return False
+
+    def _say_before_closing(self, connection: _Connection, data: bytes) -> None:
+        """Send what the client should read before the connection closes, if its socket takes it now."""
+        with suppress(OSError):
+            connection.sock.send(data, self._dontwait)
 
     def _error_reply(self, codec: Codec, method: str, seqid: int, error: TApplicationException) -> bytes:
         """`error` as the reply to call `seqid` of `method`, in `codec`."""

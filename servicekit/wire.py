@@ -27,6 +27,10 @@ COMPACT_TYPES = {
     1: BOOL, 2: BOOL, 3: BYTE, 4: I16, 5: I32, 6: I64, 7: DOUBLE, 8: STRING, 9: LIST, 10: SET, 11: MAP, 12: STRUCT,
 }  # fmt: skip
 VARINT_BITS = {I16: 16, I32: 32, I64: 64}
+TYPE_NAMES = {
+    BOOL: "bool", BYTE: "byte", DOUBLE: "double", I16: "i16", I32: "i32", I64: "i64", STRING: "string",
+    STRUCT: "struct", MAP: "map", SET: "set", LIST: "list", BINARY: "binary",
+}  # fmt: skip
 FRAME_HEADER = struct.Struct("!i")
 I32_AT = struct.Struct("!i").unpack_from
 I16_AT = struct.Struct("!h").unpack_from
@@ -45,6 +49,15 @@ class MalformedMessage(ValueError):
     """The bytes are not a well-formed message within the limits."""
 
 
+class OffContract(MalformedMessage):
+    """A well-formed call that the IDL does not allow (an argument of another type, a string that is not UTF-8):
+    a client whose IDL drifted, to be told why in an error reply. `call`: its method name and sequence id."""
+
+    def __init__(self, message: str, call: tuple[str, int]) -> None:
+        super().__init__(message)
+        self.call = call
+
+
 class TLSToPlainPort(MalformedMessage):
     """The bytes begin a TLS handshake, sent to a port that serves plain TCP."""
 
@@ -61,6 +74,7 @@ class Codec(NamedTuple):
 
 class Message(NamedTuple):
     name: str
+    seqid: int
     argument_types: dict[int, int]  # the type of each top-level argument, by field id
     end: int  # the message's length in bytes
 
@@ -186,16 +200,24 @@ def element_type(held: int | tuple) -> tuple[int, object]:
     return (held, None) if isinstance(held, int) else held
 
 
-def check_argument_types(method: str, argument_types: dict[int, int], spec: dict | None) -> None:
+def check_argument_types(message: Message, spec: dict | None) -> None:
     """Reject an argument of the wrong type, which thriftpy2 would silently drop.
 
     `spec` is the thrift_spec of the method's arguments; None (a method the
     service lacks) passes, to be answered with UNKNOWN_METHOD.
     """
-    for field_id, field_type in argument_types.items():
+    for field_id, field_type in message.argument_types.items():
         declared = (spec or {}).get(field_id)
         if declared and _wire_type(declared[0]) != field_type:
-            raise MalformedMessage(f"argument {declared[1]!r} of {method} has type {field_type}, not {declared[0]}")
+            sent, wanted = _type_name(field_type), _type_name(declared[0])
+            raise OffContract(
+                f"argument {declared[1]!r} of {message.name} is {sent}, but the IDL declares {wanted}",
+                (message.name, message.seqid),
+            )
+
+
+def _type_name(kind: int) -> str:
+    return TYPE_NAMES.get(kind, f"type {kind}")
 
 
 def _wire_type(declared: int) -> int:
@@ -229,7 +251,7 @@ class _Walk:
             return None
         if not self.run():
             return None
-        return Message(self.name, self.arguments, self.position)
+        return Message(self.name, self.seqid, self.arguments, self.position)
 
     def header(self) -> bool:
         """Read the message's header and begin its arguments; False until the header is all present."""
@@ -238,6 +260,11 @@ class _Walk:
     def run(self) -> bool:
         """Walk on until the message ends (True) or the bytes present do (False)."""
         raise NotImplementedError
+
+    @property
+    def call(self) -> tuple[str, int]:
+        """The method name and sequence id, once the header is read."""
+        return self.name, self.seqid
 
     def present(self, at: int, count: int) -> bool:
         """Whether `count` bytes at `at` are present; raises if the message may not reach them."""
@@ -570,5 +597,6 @@ class _CompactWalk(_Walk):
         spec = inner[which] if kind == MAP else inner
         declared_type, element_inner = (spec, None) if isinstance(spec, int) else spec
         if _wire_type(declared_type) != element:
-            raise MalformedMessage(f"container element of type {element} where {declared_type} is declared")
+            sent, wanted = _type_name(element), _type_name(declared_type)
+            raise OffContract(f"a container element of {self.name} is {sent}, but the IDL declares {wanted}", self.call)
         return element_inner.thrift_spec if element == STRUCT else element_inner

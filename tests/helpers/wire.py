@@ -9,7 +9,7 @@ import threading
 from contextlib import suppress
 
 from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
-from thriftpy2.thrift import TMessageType
+from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit.wire import Codec
@@ -25,6 +25,16 @@ def call_bytes(service: type, method: str, *args: object, compact: bool = False)
     protocol.write_message_begin(method, TMessageType.CALL, 1)
     getattr(service, method + "_args")(*args).write(protocol)
     return buffer.getvalue()
+
+
+def application_error(reply: bytes, codec: Codec) -> TApplicationException:
+    """The TApplicationException a whole reply in `codec` holds (AssertionError if it holds none)."""
+    buffer = TCyMemoryBuffer(reply[4:] if codec.framed else reply)
+    protocol = TCompactProtocol(buffer) if codec.compact else TCyBinaryProtocol(buffer)
+    assert protocol.read_message_begin()[1] == TMessageType.EXCEPTION
+    error = TApplicationException()
+    error.read(protocol)
+    return error
 
 
 def framed(payload: bytes) -> bytes:

@@ -19,7 +19,17 @@ from counters import counters_thrift
 from counters_testing import SCRIPT, counters_process
 from helpers.load import connections_to
 from helpers.processes import rss_kb
-from helpers.wire import CODECS, call_bytes, exchange, framed, message_header, on_the_wire, unread_bytes, varint
+from helpers.wire import (
+    CODECS,
+    application_error,
+    call_bytes,
+    exchange,
+    framed,
+    message_header,
+    on_the_wire,
+    unread_bytes,
+    varint,
+)
 from servicekit.wire import Codec
 from tools.throwaway_db import wait_for
 
@@ -32,6 +42,13 @@ NOT_THRIFT = {
     "an old non-strict binary message": struct.pack("!i", 4) + b"ping" + b"\x01" + struct.pack("!i", 1) + b"\x00",
     "a negative frame length": struct.pack("!i", -5) + b"12345",
     "a huge frame length": struct.pack("!i", 2**31 - 1),
+}
+
+
+# Well-formed calls the IDL does not allow, and the message of the PROTOCOL_ERROR reply each gets.
+OFF_CONTRACT = {
+    "a wrong argument type": "argument 'name' of get is i64, but the IDL declares string",
+    "a string argument that is not UTF-8": "argument 'cursor' of list_counters holds a string that is not UTF-8",
 }
 
 
@@ -96,8 +113,14 @@ HOSTILE = [(None, name) for name in NOT_THRIFT] + [(codec, name) for codec in CO
 def test_hostile_input_closes_only_that_connection_with_one_warning(server, client, codec, name):
     log_start = len(server.log())
     reply, peer = exchange(server.port, NOT_THRIFT[name] if codec is None else hostile_input(codec)[name])
-    # Closed, nothing allocated or answered; a TLS client is told the handshake failed (test_tls.py).
-    assert reply == (b"\x15\x03\x03\x00\x02\x02\x28" if name == "a TLS hello to the plain port" else b"")
+    # Closed, nothing allocated; a TLS client is told the handshake failed (test_tls.py), and a well-formed
+    # call the IDL does not allow is told why; anything else is answered with nothing.
+    if name == "a TLS hello to the plain port":
+        assert reply == b"\x15\x03\x03\x00\x02\x02\x28"
+    elif name in OFF_CONTRACT:
+        assert application_error(reply, codec).message == OFF_CONTRACT[name]
+    else:
+        assert reply == b""
 
     def lines_about_peer() -> list[str]:
         return [line for line in server.log().splitlines() if f"{peer}:" in line or line.endswith(peer)]

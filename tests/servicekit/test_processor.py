@@ -82,7 +82,7 @@ UNDECODABLE = [{"tags": ["a", b"\xff"], "labels": {}}, {"tags": [], "labels": {"
 
 
 @pytest.mark.parametrize("undecodable", UNDECODABLE, ids=str)
-def test_a_string_that_is_not_utf_8_anywhere_in_the_arguments_closes_the_connection(
+def test_a_string_that_is_not_utf_8_anywhere_in_the_arguments_is_answered_why_and_closes_the_connection(
     probe_server, probe, caplog, undecodable
 ):
     service, port = probe_server
@@ -90,8 +90,12 @@ def test_a_string_that_is_not_utf_8_anywhere_in_the_arguments_closes_the_connect
     stock = make_client(service, "127.0.0.1", port)  # thriftpy2's own client checks nothing
     try:
         assert stock.count_tags(note(tags=["a", "b"], labels={"k": "v"})) == 3
-        with caplog.at_level(logging.WARNING), pytest.raises(TTransportException):
+        with caplog.at_level(logging.WARNING), pytest.raises(TApplicationException) as error:
             stock.count_tags(note(**undecodable))
+        assert error.value.type == TApplicationException.PROTOCOL_ERROR
+        assert error.value.message == "argument 'note' of count_tags holds a string that is not UTF-8"
+        with pytest.raises(TTransportException):
+            stock.count_tags(note(tags=["a"], labels={}))  # closed after the error
     finally:
         stock.close()
     assert "argument 'note' of count_tags holds a string that is not UTF-8" in caplog.text

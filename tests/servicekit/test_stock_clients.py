@@ -11,8 +11,10 @@ import sys
 import uuid
 
 import pytest
+import thriftpy2
 from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
 from thriftpy2.rpc import make_client
+from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
 from counters import counters_thrift
@@ -68,3 +70,18 @@ def test_an_apache_thrift_client_is_served(server, apache_code, transport, proto
     assert result.returncode == 0, result.stderr
     missing = f"no counter named '{name}-missing'"
     assert json.loads(result.stdout) == {"ping": "pong", "add": 2, "get": 2, "error": missing}
+
+
+@pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
+def test_a_client_whose_idl_drifted_is_told_which_argument_differs(server, tmp_path, protocol):
+    drifted = tmp_path / "drifted.thrift"
+    drifted.write_text("service Counters { i64 get(1: i64 name) }\n")  # name is a string in counters.thrift
+    service = thriftpy2.load(str(drifted), module_name="drifted_thrift").Counters
+    client = make_client(service, "127.0.0.1", server.port, proto_factory=protocol(), timeout=5000)
+    try:
+        with pytest.raises(TApplicationException) as error:
+            client.get(5)
+    finally:
+        client.close()
+    assert error.value.type == TApplicationException.PROTOCOL_ERROR
+    assert error.value.message == "argument 'name' of get is i64, but the IDL declares string"

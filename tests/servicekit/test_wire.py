@@ -12,6 +12,8 @@ from helpers.wire import call_bytes, framed, message_header, varint
 from servicekit.wire import (
     Codec,
     MalformedMessage,
+    Message,
+    OffContract,
     check_argument_types,
     detect,
     known_calls,
@@ -63,7 +65,7 @@ def test_anything_else_is_refused_from_its_first_bytes(start, refusal):
 def test_a_well_formed_call_passes_with_its_name_and_argument_types(compact):
     message = walk_whole(call_bytes(Counters, "add", "x", 5, "req-1", compact=compact), compact, spec_of)
     assert (message.name, message.argument_types) == ("add", {1: TType.STRING, 2: TType.I64, 3: TType.STRING})
-    check_argument_types("add", message.argument_types, Counters.add_args.thrift_spec)
+    check_argument_types(message, Counters.add_args.thrift_spec)
 
 
 KNOWN_CALLS = known_calls({method: spec_of(method) for method in Counters.thrift_services})
@@ -192,7 +194,7 @@ def test_a_malformed_binary_message_is_refused_with_the_reason(message, refusal)
 def test_a_malformed_compact_message_is_refused_with_the_reason(message, refusal):
     with pytest.raises(MalformedMessage, match=refusal):
         message = walk_whole(message, True, spec_of)
-        check_argument_types(message.name, message.argument_types, spec_of(message.name))
+        check_argument_types(message, spec_of(message.name))
 
 
 def test_compact_elements_must_be_of_the_declared_type_which_thriftpy2_reads_them_as():
@@ -200,7 +202,7 @@ def test_compact_elements_must_be_of_the_declared_type_which_thriftpy2_reads_the
         return {1: (TType.LIST, "ids", TType.I32, False)}
 
     strings = message_header(b"sum", True) + b"\x19\x28" + b"\x01a\x01b" + b"\x00"
-    with pytest.raises(MalformedMessage, match="element of type 11 where 8 is declared"):
+    with pytest.raises(OffContract, match="a container element of sum is string, but the IDL declares i32"):
         walk_whole(strings, True, declares_a_list_of_i32)
     integers = message_header(b"sum", True) + b"\x19\x25\x02\x04\x00"
     assert walk_whole(integers, True, declares_a_list_of_i32).argument_types == {1: TType.LIST}
@@ -212,10 +214,11 @@ def test_an_unframed_message_may_not_grow_past_the_maximum():
         resume(walk(endless, 1024, False, spec_of))
 
 
-def test_an_argument_of_the_wrong_type_is_refused():
-    with pytest.raises(MalformedMessage, match="argument 'name' of get has type 10, not 11"):
-        check_argument_types("get", {1: TType.I64}, Counters.get_args.thrift_spec)
+def test_an_argument_of_the_wrong_type_is_refused_with_the_types_named():
+    with pytest.raises(OffContract, match="argument 'name' of get is i64, but the IDL declares string") as error:
+        check_argument_types(Message("get", 7, {1: TType.I64}, 20), Counters.get_args.thrift_spec)
+    assert error.value.call == ("get", 7)  # what the error reply answers
 
 
 def test_an_unknown_method_passes_to_be_answered_unknown_method():
-    check_argument_types("steal_money", {1: TType.I64}, None)
+    check_argument_types(Message("steal_money", 1, {1: TType.I64}, 20), None)
