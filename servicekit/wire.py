@@ -42,6 +42,7 @@ SpecOf = Callable[[str], dict | None]
 # The TApplicationException type for a client the server will not talk to (Apache Thrift's name: thriftpy2
 # names types 0-7 only): a TLS port answers a plain-text call with it.
 UNSUPPORTED_CLIENT_TYPE = 10
+HEADER_TRANSPORT = b"\x0f\xff"  # the magic after the length of fbthrift's and Apache's header transport
 TLS_HANDSHAKE = b"\x16\x03"  # how a TLS handshake record begins (its type, then its version's major)
 
 
@@ -107,7 +108,9 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return None
     marker = start[FRAME_HEADER.size]
     if marker not in (0x80, COMPACT_ID):
-        raise MalformedMessage("neither a framed nor an unframed binary or compact Thrift message")
+        if start[FRAME_HEADER.size : FRAME_HEADER.size + 2] == HEADER_TRANSPORT:
+            raise MalformedMessage("Thrift's header transport, which this server does not speak")
+        raise MalformedMessage("neither a framed nor an unframed strict binary or compact Thrift message")
     return CODECS[True, marker == COMPACT_ID]
 
 

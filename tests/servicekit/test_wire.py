@@ -53,7 +53,8 @@ def test_a_connection_is_known_by_its_first_bytes(start, codec):
         (b"\x16\x03\x01\x02\x00\x01", "a TLS handshake, to a port that serves plain TCP"),
         (b'[1,"ping",1,0,{}]', "Thrift's JSON protocol, which this server does not speak"),
         (b"\x13\x37\x13\x37", "frame of 322376503 bytes"),  # garbage
-        (b"\x00\x00\x00\x04ping", "neither a framed nor an unframed binary or compact Thrift message"),  # non-strict
+        (b"\x00\x00\x00\x04ping", "neither a framed nor an unframed strict binary or compact Thrift"),  # non-strict
+        (b"\x00\x00\x00\x20\x0f\xff\x00\x00", "Thrift's header transport, which this server does not speak"),
     ],
 )
 def test_anything_else_is_refused_from_its_first_bytes(start, refusal):
