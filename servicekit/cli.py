@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import time
 import unicodedata
@@ -39,6 +40,7 @@ from servicekit.settings import ClientSettings, SettingsError, load, misspelled
 EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
 EXIT_OTHER_DECLARED = 9  # an exception the IDL declares that exit_statuses gives no status of its own
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
 
@@ -106,6 +108,14 @@ def _default_servers(settings: ClientSettings) -> str:
     except ValueError:
         raise SettingsError(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}") from None
     return default
+
+
+class Terminated(Exception):
+    """The command got SIGTERM."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _retry_hint(command: str, request_id: str | None) -> str:
@@ -254,7 +264,7 @@ class CommandLine:
         parser = _OneLineParser(
             description=f"Call the {self.service_name} service.",
             epilog=f"exit status: 0 ok, 1 internal error, 2 usage, {statuses} (or health not ok), "
-            f"8 server unreachable, 9 another declared error, 130 interrupted",
+            f"8 server unreachable, 9 another declared error, 130 interrupted, 143 terminated",
         )
         parser.add_argument(
             "--servers",
@@ -292,11 +302,18 @@ class CommandLine:
         if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
             options["request_id"] = options["request_id"] or new_request_id()
         unsure = _retry_hint(options["command"], options.get("request_id"))
+        # SIGTERM (`timeout 5 client.py ...`, a supervisor) ends a command as Ctrl-C does: with the request id.
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return self._run(settings, options, unsure)
         except KeyboardInterrupt:
             print(f"error: interrupted{unsure}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Terminated:
+            print(f"error: terminated{unsure}", file=sys.stderr)
+            return EXIT_TERMINATED
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _connect(self, settings: ClientSettings, servers: str, timeout: float) -> PooledClient:
         tls = None

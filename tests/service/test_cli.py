@@ -250,18 +250,29 @@ def test_timeout_bounds_the_whole_command_retries_included():
     assert elapsed < 4  # two seconds, and the interpreter's start
 
 
-def test_ctrl_c_during_a_call_is_one_line_and_status_130():
+@pytest.mark.parametrize(
+    ("signum", "status", "message"),
+    [
+        (signal.SIGINT, 130, "error: interrupted"),
+        (signal.SIGTERM, 143, "error: terminated"),  # `timeout 5 client.py ...`
+    ],
+    ids=["Ctrl-C", "SIGTERM"],
+)
+def test_a_signal_during_a_write_is_one_line_naming_its_request_id(signum, status, message):
     hung = SilentServer()
-    command = [sys.executable, "client.py", "--servers", f"127.0.0.1:{hung.port}", "ping"]
-    caller = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "client.py", "--servers", f"127.0.0.1:{hung.port}", "deposit", "1", "5"]
+    caller = subprocess.Popen(
+        [*command, "--request-id", "r-9"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for(hung.accepted_one, 30, "the call to connect")
-        caller.send_signal(signal.SIGINT)
+        caller.send_signal(signum)
         _, stderr = caller.communicate(timeout=30)
     finally:
         hung.close()
-    assert caller.returncode == 130
-    assert stderr == "error: interrupted\n"
+    assert caller.returncode == status
+    hint = "the deposit may have been applied: repeat it with --request-id r-9 to apply it at most once"
+    assert stderr == f"{message}; {hint}\n"
 
 
 def test_all_follows_next_cursor_to_the_last_page(ledger):
