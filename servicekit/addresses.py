@@ -165,8 +165,9 @@ class AddressBook:
     def _resolve_one(self, host: str, port: int) -> tuple[list[Address], str]:
         try:
             ips = self._resolve(host)
-        except (OSError, UnicodeError) as error:  # UnicodeError: a label longer than 63 characters
-            return [], f"{host}:{port} (cannot resolve: {error})"
+        except Exception as error:  # noqa: BLE001 - a discovery of the caller's may raise anything, and the
+            # resolving thread must end by setting _resolved (OSError, or UnicodeError for a label over 63 characters)
+            return [], f"{host}:{port} (cannot resolve: {error or type(error).__name__})"
         if not ips:
             return [], f"{host}:{port} (resolves to no address)"
         return [Address(host, ip, port) for ip in ips], ""

@@ -100,13 +100,13 @@ def servers(text: str) -> str:
     return text
 
 
-def _default_servers(settings: ClientSettings) -> str:
-    """THRIFT_HOST:THRIFT_PORT, at 127.0.0.1 when THRIFT_HOST binds every address."""
-    host = "127.0.0.1" if settings.thrift_host in ("0.0.0.0", "::") else settings.thrift_host
+def _default_servers(settings: ClientSettings) -> str | None:
+    """THRIFT_HOST:THRIFT_PORT, at 127.0.0.1 when THRIFT_HOST binds every address; None if it is no host."""
+    host = "127.0.0.1" if settings.thrift_host in ("", "0.0.0.0", "::") else settings.thrift_host
     try:
         parse_servers(default := host_port(host, settings.thrift_port))
     except ValueError:
-        raise SettingsError(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}") from None
+        return None
     return default
 
 
@@ -257,7 +257,6 @@ class CommandLine:
         self._commands.append((name, help, arguments, write, page))
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
-        """The command line; SettingsError if THRIFT_HOST and THRIFT_PORT make no default for --servers."""
         statuses = ", ".join(
             f"{status} {cls.__name__}" for cls, status in sorted(self.exit_statuses.items(), key=lambda i: i[1])
         )
@@ -292,13 +291,17 @@ class CommandLine:
     def main(self, argv: list[str] | None = None) -> int:
         try:
             settings = load(ClientSettings, self.config_file)
-            parser = self.parser(settings)
         except SettingsError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
         for warning in misspelled():
             print(f"warning: {warning}", file=sys.stderr)
-        options = vars(parser.parse_args(argv))
+        options = vars(self.parser(settings).parse_args(argv))
+        if options["servers"] is None:  # no --servers, and THRIFT_HOST makes no address
+            print(
+                f"error: THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}", file=sys.stderr
+            )
+            return EXIT_USAGE
         if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
             options["request_id"] = options["request_id"] or new_request_id()
         unsure = _retry_hint(options["command"], options.get("request_id"))
@@ -337,7 +340,7 @@ class CommandLine:
         try:
             client = self._connect(settings, servers, timeout)
         except OSError as error:  # ssl.SSLError and a missing file are OSErrors
-            print(f"error: cannot load the TLS files (CLIENT_TLS_*): {error}", file=sys.stderr)
+            print(f"error: cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}", file=sys.stderr)
             return EXIT_USAGE
         give_up_at = time.monotonic() + timeout
 
@@ -373,6 +376,10 @@ class CommandLine:
         elif isinstance(error, TApplicationException) and error.type == TApplicationException.UNKNOWN_METHOD:
             # Nothing ran: --servers names another service, or a version of this one without the call.
             message = f"the server does not serve this call of {self.service_name} ({error}): check --servers"
+            status = EXIT_INTERNAL
+        elif isinstance(error, TApplicationException) and error.type == TApplicationException.PROTOCOL_ERROR:
+            # Refused before it ran: the call does not fit the server's IDL.
+            message = f"the server refused the call ({error}): does client.py's IDL match the server's?"
             status = EXIT_INTERNAL
         elif isinstance(error, TApplicationException):
             message, status = f"the server failed: {error}{unsure}", EXIT_INTERNAL

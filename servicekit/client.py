@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.protocol.cybin import ProtocolError
 from thriftpy2.protocol.exc import TProtocolException
-from thriftpy2.thrift import TApplicationException, TClient, TDecodeException, TException, TMessageType, TType
+from thriftpy2.thrift import TApplicationException, TClient, TException, TMessageType, TType
 from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TTransportException
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
@@ -87,6 +87,13 @@ class TLSRefused(ServerUnreachable):
 
 # What OpenSSL names a refusal of the certificates or of TLS itself (not a connection closed or corrupted).
 TLS_REFUSALS = re.compile(r"CERTIFICATE|UNKNOWN_CA|HANDSHAKE_FAILURE|PROTOCOL_VERSION|WRONG_VERSION_NUMBER")
+
+
+# What decoding a reply raises when its bytes are no reply of the service: thriftpy2's Cython decoder's
+# errors, a MemoryError for a frame of gigabytes declared, a SystemError for a negative length.
+UNDECODABLE = (ProtocolError, TProtocolException, UnicodeDecodeError, MemoryError, SystemError)
+# Errors a server on the kit answers before it closes the connection.
+CLOSING_ERRORS = (UNSUPPORTED_CLIENT_TYPE, TApplicationException.PROTOCOL_ERROR)
 
 
 def _tls_refusal(error: BaseException) -> bool:
@@ -159,11 +166,12 @@ def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SS
 
 @contextmanager
 def _naming(files: str) -> Iterator[None]:
-    """Re-raise an OSError (ssl.SSLError is one) with the files it is about: OpenSSL's own says "PEM lib"."""
+    """Re-raise an OSError (ssl.SSLError is one), of the same type, with the files it is about in its
+    strerror: OpenSSL's own says only "PEM lib"."""
     try:
         yield
     except OSError as error:
-        raise OSError(f"{files}: {error.strerror or getattr(error, 'reason', None) or error}") from None
+        raise type(error)(error.errno, f"{files}: {error.strerror or error}") from None
 
 
 class _Connection:
@@ -233,9 +241,11 @@ class PooledClient:
         failures, timeouts and `retry_on` are retried with the same arguments
         (so a write's request_id: applied once), pausing 50 ms doubling up to
         1 s with jitter, until the deadline, or `retries` times if it is
-        given. Other service errors are raised at once.
+        given. Other service errors are raised at once, and so are
+        TLSRefused and UnexpectedReply once every address answered so.
     timeout / connect_timeout: seconds per attempt / per connection attempt
-        (never past the deadline).
+        (never past the deadline; an attempt that another may follow on an
+        address that is up takes at most half the time left).
     pool_size: most connections open at once; a call waits up to
         `acquire_timeout` seconds for a free one.
     max_idle: seconds an unused connection is kept before it is replaced.
@@ -328,7 +338,7 @@ class PooledClient:
         sent, refused_by = False, set()
         for attempt in itertools.count():
             try:
-                return self._call_once(method, args, give_up_at)
+                return self._call_once(method, args, give_up_at, self.retries is None or attempt < self.retries)
             except (ServerUnreachable, *self.retry_on) as error:
                 sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
                 refused_by |= getattr(error, "refused_by", set())
@@ -493,12 +503,13 @@ class PooledClient:
                 self._uncount(address)
             raise
 
-    def _call_once(self, method: str, args: tuple, give_up_at: float):
+    def _call_once(self, method: str, args: tuple, give_up_at: float, may_retry: bool):
         connection = self._acquire(give_up_at)
         left = give_up_at - time.monotonic()
-        # With another address to retry on, a server that hangs may take half of what is left at most,
-        # not all of it (client.py's --timeout is both its timeout and its deadline).
-        timeout = min(self.timeout, left if self._addresses.is_only(connection.address) else left / 2)
+        # A server that hangs may not take all the time left while a retry could go to another address
+        # (client.py's --timeout is both its timeout and its deadline).
+        retry_elsewhere = may_retry and any(a != connection.address for a in self._addresses.up())
+        timeout = min(self.timeout, left / 2 if retry_elsewhere else left)
         try:
             connection.socket.sock.settimeout(max(0.001, timeout))
             result = getattr(connection.thrift, method)(*args)
@@ -509,24 +520,11 @@ class PooledClient:
             if timeout >= self.timeout / 2:
                 self._addresses.mark_down(connection.address)
             raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
-        except (TTransportException, OSError) as error:
-            self._discard(connection)
-            if _tls_refusal(error):  # TLS 1.3 refuses a client certificate after the handshake, at the first read
-                self._addresses.mark_down(connection.address)
-                raise TLSRefused(f"{connection.address} ({reason(error)})", {connection.address}) from None
-            self._addresses.resolve_soon()
-            raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
-        except (TProtocolException, TDecodeException, ProtocolError, MemoryError, SystemError, ValueError) as error:
-            # Bytes no reply of this service decodes to (MemoryError: a frame of gigabytes declared).
-            self._discard(connection)
-            self._addresses.mark_down(connection.address)
-            message = f"{connection.address} ({type(error).__name__}: {reason(error)})"
-            raise UnexpectedReply(message, {connection.address}) from None
+        except (TTransportException, OSError, *UNDECODABLE) as error:
+            raise self._failed(connection, error) from None
         except TException as error:
-            if isinstance(error, TApplicationException) and error.type == UNSUPPORTED_CLIENT_TYPE:
-                self._discard(connection)  # a TLS server answered this plain-text call, and closes the connection
-                self._addresses.mark_down(connection.address)
-                raise TLSRefused(f"{connection.address} ({reason(error)})", {connection.address}) from None
+            if isinstance(error, TApplicationException) and error.type in CLOSING_ERRORS:
+                raise self._failed(connection, error) from None
             self._addresses.mark_up(connection.address)  # before release, which weighs the addresses up
             self._release(connection)  # a whole error reply was read: still in step
             raise
@@ -537,10 +535,29 @@ class PooledClient:
         self._release(connection)
         return result
 
+    def _failed(self, connection: _Connection, error: Exception) -> ServerUnreachable | TApplicationException:
+        """Discard `connection` after `error`: what the call raises (the error itself if the server told why)."""
+        self._discard(connection)
+        failure = f"{connection.address} ({reason(error)})"
+        if isinstance(error, TApplicationException) and error.type == UNSUPPORTED_CLIENT_TYPE:
+            self._addresses.mark_down(connection.address)  # a TLS server answered this plain-text call
+            return TLSRefused(failure, {connection.address})
+        if isinstance(error, TApplicationException):
+            return error  # the server said why, and closes the connection
+        if _tls_refusal(error):  # TLS 1.3 refuses a client certificate after the handshake, at the first read
+            self._addresses.mark_down(connection.address)
+            return TLSRefused(failure, {connection.address})
+        if isinstance(error, UNDECODABLE):
+            self._addresses.mark_down(connection.address)
+            decoding = f"{connection.address} ({type(error).__name__}: {reason(error)})"
+            return UnexpectedReply(decoding, {connection.address})
+        self._addresses.resolve_soon()
+        return ServerUnreachable(failure)
+
 
 def check_arguments(method: str, specs: list[tuple], args: tuple) -> None:
     """TypeError or ValueError unless `args` fit the IDL, nested values too: thriftpy2 would send 5.5 as 5
-    and True as 1, and a server closes the connection on a string that is not UTF-8."""
+    and True as 1, and a server refuses a string that is not UTF-8 and closes the connection."""
     if len(args) != len(specs):
         raise TypeError(f"{method}() takes {len(specs)} arguments, not {len(args)}")
     for spec, value in zip(specs, args, strict=True):

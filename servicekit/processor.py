@@ -6,10 +6,12 @@ and is the one place errors are mapped: a KitError (a database outage, a bad
 or reused request_id) becomes the exception of that name in base.thrift; an
 exception the method does not declare, or a result of a type the IDL does
 not allow, becomes INTERNAL_ERROR with one logged traceback, and the
-connection stays usable. A message that is not a call, or a string
-argument that is not UTF-8 (thriftpy2 would hand the handler bytes), is a
-malformed message, for the engine to close the connection. `check_contract()` finds at start-up what would
-otherwise reach a client as INTERNAL_ERROR.
+connection stays usable. A message that is not a call is a malformed
+message, for the engine to close the connection; a string argument that is
+not UTF-8 (thriftpy2 would hand the handler bytes) is off the contract
+(wire.OffContract), which the engine answers with PROTOCOL_ERROR first.
+`check_contract()` finds at start-up what would otherwise reach a client as
+INTERNAL_ERROR.
 """
 
 import logging

@@ -29,8 +29,8 @@ class SettingsError(Exception):
 
 # A server's THRIFT_MAX_MESSAGE_BYTES unless set: PooledClient assumes it unless told otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 65536
-# How alike (difflib's ratio) an environment variable's name must be to a
-# setting's to be taken for a typo: one wrong letter in THRIFT_WORKERS is
+# How alike (difflib's ratio) a variable's name must be to a setting's to be
+# taken for a typo: one wrong letter in THRIFT_WORKERS is
 # 0.93; MYSQL_ROOT_PASSWORD (the MySQL image's) against MYSQL_PASSWORD, 0.85.
 MISSPELLED_CUTOFF = 0.88
 
@@ -194,19 +194,17 @@ def declared() -> list[Field]:
 def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = None) -> S:
     """Merge `config_file` with `environ` (default: os.environ) and validate the settings of `kind`.
 
-    A name in `config_file` that is not a setting is refused: a typo there would leave the default in force.
+    A name in `config_file` that is almost a setting's is refused: a typo there would leave the default
+    in force. Other names are left alone: docker-compose gives the file to the database's container too
+    (MYSQL_ROOT_PASSWORD, TZ).
     """
     try:
         in_file = dotenv_values(config_file)
     except UnicodeDecodeError as error:
         byte = error.object[error.start]
         raise SettingsError(f"{config_file.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
-    names = [declaration.name.upper() for declaration in declared()]
-    for name in in_file:
-        if name not in names:
-            close = difflib.get_close_matches(name, names, 1)
-            hint = f": did you mean {close[0]}?" if close else " (servicekit/settings.py declares every one)"
-            raise SettingsError(f"{config_file.name} sets {name}, which is not a setting{hint}")
+    if misspellings := misspelled(in_file):
+        raise SettingsError(f"{config_file.name}: {misspellings[0]}")
     values = {**in_file, **(os.environ if environ is None else environ)}
     parsed = {declaration.name: _parse(declaration, values) for declaration in fields(kind)}
     for declaration in fields(kind):
@@ -217,14 +215,14 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
 
 
 def misspelled(environ: Mapping[str, str] | None = None) -> list[str]:
-    """A warning for each environment variable named almost like a setting (default: os.environ).
+    """A line for each variable in `environ` (default: os.environ) named almost like a setting.
 
-    Only warned of: the environment is shared with other programs, whose
-    variables (MYSQL_PWD, say) must not stop the service.
+    In the environment they are only warned of: it is shared with other
+    programs, whose variables (LOGLEVEL, say) must not stop the service.
     """
     names = [declaration.name.upper() for declaration in declared()]
     return [
-        f"{variable} is set but is not a setting: did you mean {close[0]}?"
+        f"{variable} is not a setting: did you mean {close[0]}?"
         for variable in (os.environ if environ is None else environ)
         if variable not in names and (close := difflib.get_close_matches(variable, names, 1, MISSPELLED_CUTOFF))
     ]

@@ -90,6 +90,7 @@ KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message an
 # handshake_failure alert: either way the client reports a refusal at once, instead of a reset it retries.
 TLS_ONLY = TApplicationException(wire.UNSUPPORTED_CLIENT_TYPE, "this server accepts TLS only")
 HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28))  # type, version, length; fatal, 40
+MAX_ECHOED_NAME = 255  # characters of a method name an error reply repeats (no IDL's name is longer)
 # How long a staying worker waits for its connection's next request (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
@@ -701,9 +702,14 @@ class TThreadPoolServer(TServer):
             connection.sock.send(data, self._dontwait)
 
     def _error_reply(self, codec: Codec, method: str, seqid: int, error: TApplicationException) -> bytes:
-        """`error` as the reply to call `seqid` of `method`, in `codec`."""
+        """`error` as the reply to call `seqid` of `method`, in `codec`.
+
+        The name is cut to MAX_ECHOED_NAME: a client that sent 64 KiB of one, and never reads, would have
+        the kernel hold it again for a connection already closed.
+        """
         buffer = TCyMemoryBuffer()
-        self.processor.send_exception((COMPACT if codec.compact else BINARY).get_protocol(buffer), method, error, seqid)
+        protocol = (COMPACT if codec.compact else BINARY).get_protocol(buffer)
+        self.processor.send_exception(protocol, method[:MAX_ECHOED_NAME], error, seqid)
         reply = buffer.getvalue()
         return FRAME_HEADER.pack(len(reply)) + reply if codec.framed else reply
 

@@ -98,11 +98,11 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return CODECS[False, start[0] == COMPACT_ID]
     if len(start) < FRAME_HEADER.size:
         return None
+    if start[:2] == TLS_HANDSHAKE:  # a frame of over 369 MB otherwise, whatever THRIFT_MAX_MESSAGE_BYTES allows
+        raise TLSToPlainPort("a TLS handshake, to a port that serves plain TCP")
     try:
         frame_size(start, max_message_bytes)  # refuses a length no message can have
     except MalformedMessage as error:
-        if start[:2] == TLS_HANDSHAKE:
-            raise TLSToPlainPort("a TLS handshake, to a port that serves plain TCP") from None
         raise MalformedMessage(_other_protocol(start) or str(error)) from None
     if len(start) == FRAME_HEADER.size:
         return None
@@ -159,7 +159,7 @@ def walk_whole(buffer: bytes, compact: bool, spec_of: SpecOf, max_depth: int = 1
 def call_header(start: bytes | bytearray, codec: Codec, max_message_bytes: int) -> tuple[str, int] | None:
     """The name and sequence id of the message `start` begins, sent in `codec`; None until they are all there."""
     walking = walk(start[FRAME_HEADER.size :] if codec.framed else start, max_message_bytes, codec.compact, _no_spec)
-    return (walking.name, walking.seqid) if walking.header() else None
+    return walking.call if walking.header() else None
 
 
 def _no_spec(method: str) -> None:

@@ -37,6 +37,15 @@ def application_error(reply: bytes, codec: Codec) -> TApplicationException:
     return error
 
 
+def exception_reply(method: str, error: TApplicationException) -> bytes:
+    """`error` as a framed binary reply to a call of `method`, as a server sends it."""
+    buffer = TCyMemoryBuffer()
+    protocol = TCyBinaryProtocol(buffer)
+    protocol.write_message_begin(method, TMessageType.EXCEPTION, 0)
+    error.write(protocol)
+    return framed(buffer.getvalue())
+
+
 def framed(payload: bytes) -> bytes:
     return struct.pack("!i", len(payload)) + payload
 

@@ -104,6 +104,12 @@ def test_a_hung_server_takes_half_the_deadline_at_most_when_another_can_answer(s
     assert 1 <= max(took) < 2  # timed out on the hung server after half the deadline, then answered by the other
 
 
+def test_an_attempt_that_no_retry_can_follow_gets_all_the_time_left(start_server):
+    servers = ",".join(f"127.0.0.1:{start_server().port}" for _ in range(2))
+    with CountersClient(servers, retries=0, timeout=4, deadline=4) as client:
+        client.call("hold", 2.5)  # past half the deadline, on either server
+
+
 @pytest.mark.parametrize(
     "reply",
     [b"\x00\x00\x00\x05hello", b"\x7f\xff\xff\xf0"],

@@ -158,6 +158,21 @@ def test_a_resolver_that_never_answers_holds_a_call_no_longer_than_its_deadline(
         answer.set()
 
 
+def test_a_resolver_that_raises_fails_that_call_only(port):
+    answers = iter([RuntimeError("discovery is down"), [HOSTS[0]]])
+
+    def flaky_dns(host: str) -> list[str]:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with CountersClient(f"{NAME}:{port}", resolve=flaky_dns, retries=0, deadline=5) as client:
+        with pytest.raises(ServerUnreachable, match="cannot resolve: discovery is down"):
+            client.ping()
+        assert client.ping() == "pong"  # resolved again
+
+
 def test_a_rolling_restart_behind_one_name_fails_no_call_and_ends_spread_over_all_three(start_server, database):
     port, metrics_port = free_port(), free_port()
 
