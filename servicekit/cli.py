@@ -378,9 +378,8 @@ class CommandLine:
             message = f"the server does not serve this call of {self.service_name} ({error}): check --servers"
             status = EXIT_INTERNAL
         elif isinstance(error, TApplicationException) and error.type == TApplicationException.PROTOCOL_ERROR:
-            # Refused before it ran: the call does not fit the server's IDL.
-            message = f"the server refused the call ({error}): does client.py's IDL match the server's?"
-            status = EXIT_INTERNAL
+            # Refused before it ran: the call does not fit the server's IDL, or its THRIFT_MAX_MESSAGE_BYTES.
+            message, status = f"the server refused the call: {error}", EXIT_INTERNAL
         elif isinstance(error, TApplicationException):
             message, status = f"the server failed: {error}{unsure}", EXIT_INTERNAL
         else:  # declared by the IDL: only Unavailable leaves a write's outcome unknown

@@ -100,6 +100,8 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return None
     if start[:2] == TLS_HANDSHAKE:  # a frame of over 369 MB otherwise, whatever THRIFT_MAX_MESSAGE_BYTES allows
         raise TLSToPlainPort("a TLS handshake, to a port that serves plain TCP")
+    if len(start) > FRAME_HEADER.size and start[FRAME_HEADER.size] in (0x80, COMPACT_ID) and I32_AT(start)[0] > 0:
+        return CODECS[True, start[FRAME_HEADER.size] == COMPACT_ID]  # its length is checked with the message
     try:
         frame_size(start, max_message_bytes)  # refuses a length no message can have
     except MalformedMessage as error:
@@ -128,11 +130,25 @@ def _other_protocol(start: bytes | bytearray) -> str | None:
 
 
 def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
-    """The length a frame header declares, refused unless 1..max_message_bytes."""
+    """The length a frame header declares, refused unless 1..max_message_bytes: a call too long whose
+    header is there is OffContract (its client is told, as one whose limit is higher than the server's)."""
     (size,) = FRAME_HEADER.unpack_from(buffer)
-    if not 0 < size <= max_message_bytes:
-        raise MalformedMessage(f"frame of {size} bytes (maximum {max_message_bytes})")
-    return size
+    if 0 < size <= max_message_bytes:
+        return size
+    if size > 0 and (call := _framed_call(buffer, max_message_bytes)):
+        over = f"a request of {size} bytes, over the server's maximum of {max_message_bytes} (THRIFT_MAX_MESSAGE_BYTES)"
+        raise OffContract(over, call)
+    raise MalformedMessage(f"frame of {size} bytes (maximum {max_message_bytes})")
+
+
+def _framed_call(buffer: bytes | bytearray, max_message_bytes: int) -> tuple[str, int] | None:
+    """The name and sequence id of the call a frame header is followed by, if they are there."""
+    if len(buffer) <= FRAME_HEADER.size or buffer[FRAME_HEADER.size] not in (0x80, COMPACT_ID):
+        return None
+    try:
+        return call_header(buffer, CODECS[True, buffer[FRAME_HEADER.size] == COMPACT_ID], max_message_bytes)
+    except MalformedMessage:
+        return None
 
 
 def walk(buffer: bytes | bytearray, limit: int | None, compact: bool, spec_of: SpecOf, max_depth: int = 16) -> "_Walk":

@@ -1,11 +1,13 @@
 """PooledClient under load and failure: pool bounds, waiting, failover, closing; and its address parsing."""
 
 import os
+import re
 import signal
 import threading
 import time
 
 import pytest
+from thriftpy2.thrift import TApplicationException
 
 from counters import CountersClient
 from helpers.load import connections_to, run_threads
@@ -149,6 +151,18 @@ def test_a_request_over_the_servers_limit_is_refused_unsent_and_the_client_goes_
 def test_by_default_a_request_over_the_servers_default_limit_is_refused_unsent(server):
     with server.client() as client, pytest.raises(RequestTooLarge, match="over the server's limit of 65536"):
         client.add("x" * 70_000, 1)  # sent, the server would reset the connection, retried until the deadline
+
+
+def test_a_request_over_the_servers_limit_sent_anyway_is_refused_by_it_at_once(server):
+    started = time.monotonic()
+    with server.client(max_message_bytes=None, deadline=30) as client:  # a client whose limit is higher
+        with pytest.raises(TApplicationException) as error:
+            client.add("x" * 70_000, 1)
+        assert client.ping() == "pong"
+    assert time.monotonic() - started < 10  # not a reset retried until the deadline
+    assert error.value.type == TApplicationException.PROTOCOL_ERROR
+    over = r"a request of 70\d\d\d bytes, over the server's maximum of 65536 \(THRIFT_MAX_MESSAGE_BYTES\)"
+    assert re.fullmatch(over, error.value.message), error.value.message
 
 
 @pytest.mark.parametrize(
