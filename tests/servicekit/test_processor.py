@@ -94,7 +94,7 @@ def test_a_string_that_is_not_utf_8_anywhere_in_the_arguments_is_answered_why_an
             stock.count_tags(note(**undecodable))
         assert error.value.type == TApplicationException.PROTOCOL_ERROR
         assert error.value.message == "argument 'note' of count_tags holds a string that is not UTF-8"
-        with pytest.raises(TTransportException):
+        with pytest.raises((TTransportException, ConnectionError)):  # a reset, if it came before the request
             stock.count_tags(note(tags=["a"], labels={}))  # closed after the error
     finally:
         stock.close()
