@@ -21,7 +21,10 @@ numbers-only arguments) in one step, any other by walking it (wire.walk),
 which checks every declared length and is how an unframed message's end is
 found. Each worker decodes into and encodes from its own reused buffers.
 New connections and TLS handshakes (step by step, never blocking) are
-handled the same way. While no more connections are active than there are
+handled the same way; a TLS port answers a plain-text call with TLS_ONLY,
+a plain port a TLS handshake with an alert, and a well-formed call the IDL
+does not allow (wire.OffContract) gets PROTOCOL_ERROR saying why, each
+before the connection closes. While no more connections are active than there are
 workers, the worker that answered a plain connection stays on it as long as
 another worker is waiting on the set: it waits in recv() for the next
 request as a thread-per-connection server would, and gives the connection
@@ -477,7 +480,8 @@ class TThreadPoolServer(TServer):
         return True
 
     def _close_after(self, connection: _Connection, error: Exception) -> None:
-        """Close a connection whose serving raised: a client gone is logged at INFO, a bad message at WARNING."""
+        """Close a connection whose serving raised: a client gone is logged at INFO, a bad message at WARNING
+        (a TLS handshake or a call off the contract is first answered)."""
         if isinstance(error, OSError):  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error, extra=CONNECTION_ERROR)
             self._forget(connection, because="connection_error")
