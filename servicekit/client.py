@@ -352,7 +352,8 @@ class PooledClient:
         raise AssertionError("unreachable")
 
     def _all_refused(self, refused_by: set[Address]) -> bool:
-        """Whether every address has refused this client's TLS: no retry can succeed."""
+        """Whether every address has refused this client's TLS (or answered no reply of this service):
+        no retry can succeed."""
         try:
             return bool(refused_by) and refused_by >= set(self._addresses.current(0))
         except OSError:
@@ -508,7 +509,11 @@ class PooledClient:
         left = give_up_at - time.monotonic()
         # A server that hangs may not take all the time left while a retry could go to another address
         # (client.py's --timeout is both its timeout and its deadline).
-        retry_elsewhere = may_retry and any(a != connection.address for a in self._addresses.up())
+        retry_elsewhere = (
+            may_retry
+            and not self._addresses.is_only(connection.address)  # one address, the most common: nothing to look up
+            and any(a != connection.address for a in self._addresses.up())
+        )
         timeout = min(self.timeout, left / 2 if retry_elsewhere else left)
         try:
             connection.socket.sock.settimeout(max(0.001, timeout))
