@@ -67,9 +67,10 @@ class IdempotentWrites:
     ) -> T:
         """Run `apply(cursor)` once per request_id and return `load(cursor, its result id)`.
 
-        `apply` performs the write and returns the id of what it created or
-        changed. A repeat with the same method and arguments returns
-        `load(cursor, that id)` without writing (so the row as it is now, not
+        `apply` performs the write and returns the integer id of what it
+        created or changed (a table keyed by text needs an id column too). A
+        repeat with the same method and arguments returns `load(cursor, that
+        id)` without writing (so the row as it is now, not
         as the first call returned it: a service whose rows change and whose
         clients need the first reply stores that reply); with others it raises
         RequestIdReused. If a concurrent call with the same request_id commits
@@ -84,6 +85,9 @@ class IdempotentWrites:
             if previous_id is not None:
                 return load(cursor, previous_id)
             result_id = apply(cursor)
+            if not isinstance(result_id, int) or isinstance(result_id, bool):
+                # write_requests.result_id is a BIGINT: a key of another type (a SKU, say) needs an id column.
+                raise TypeError(f"{method}: apply() must return the integer id of the row it wrote, not {result_id!r}")
             _record(cursor, request_id, method, fingerprint, result_id)
             return load(cursor, result_id)
 

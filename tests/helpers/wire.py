@@ -136,3 +136,24 @@ class FixedReplyServer:
         self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(5)
+
+
+class SilentServer:
+    """Accepts connections and never answers: a hung server."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+
+    def accepted_one(self) -> bool:
+        self.listener.settimeout(0.05)
+        try:
+            self.accepted.append(self.listener.accept()[0])
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        for sock in [*self.accepted, self.listener]:
+            sock.close()

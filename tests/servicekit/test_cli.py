@@ -3,10 +3,10 @@
 import pytest
 import thriftpy2
 
-from counters import CountersClient, counters_thrift
+import counters_cli as counters_cli_module
 from helpers.processes import ROOT
 from servicekit.base import BASE_THRIFT
-from servicekit.cli import CommandLine, i64, string
+from servicekit.cli import CommandLine, string
 from servicekit.client import PooledClient, new_request_id
 
 # Another service on the kit, with a write the Counters server does not have.
@@ -18,10 +18,7 @@ service Elsewhere extends base.BaseService {{ void touch(1: string request_id) t
 @pytest.fixture
 def counters_cli() -> CommandLine:
     """Counters' command line, giving NotFound no exit status of its own."""
-    cli = CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", {}, show=str)
-    cli.command("get", "one counter", ("name", string))
-    cli.command("add", "add to a counter", ("name", string), ("amount", i64), write=True)
-    return cli
+    return counters_cli_module.cli
 
 
 def test_a_declared_error_without_a_status_of_its_own_is_one_line_and_status_9(server, counters_cli, capsys):

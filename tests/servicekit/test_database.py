@@ -298,8 +298,8 @@ def test_the_migration_lock_is_waited_for_longer_than_the_read_timeout(database_
 
 @pytest.fixture
 def thing_writes(database_server, request):
-    """IdempotentWrites in this process on a database of its own (named after the test), and
-    add_thing(method, request_id, arguments), which inserts a thing once per request_id."""
+    """IdempotentWrites in this process on a database of its own (named after the test), add_thing(method,
+    request_id, arguments), which inserts a thing once per request_id, and the IdempotentWrites."""
     database = database_server.database(request.node.name[:40])
     sql(database, "CREATE TABLE IF NOT EXISTS things (id BIGINT AUTO_INCREMENT PRIMARY KEY)")
     settings = load(ServerSettings, db.CONFIG_FILE, {**database, "SERVICE_NAME": "things"})
@@ -315,13 +315,13 @@ def thing_writes(database_server, request):
         return writes.apply(method, request_id, arguments, insert, lambda cursor, thing_id: thing_id)
 
     try:
-        yield database, add_thing
+        yield database, add_thing, writes
     finally:
         db.close_pool()
 
 
 def test_a_write_whose_arguments_hold_a_struct_and_a_set_is_applied_once(thing_writes):
-    database, add_thing = thing_writes
+    database, add_thing, _ = thing_writes
     Counter = counters_thrift.Counter
     first = add_thing("add", "with-a-struct", (Counter(id=1, name="n", total=2), {"a", "b", "c"}))
     assert add_thing("add", "with-a-struct", (Counter(id=1, name="n", total=2), {"c", "b", "a"})) == first
@@ -331,8 +331,22 @@ def test_a_write_whose_arguments_hold_a_struct_and_a_set_is_applied_once(thing_w
 
 
 def test_a_write_method_name_of_255_characters_is_recorded(thing_writes):
-    database, add_thing = thing_writes
+    database, add_thing, _ = thing_writes
     method = "m" * 255
     first = add_thing(method, "long-name", ())
     assert add_thing(method, "long-name", ()) == first
     assert sql(database, "SELECT method FROM write_requests") == [(method,)]
+
+
+def test_a_write_that_returns_no_integer_id_is_named_and_rolled_back(thing_writes):
+    database, _, writes = thing_writes
+
+    def insert_keyed_by_text(cursor) -> str:
+        cursor.execute("INSERT INTO things () VALUES ()")
+        return "SKU-1"
+
+    with pytest.raises(
+        TypeError, match="add_item: apply\\(\\) must return the integer id of the row it wrote, not 'SKU-1'"
+    ):
+        writes.apply("add_item", "keyed-by-text", (), insert_keyed_by_text, lambda cursor, key: key)
+    assert sql(database, "SELECT COUNT(*) FROM things") == [(0,)]

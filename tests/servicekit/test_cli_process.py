@@ -1,0 +1,285 @@
+"""The kit's command line run as a process, as a person or a script runs a copy's client.py.
+
+Exit statuses, one-line errors and the request id of a write whose outcome
+is unknown; settings, signals, pipes and terminals. It is the Counters
+service's (counters_cli.py), so a copy keeps these tests when it replaces
+the example's.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from thriftpy2.thrift import TApplicationException
+
+from helpers.processes import ROOT, run_python
+from helpers.wire import FixedReplyServer, SilentServer, exception_reply
+from servicekit.client import new_request_id
+from tools.throwaway_db import free_port, wait_for
+
+SCRIPT = "tests/servicekit/counters_cli.py"
+
+
+def cli(port: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return run_python(SCRIPT, "--servers", f"127.0.0.1:{port}", *args, **env)
+
+
+def total(port: int, name: str) -> int:
+    result = cli(port, "--json", "get", name)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["total"]
+
+
+def test_unreachable_server_is_one_line_and_status_8():
+    result = cli(free_port(), "--timeout", "2", "ping")
+    assert result.returncode == 8
+    assert result.stderr.startswith("error: cannot reach the Counters server at 127.0.0.1:")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_write_no_server_accepted_says_nothing_of_having_been_applied():
+    port = free_port()
+    result = cli(port, "--timeout", "1", "add", "x", "5")
+    assert result.returncode == 8
+    refused = f"127.0.0.1:{port} ([Errno 111] Connection refused)"
+    assert result.stderr == f"error: cannot reach the Counters server at {refused}\n"  # no "may have been applied"
+
+
+def test_a_write_without_a_reply_names_the_request_id_that_repeats_it_at_most_once(server):
+    name = f"unsure-{new_request_id()}"
+    hung = SilentServer()
+    try:
+        result = cli(hung.port, "--timeout", "1", "add", name, "5")
+    finally:
+        hung.close()
+    assert result.returncode == 8 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: no reply from the Counters server at 127.0.0.1:{hung.port} (")
+    hint = re.search(r"; the add may have been applied: repeat it with --request-id (\w+) ", result.stderr)
+    for _ in range(2):
+        assert cli(server.port, "add", name, "5", "--request-id", hint.group(1)).returncode == 0
+    assert total(server.port, name) == 5
+
+
+def test_a_write_whose_timeout_ran_out_before_it_was_sent_says_nothing_of_having_been_applied(server):
+    result = cli(server.port, "--timeout", "1e-9", "add", "x", "5")
+    assert result.returncode == 8
+    assert result.stderr.startswith("error: cannot reach the Counters server at") and "applied" not in result.stderr
+
+
+def test_timeout_bounds_the_whole_command_retries_included():
+    hung = SilentServer()
+    try:
+        started = time.monotonic()
+        result = cli(hung.port, "--timeout", "2", "ping")
+        elapsed = time.monotonic() - started
+    finally:
+        hung.close()
+    assert result.returncode == 8
+    assert result.stderr.startswith(f"error: no reply from the Counters server at 127.0.0.1:{hung.port} (")
+    assert elapsed < 5  # two seconds, and the interpreter's start
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "message"),
+    [
+        (signal.SIGINT, 130, "error: interrupted"),
+        (signal.SIGTERM, 143, "error: terminated"),  # `timeout 5 client.py ...`
+    ],
+    ids=["Ctrl-C", "SIGTERM"],
+)
+def test_a_signal_during_a_write_is_one_line_naming_its_request_id(signum, status, message):
+    hung = SilentServer()
+    command = [sys.executable, SCRIPT, "--servers", f"127.0.0.1:{hung.port}", "add", "x", "5", "--request-id", "r-9"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    caller = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(hung.accepted_one, 30, "the call to connect")
+        caller.send_signal(signum)
+        _, stderr = caller.communicate(timeout=30)
+    finally:
+        hung.close()
+    assert caller.returncode == status
+    hint = "the add may have been applied: repeat it with --request-id r-9 to apply it at most once"
+    assert stderr == f"{message}; {hint}\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("add", "x", "not-a-number"),
+        ("no-such-command",),
+        ("add", "x", "99999999999999999999"),
+        ("get", "x", "extra"),
+        ("--timeout", "-1", "ping"),
+        ("--timeout", "0", "ping"),
+        ("--timeout", "soon", "ping"),
+        ("--timeout", "\uff15", "ping"),
+        ("--timeout", "1_0", "ping"),
+        ("add", "x", "5", "--request-id", ""),
+        ("--servers", "127.0.0.1:70000", "ping"),
+        ("--servers", "127.0.0.1:0", "ping"),
+        ("--servers", "::1:9090", "ping"),
+        ("--servers", "[db1]:9090", "ping"),
+        ("--servers", "a b:9090", "ping"),
+        ("--servers", "localhost:\u00b2", "ping"),
+        ("--servers", "no-port-here", "ping"),
+        ("add", "x", "5_000"),
+        ("add", "x", "+5"),
+        ("add", "x", "\u0665"),
+    ],
+)
+def test_every_bad_argument_is_one_line_and_status_2(args):
+    result = cli(9, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("servers", "message"),
+    [
+        ("127.0.0.1:9090,", "an empty address in '127.0.0.1:9090,': write host:port[,host:port...]"),
+        ("http://127.0.0.1:9090", "not host:port (no scheme or path), as localhost:9090: 'http://127.0.0.1:9090'"),
+    ],
+)
+def test_a_servers_list_that_is_no_list_of_addresses_says_what_it_is(servers, message):
+    result = run_python(SCRIPT, "--servers", servers, "ping")
+    assert result.returncode == 2
+    assert result.stderr == f"error: counters_cli.py: argument --servers: {message} (see --help)\n"
+
+
+def test_an_argument_that_is_not_utf_8_is_one_line_and_status_2():
+    command = [sys.executable, SCRIPT, "get", b"caf\xe9"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"error: get: argument name: not valid UTF-8")
+    assert result.stderr.count(b"\n") == 1
+
+
+def test_servers_flag_accepts_several_addresses(server):
+    both = run_python(SCRIPT, "--servers", f"127.0.0.1:{free_port()},127.0.0.1:{server.port}", "ping")
+    assert (both.returncode, both.stdout) == (0, "pong\n")
+
+
+def test_a_bracketed_ipv6_address_is_called(start_server):
+    server = start_server(THRIFT_HOST="::1")
+    result = run_python(SCRIPT, "--servers", f"[::1]:{server.port}", "ping")
+    assert (result.returncode, result.stdout) == (0, "pong\n")
+
+
+def test_the_client_does_not_read_the_server_settings(server):
+    result = cli(server.port, "ping", MYSQL_PORT="abc", DB_POOL="x")
+    assert (result.returncode, result.stdout) == (0, "pong\n")
+
+
+def test_a_misspelled_client_setting_is_warned_of_and_the_call_still_made(server):
+    result = cli(server.port, "ping", CLIENT_TIMOUT="60")
+    assert (result.returncode, result.stdout) == (0, "pong\n")
+    assert "warning: CLIENT_TIMOUT is not a setting: did you mean CLIENT_TIMEOUT?\n" in result.stderr
+
+
+def test_a_bad_thrift_host_is_named_as_the_setting_it_is_unless_servers_are_given(server):
+    result = run_python(SCRIPT, "ping", THRIFT_HOST="no host")
+    assert result.returncode == 2
+    assert result.stderr == "error: THRIFT_HOST must be a host name or IP address, not 'no host'\n"
+    given = cli(server.port, "ping", THRIFT_HOST="no host")
+    assert (given.returncode, given.stdout) == (0, "pong\n")
+
+
+def test_a_missing_tls_file_is_named(tmp_path):
+    result = run_python(SCRIPT, "ping", CLIENT_TLS_CA=str(tmp_path / "ca.pem"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: cannot load the TLS files (CLIENT_TLS_*): {tmp_path / 'ca.pem'}: No such file or directory\n"
+    )
+
+
+def test_a_server_of_another_service_is_one_line_and_status_1():
+    other = FixedReplyServer(b"\x00\x00\x00\x05hello")
+    try:
+        result = cli(other.port, "add", "x", "5", "--request-id", "r-1")
+    finally:
+        other.close()
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: no Counters reply from 127.0.0.1:{other.port} (ProtocolError: No protocol version header): "
+        "is it a Counters server? check --servers; the add may have been applied: "
+        "repeat it with --request-id r-1 to apply it at most once\n"
+    )
+
+
+def test_a_call_the_server_refuses_as_off_its_idl_says_so_and_nothing_of_having_been_applied():
+    why = "argument 'amount' of add is i32, but the IDL declares i64"
+    refusal = TApplicationException(TApplicationException.PROTOCOL_ERROR, why)
+    drifted = FixedReplyServer(exception_reply("add", refusal))
+    try:
+        result = cli(drifted.port, "add", "x", "5")
+    finally:
+        drifted.close()
+    assert result.returncode == 1
+    assert result.stderr == f"error: the server refused the call: {why}\n"
+
+
+def test_a_request_over_the_size_limit_is_refused_before_anything_is_sent():
+    result = cli(free_port(), "add", "x" * 70_000, "1")  # nothing listens there
+    assert result.returncode == 2
+    assert re.fullmatch(
+        r"error: the request is 700\d\d bytes, over the server's limit of 65536 \(THRIFT_MAX_MESSAGE_BYTES\)\n",
+        result.stderr,
+    )
+
+
+def test_a_client_whose_size_limit_is_above_the_servers_is_told_the_servers_at_once(server):
+    result = cli(server.port, "add", "x" * 70_000, "1", THRIFT_MAX_MESSAGE_BYTES="200000")
+    assert result.returncode == 1
+    assert re.fullmatch(
+        r"error: the server refused the call: a request of 700\d\d bytes, "
+        r"over the server's maximum of 65536 \(THRIFT_MAX_MESSAGE_BYTES\)\n",
+        result.stderr,
+    )
+
+
+def test_a_reader_that_stops_early_is_not_an_error_and_the_write_is_done(server):
+    name = f"piped-{new_request_id()}"
+    reader_gone, writer = os.pipe()
+    os.close(reader_gone)  # every write to the pipe fails: EPIPE
+    try:
+        command = [sys.executable, SCRIPT, "--servers", f"127.0.0.1:{server.port}", "add", name, "3"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=writer, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert total(server.port, name) == 3
+
+
+def test_a_closed_stdout_is_not_an_error_and_the_write_is_done(server):
+    name = f"closed-{new_request_id()}"
+    command = f"exec {sys.executable} {SCRIPT} --servers 127.0.0.1:{server.port} add {name} 4 >&-"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert total(server.port, name) == 4
+
+
+def test_output_that_cannot_be_written_is_one_line_and_status_1(server):
+    with open("/dev/full", "w") as full:
+        command = [sys.executable, SCRIPT, "--servers", f"127.0.0.1:{server.port}", "ping"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot write the result (No space left on device); the call itself succeeded\n"
+
+
+def test_a_terminal_that_cannot_show_a_name_gets_it_escaped(server):
+    name = f"Zoë 🦄 {new_request_id()}"
+    assert cli(server.port, "add", name, "1").returncode == 0
+    shown = cli(server.port, "get", name, PYTHONIOENCODING="ascii")
+    assert shown.returncode == 0 and "Zo\\xeb \\U0001f984" in shown.stdout
+    as_json = cli(server.port, "--json", "get", name, PYTHONIOENCODING="ascii")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["name"] == name
