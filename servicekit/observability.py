@@ -38,7 +38,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({field: getattr(record, field) for field in REQUEST_FIELDS if hasattr(record, field)})
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=repr)  # a method name that is not UTF-8 is bytes
 
 
 class _ServiceLoggerNames(logging.Filter):

@@ -30,6 +30,7 @@ from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
 from servicekit.wire import MalformedMessage, OffContract, element_type, field_type
 
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
+MAX_ECHOED_NAME = 255  # characters of a method name an error reply repeats (no IDL's name is longer)
 CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
 WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.DOUBLE, TType.BINARY}
 logger = logging.getLogger(__name__)
@@ -171,6 +172,11 @@ class GuardedProcessor(TProcessor):
             )
             for name in service.thrift_services
         }
+
+    def send_exception(self, oprot, api: str, exc: TApplicationException, seqid: int) -> None:
+        """TProcessor's, repeating at most MAX_ECHOED_NAME characters of the method name: a client that sent
+        64 KiB of one, and does not read, would have the kernel hold them again."""
+        super().send_exception(oprot, api[:MAX_ECHOED_NAME], exc, seqid)
 
     def process(self, iprot, oprot, peer: str = "") -> None:
         """Read one call from `iprot`, run it, write the reply (or error) to `oprot`; `peer` is for the logs."""

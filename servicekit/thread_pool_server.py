@@ -93,7 +93,6 @@ KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message an
 # handshake_failure alert: either way the client reports a refusal at once, instead of a reset it retries.
 TLS_ONLY = TApplicationException(wire.UNSUPPORTED_CLIENT_TYPE, "this server accepts TLS only")
 HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28))  # type, version, length; fatal, 40
-MAX_ECHOED_NAME = 255  # characters of a method name an error reply repeats (no IDL's name is longer)
 # How long a staying worker waits for its connection's next request (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
@@ -286,7 +285,10 @@ class TThreadPoolServer(TServer):
                 elif connection := self._connections.get(fd):
                     if mask & HUNG_UP:
                         connection.hung_up = True
-                    self._serve_events(connection, worker)
+                    try:
+                        self._serve_events(connection, worker)
+                    except Exception:  # a defect in serving one connection must not cost the server a worker
+                        logger.exception("unexpected error serving %s", connection.peer)
 
     def _stay(self, connection: _Connection, worker: _Worker) -> None:
         """Serve `connection` from recv() while few are active, as a thread-per-connection server would.
@@ -445,10 +447,10 @@ class TThreadPoolServer(TServer):
 
         True if it answered what came and the connection is open (then _serve_events may stay on it).
         """
-        if connection.handshaking:
-            self._continue_handshake(connection, worker)
-            return False
         try:
+            if connection.handshaking:
+                self._continue_handshake(connection, worker)
+                return False
             if connection.unsent:
                 self._send_unsent(connection)
                 if connection.unsent:
@@ -706,14 +708,10 @@ class TThreadPoolServer(TServer):
             connection.sock.send(data, self._dontwait)
 
     def _error_reply(self, codec: Codec, method: str, seqid: int, error: TApplicationException) -> bytes:
-        """`error` as the reply to call `seqid` of `method`, in `codec`.
-
-        The name is cut to MAX_ECHOED_NAME: a client that sent 64 KiB of one, and never reads, would have
-        the kernel hold it again for a connection already closed.
-        """
+        """`error` as the reply to call `seqid` of `method`, in `codec`."""
         buffer = TCyMemoryBuffer()
         protocol = (COMPACT if codec.compact else BINARY).get_protocol(buffer)
-        self.processor.send_exception(protocol, method[:MAX_ECHOED_NAME], error, seqid)
+        self.processor.send_exception(protocol, method, error, seqid)
         reply = buffer.getvalue()
         return FRAME_HEADER.pack(len(reply)) + reply if codec.framed else reply
 
@@ -730,8 +728,10 @@ class TThreadPoolServer(TServer):
             connection.counted = 0
             if because:
                 self._closed[because] += 1
-        # Out of the table before the descriptor is closed and can be reused.
-        self._connections.pop(connection.fd, None)
+        # Out of the table before the descriptor is closed and can be reused; unless it is closed already
+        # (a TLS wrap that failed) and a new connection may hold its number.
+        if self._connections.get(connection.fd) is connection:
+            del self._connections[connection.fd]
         connection.sock.close()  # which also removes it from the epoll set
 
     def _housekeeping(self) -> None:

@@ -148,6 +148,13 @@ def test_an_unknown_method_gets_an_error_reply_and_a_warning(server, client):
     assert client.ping() == "pong"
 
 
+def test_an_unknown_method_of_60_kb_is_answered_with_its_first_255_characters(server, client):
+    reply, _ = exchange(server.port, framed(message_header(b"A" * 60_000) + b"\x00"))
+    name, kind, _ = TCyBinaryProtocol(TCyMemoryBuffer(reply[4:])).read_message_begin()
+    assert (name, kind) == ("A" * 255, TMessageType.EXCEPTION) and len(reply) < 400
+    assert client.ping() == "pong"
+
+
 def mutations(compact: bool) -> st.SearchStrategy[bytes]:
     valid = [
         call_bytes(Counters, "get", "fuzzed", compact=compact),

@@ -3,6 +3,7 @@
 import re
 import socket
 import ssl
+import struct
 import time
 
 import pytest
@@ -153,6 +154,16 @@ def test_a_tls_client_of_a_plain_server_is_refused_at_once_instead_of_at_the_dea
         client.ping()
     assert time.monotonic() - started < 10  # no retries until the 30 s deadline
     assert "a TLS handshake, to a port that serves plain TCP" in server.log()
+
+
+def test_connections_reset_after_the_first_byte_of_a_handshake_cost_no_worker(tls_server, pki):
+    for _ in range(8):  # twice the workers
+        with socket.create_connection(("127.0.0.1", tls_server.port)) as sock:
+            sock.sendall(b"\x16")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with a reset
+    with _tls_client(tls_server.port, tls_context(pki["ca"], pki["client"], pki["client_key"])) as client:
+        assert client.ping() == "pong"
+    assert "Traceback" not in tls_server.log()
 
 
 def test_stalled_tls_handshakes_do_not_block_other_clients(tls_server, pki):
