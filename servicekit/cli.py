@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from thriftpy2.thrift import TApplicationException, TException
+from thriftpy2.thrift import TApplicationException, TException, TType
 
 from servicekit.addresses import host_port
 from servicekit.base import base_module
@@ -30,12 +30,14 @@ from servicekit.client import (
     RequestTooLarge,
     ServerUnreachable,
     UnexpectedReply,
+    check_value,
     new_request_id,
     parse_servers,
     reason,
     tls_context,
 )
 from servicekit.settings import ClientSettings, SettingsError, load, misspelled
+from servicekit.wire import element_type, field_type
 
 EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
 EXIT_OTHER_DECLARED = 9  # an exception the IDL declares that exit_statuses gives no status of its own
@@ -72,6 +74,42 @@ def string(text: str) -> str:
     except UnicodeEncodeError:
         raise argparse.ArgumentTypeError(f"not valid UTF-8: {text!r}") from None
     return text
+
+
+def struct_of(struct: type) -> Callable[[str], object]:
+    """The type of an argument that is a struct of the IDL, written as a JSON object of its fields:
+    '{"name": "pen", "price": 120, "tags": ["office"]}'; a struct inside it is an object too."""
+
+    def parse(text: str) -> object:
+        try:
+            value = _struct_from_json(struct, json.loads(text))
+            check_value(struct.__name__, TType.STRUCT, struct, value)
+        except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+            raise argparse.ArgumentTypeError(f"not a {struct.__name__} in JSON: {error}") from None
+        return value
+
+    return parse
+
+
+def _struct_from_json(struct: type, fields: object) -> object:
+    if not isinstance(fields, dict):
+        raise TypeError(f"{struct.__name__} is a JSON object of its fields")
+    specs = {spec[1]: spec for spec in struct.thrift_spec.values()}
+    if unknown := sorted(set(fields) - set(specs)):
+        raise TypeError(f"{struct.__name__} has no field {unknown[0]!r}")
+    return struct(**{name: _from_json(*field_type(specs[name]), value) for name, value in fields.items()})
+
+
+def _from_json(kind: int, held: object, value: object) -> object:
+    """A JSON value as thriftpy2 takes Thrift type `kind`: structs built, sets made; checked afterwards."""
+    if kind == TType.STRUCT:
+        return _struct_from_json(held, value)
+    if kind in (TType.LIST, TType.SET) and isinstance(value, list):
+        items = [_from_json(*element_type(held), item) for item in value]
+        return set(items) if kind == TType.SET else items
+    if kind == TType.MAP and isinstance(value, dict):
+        return {key: _from_json(*element_type(held[1]), item) for key, item in value.items()}
+    return value
 
 
 def request_id(text: str) -> str:

@@ -566,11 +566,12 @@ def check_arguments(method: str, specs: list[tuple], args: tuple) -> None:
     if len(args) != len(specs):
         raise TypeError(f"{method}() takes {len(specs)} arguments, not {len(args)}")
     for spec, value in zip(specs, args, strict=True):
-        _check_value(f"{method}() argument {spec[1]}", *field_type(spec), value)
+        check_value(f"{method}() argument {spec[1]}", *field_type(spec), value)
 
 
-def _check_value(what: str, kind: int, held: object, value: object) -> None:
-    """`value` against Thrift type `kind` (`held`: a struct's class, or a container's element types)."""
+def check_value(what: str, kind: int, held: object, value: object) -> None:
+    """TypeError or ValueError unless `value` fits Thrift type `kind` (`held`: a struct's class, or a
+    container's element types); `what` names it in the message."""
     if kind in INTEGER_BITS:
         if type(value) is not int and not isinstance(value, enum.IntEnum):
             raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -582,7 +583,7 @@ def _check_value(what: str, kind: int, held: object, value: object) -> None:
             raise TypeError(f"{what} must be a {held.__name__}, not {type(value).__name__}")
         for spec in held.thrift_spec.values():
             if (field := getattr(value, spec[1])) is not None:  # an unset field is not sent
-                _check_value(f"{what}.{spec[1]}", *field_type(spec), field)
+                check_value(f"{what}.{spec[1]}", *field_type(spec), field)
     # To Python a bool is an int: only a bool argument takes one.
     elif not isinstance(value, PLAIN_TYPES[kind]) or isinstance(value, bool) != (kind == TType.BOOL):
         raise TypeError(f"{what} has the wrong type: {type(value).__name__}")
@@ -593,11 +594,11 @@ def _check_value(what: str, kind: int, held: object, value: object) -> None:
             raise ValueError(f"{what} is not valid UTF-8 text") from None
     elif kind in (TType.LIST, TType.SET):
         for item in value:
-            _check_value(f"{what}[...]", *element_type(held), item)
+            check_value(f"{what}[...]", *element_type(held), item)
     elif kind == TType.MAP:
         for key, item in value.items():
-            _check_value(f"{what} key", *element_type(held[0]), key)
-            _check_value(f"{what}[{key!r}]", *element_type(held[1]), item)
+            check_value(f"{what} key", *element_type(held[0]), key)
+            check_value(f"{what}[{key!r}]", *element_type(held[1]), item)
 
 
 def reason(error: BaseException) -> str:

@@ -1,12 +1,15 @@
 """The kit's command line, built for the Counters service: errors as one line and an exit status."""
 
+import argparse
+
 import pytest
 import thriftpy2
 
 import counters_cli as counters_cli_module
+from counters import counters_thrift
 from helpers.processes import ROOT
 from servicekit.base import BASE_THRIFT
-from servicekit.cli import CommandLine, string
+from servicekit.cli import CommandLine, string, struct_of
 from servicekit.client import PooledClient, new_request_id
 
 # Another service on the kit, with a write the Counters server does not have.
@@ -64,3 +67,28 @@ def test_a_command_that_does_not_fit_its_client_method_is_refused_when_declared(
         counters_cli.command("list", "counters", page=True)
     with pytest.raises(TypeError, match=r"command get: CountersClient.get takes no \['limit', 'cursor'\]"):
         counters_cli.command("get", "one counter", ("name", string), page=True)
+
+
+def test_a_struct_argument_is_written_as_a_json_object_of_its_fields():
+    page = struct_of(counters_thrift.CounterPage)(
+        '{"counters": [{"id": 1, "name": "a", "total": 2}], "next_cursor": ""}'
+    )
+    assert page == counters_thrift.CounterPage(
+        counters=[counters_thrift.Counter(id=1, name="a", total=2)], next_cursor=""
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{id: 1}", "not a Counter in JSON: Expecting property name enclosed in double quotes: line 1 column 2"),
+        ("[1, 2]", "not a Counter in JSON: Counter is a JSON object of its fields"),
+        ('{"id": 1, "colour": "red"}', "not a Counter in JSON: Counter has no field 'colour'"),
+        ('{"id": "one"}', "not a Counter in JSON: Counter.id must be an int, not str"),
+        ('{"total": 9223372036854775808}', "not a Counter in JSON: Counter.total = 9223372036854775808 is outside"),
+    ],
+)
+def test_a_struct_argument_that_is_not_one_says_why(text, message):
+    with pytest.raises(argparse.ArgumentTypeError) as error:
+        struct_of(counters_thrift.Counter)(text)
+    assert str(error.value).startswith(message)
