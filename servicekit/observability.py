@@ -38,7 +38,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({field: getattr(record, field) for field in REQUEST_FIELDS if hasattr(record, field)})
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=repr)  # a method name that is not UTF-8 is bytes
+        return json.dumps(entry, ensure_ascii=False)
 
 
 class _ServiceLoggerNames(logging.Filter):
@@ -145,7 +145,7 @@ class Metrics:
         self.closed_connections = Counter(
             name("connections_closed_total"),
             "Connections the server closed, by reason: malformed_message, connection_error, tls_handshake_failed, "
-            "read_timeout, idle_timeout, over_buffered_bytes, over_max_connections.",
+            "read_timeout, idle_timeout, over_buffered_bytes, over_max_connections, internal_error.",
             ["reason"],
         )
         self.db_connections_opened = Counter(name("db_connections_opened_total"), "MySQL connections the pool opened.")

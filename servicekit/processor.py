@@ -185,6 +185,8 @@ class GuardedProcessor(TProcessor):
             raise MalformedMessage(f"{name!r} is a message of type {message_type}, not a call")
         method = self._methods.get(name)
         if method is None:
+            if isinstance(name, bytes):  # not UTF-8, so thriftpy2 left it undecoded: text for logs and metrics
+                name = name.decode("utf-8", "backslashreplace")
             iprot.skip(TType.STRUCT)
             iprot.read_message_end()
             logger.warning("unknown method %r", name, extra=UNKNOWN_METHOD)

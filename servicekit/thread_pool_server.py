@@ -288,7 +288,17 @@ class TThreadPoolServer(TServer):
                     try:
                         self._serve_events(connection, worker)
                     except Exception:  # a defect in serving one connection must not cost the server a worker
-                        logger.exception("unexpected error serving %s", connection.peer)
+                        logger.exception("unexpected error serving %s: closing it", connection.peer)
+                        self._forget_if_free(connection)
+
+    def _forget_if_free(self, connection: _Connection) -> None:
+        """Close a connection whose serving failed unexpectedly, unless another worker holds it now."""
+        if connection.lock.acquire(False):
+            try:
+                if not connection.closed:
+                    self._forget(connection, because="internal_error")
+            finally:
+                connection.lock.release()
 
     def _stay(self, connection: _Connection, worker: _Worker) -> None:
         """Serve `connection` from recv() while few are active, as a thread-per-connection server would.
@@ -443,7 +453,8 @@ class TThreadPoolServer(TServer):
                 connection.lock.release()
 
     def _serve_ready(self, connection: _Connection, worker: _Worker) -> bool:
-        """Send what is pending, or read what has arrived; answer whole requests. Holds connection.lock.
+        """Take a TLS handshake a step on, send what is pending, or read what has arrived and answer whole
+        requests. Holds connection.lock.
 
         True if it answered what came and the connection is open (then _serve_events may stay on it).
         """
@@ -655,6 +666,7 @@ class TThreadPoolServer(TServer):
             connection.last_active = time.monotonic()
 
     def _continue_handshake(self, connection: _Connection, worker: _Worker) -> None:
+        """A TLS handshake's next step (the first wraps the socket, _start_tls); then the first requests."""
         if not isinstance(connection.sock, ssl.SSLSocket) and not self._start_tls(connection):
             return
         try:
@@ -685,8 +697,7 @@ class TThreadPoolServer(TServer):
             self._close_after(connection, error)
             return False
         if first == wire.TLS_HANDSHAKE[:1]:
-            connection.sock = self.tls.wrap_socket(connection.sock, server_side=True, do_handshake_on_connect=False)
-            return True
+            return self._wrap(connection)
         if not first:
             self._forget(connection)
             return False
@@ -701,6 +712,23 @@ class TThreadPoolServer(TServer):
         logger.warning("closing %s: TLS handshake failed: %s", connection.peer, what, extra=FAILED_HANDSHAKE)
         self._forget(connection, because="tls_handshake_failed")
         return False
+
+    def _wrap(self, connection: _Connection) -> bool:
+        """Wrap the connection's socket in TLS: True, or False if the client had gone (and it is closed).
+
+        CPython's wrap_socket closes the descriptor when the client reset with bytes unread (the peeked
+        first one): the table entry goes before it, while the number is still this connection's, and
+        comes back once wrapped (an event meanwhile is served by the handshake that follows).
+        """
+        del self._connections[connection.fd]
+        try:
+            connection.sock = self.tls.wrap_socket(connection.sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as error:
+            logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error, extra=FAILED_HANDSHAKE)
+            self._forget(connection, because="tls_handshake_failed")
+            return False
+        self._connections[connection.fd] = connection
+        return True
 
     def _say_before_closing(self, connection: _Connection, data: bytes) -> None:
         """Send what the client should read before the connection closes, if its socket takes it now."""
@@ -728,8 +756,8 @@ class TThreadPoolServer(TServer):
             connection.counted = 0
             if because:
                 self._closed[because] += 1
-        # Out of the table before the descriptor is closed and can be reused; unless it is closed already
-        # (a TLS wrap that failed) and a new connection may hold its number.
+        # Out of the table before the descriptor is closed and can be reused. After a failed _wrap it is
+        # out already, and its number may be a new connection's.
         if self._connections.get(connection.fd) is connection:
             del self._connections[connection.fd]
         connection.sock.close()  # which also removes it from the epoll set

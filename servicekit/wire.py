@@ -100,20 +100,24 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return None
     if start[:2] == TLS_HANDSHAKE:  # a frame of over 369 MB otherwise, whatever THRIFT_MAX_MESSAGE_BYTES allows
         raise TLSToPlainPort("a TLS handshake, to a port that serves plain TCP")
-    if len(start) > FRAME_HEADER.size and start[FRAME_HEADER.size] in (0x80, COMPACT_ID) and I32_AT(start)[0] > 0:
-        return CODECS[True, start[FRAME_HEADER.size] == COMPACT_ID]  # its length is checked with the message
+    if (codec := _framed_codec(start)) and I32_AT(start)[0] > 0:
+        return codec  # its length is checked with the message (frame_size)
     try:
-        frame_size(start, max_message_bytes)  # refuses a length no message can have
+        frame_size(start, max_message_bytes)  # no message follows yet, or not Thrift: refuses a length none can have
     except MalformedMessage as error:
         raise MalformedMessage(_other_protocol(start) or str(error)) from None
     if len(start) == FRAME_HEADER.size:
         return None
-    marker = start[FRAME_HEADER.size]
-    if marker not in (0x80, COMPACT_ID):
-        if start[FRAME_HEADER.size : FRAME_HEADER.size + 2] == HEADER_TRANSPORT:
-            raise MalformedMessage("Thrift's header transport, which this server does not speak")
-        raise MalformedMessage("neither a framed nor an unframed strict binary or compact Thrift message")
-    return CODECS[True, marker == COMPACT_ID]
+    if start[FRAME_HEADER.size : FRAME_HEADER.size + 2] == HEADER_TRANSPORT:
+        raise MalformedMessage("Thrift's header transport, which this server does not speak")
+    raise MalformedMessage("neither a framed nor an unframed strict binary or compact Thrift message")
+
+
+def _framed_codec(start: bytes | bytearray) -> Codec | None:
+    """The codec of the message after a frame's length, once its first byte (the protocol's marker) is there."""
+    if len(start) > FRAME_HEADER.size and start[FRAME_HEADER.size] in (0x80, COMPACT_ID):
+        return CODECS[True, start[FRAME_HEADER.size] == COMPACT_ID]
+    return None
 
 
 def _other_protocol(start: bytes | bytearray) -> str | None:
@@ -143,10 +147,10 @@ def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
 
 def _framed_call(buffer: bytes | bytearray, max_message_bytes: int) -> tuple[str, int] | None:
     """The name and sequence id of the call a frame header is followed by, if they are there."""
-    if len(buffer) <= FRAME_HEADER.size or buffer[FRAME_HEADER.size] not in (0x80, COMPACT_ID):
+    if (codec := _framed_codec(buffer)) is None:
         return None
     try:
-        return call_header(buffer, CODECS[True, buffer[FRAME_HEADER.size] == COMPACT_ID], max_message_bytes)
+        return call_header(buffer, codec, max_message_bytes)
     except MalformedMessage:
         return None
 

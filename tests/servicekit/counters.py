@@ -106,6 +106,9 @@ class CountersClient(PooledClient):
     def get(self, name: str):
         return self.call("get", name)
 
+    def list_counters(self, limit: int = 100, cursor: str = ""):
+        return self.call("list_counters", limit, cursor)
+
 
 def serve() -> None:
     db.MIGRATIONS_DIR = HERE / "migrations"  # this service's schema, not the Ledger's

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 cli = CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", {}, show=str)
 cli.command("get", "one counter", ("name", string))
 cli.command("add", "add to a counter", ("name", string), ("amount", i64), write=True)
+cli.command("list-counters", "every counter, a page at a time", page=True)
 
 if __name__ == "__main__":
     sys.exit(cli.main())
