@@ -70,9 +70,9 @@ class IdempotentWrites:
         `apply` performs the write and returns the integer id of what it
         created or changed (a table keyed by text needs an id column too). A
         repeat with the same method and arguments returns `load(cursor, that
-        id)` without writing (so the row as it is now, not
-        as the first call returned it: a service whose rows change and whose
-        clients need the first reply stores that reply); with others it raises
+        id)` without writing (so the row as it is now, not as the first call
+        returned it: a service whose rows change and whose clients need the
+        first reply stores that reply); with others it raises
         RequestIdReused. If a concurrent call with the same request_id commits
         first, this transaction rolls back whole and returns that call's result;
         so a write that duplicates a unique key runs twice before its Conflict.

@@ -30,8 +30,8 @@ class SettingsError(Exception):
 # A server's THRIFT_MAX_MESSAGE_BYTES unless set: PooledClient assumes it unless told otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 # How alike (difflib's ratio) a variable's name must be to a setting's to be
-# taken for a typo: one wrong letter in THRIFT_WORKERS is
-# 0.93; MYSQL_ROOT_PASSWORD (the MySQL image's) against MYSQL_PASSWORD, 0.85.
+# taken for a typo: one wrong letter in THRIFT_WORKERS is 0.93;
+# MYSQL_ROOT_PASSWORD (the MySQL image's) against MYSQL_PASSWORD, 0.85.
 MISSPELLED_CUTOFF = 0.88
 
 
