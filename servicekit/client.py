@@ -31,7 +31,7 @@ from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TT
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
 from servicekit.settings import DEFAULT_MAX_MESSAGE_BYTES
-from servicekit.wire import UNSUPPORTED_CLIENT_TYPE, element_type, field_type
+from servicekit.wire import UNSUPPORTED_CLIENT_TYPE, VERSION_1, element_type, field_type
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
@@ -92,6 +92,7 @@ TLS_REFUSALS = re.compile(r"CERTIFICATE|UNKNOWN_CA|HANDSHAKE_FAILURE|PROTOCOL_VE
 # What decoding a reply raises when its bytes are no reply of the service: thriftpy2's Cython decoder's
 # errors, a MemoryError for a frame of gigabytes declared, a SystemError for a negative length.
 UNDECODABLE = (ProtocolError, TProtocolException, UnicodeDecodeError, MemoryError, SystemError)
+REPLY_VERSION = (VERSION_1 >> 16).to_bytes(2, "big")  # a framed binary message's bytes 4 and 5
 # Errors a server on the kit answers before it closes the connection.
 CLOSING_ERRORS = (UNSUPPORTED_CLIENT_TYPE, TApplicationException.PROTOCOL_ERROR)
 
@@ -174,6 +175,33 @@ def _naming(files: str) -> Iterator[None]:
         raise type(error)(error.errno, f"{files}: {error.strerror or error}") from None
 
 
+class _ReplySocket(TSocket):
+    """A socket that checks what a reply starts with before the framed transport trusts its length.
+
+    A server of something else (HTTP, say) answers with bytes that declare a frame of a gigabyte: the
+    transport would allocate it and wait for it until the deadline, retrying.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock=sock)
+        self._reply_starts = False
+
+    def write(self, buff: bytes) -> None:
+        self._reply_starts = True
+        super().write(buff)
+
+    def read(self, sz: int) -> bytes:
+        data = super().read(sz)
+        if self._reply_starts:
+            self._reply_starts = False
+            # Judged on the first bytes when they came together, as every server's reply does in practice.
+            if len(data) >= 6 and (data[0] >= 0x80 or data[4:6] != REPLY_VERSION):
+                raise TProtocolException(
+                    TProtocolException.BAD_VERSION, f"a reply that starts {data[:12]!r}, not framed binary Thrift"
+                )
+        return data
+
+
 class _Connection:
     """One open connection to one server, used by one call at a time."""
 
@@ -195,7 +223,7 @@ class _Connection:
             sock.close()
             raise
         sock.settimeout(timeout)
-        self.socket = TSocket(sock=sock)
+        self.socket = _ReplySocket(sock)
         self.thrift = TClient(service, TCyBinaryProtocol(TCyFramedTransport(self.socket)))
         self.idle_since = time.monotonic()
 

@@ -202,17 +202,17 @@ def test_a_missing_tls_file_is_named(tmp_path):
     )
 
 
-def test_a_server_of_another_service_is_one_line_and_status_1():
-    other = FixedReplyServer(b"\x00\x00\x00\x05hello")
+def test_a_server_of_something_else_is_one_line_and_status_1():
+    other = FixedReplyServer(b"HTTP/1.1 400 Bad Request\r\n\r\n")
     try:
         result = cli(other.port, "add", "x", "5", "--request-id", "r-1")
     finally:
         other.close()
     assert result.returncode == 1
     assert result.stderr == (
-        f"error: no Counters reply from 127.0.0.1:{other.port} (ProtocolError: No protocol version header): "
-        "is it a Counters server? check --servers; the add may have been applied: "
-        "repeat it with --request-id r-1 to apply it at most once\n"
+        f"error: no Counters reply from 127.0.0.1:{other.port} (TProtocolException: a reply that starts "
+        "b'HTTP/1.1 400', not framed binary Thrift): is it a Counters server? check --servers; "
+        "the add may have been applied: repeat it with --request-id r-1 to apply it at most once\n"
     )
 
 

@@ -114,8 +114,8 @@ def test_an_attempt_that_no_retry_can_follow_gets_all_the_time_left(start_server
 
 @pytest.mark.parametrize(
     "reply",
-    [b"\x00\x00\x00\x05hello", b"\x7f\xff\xff\xf0"],
-    ids=["a frame that holds no Thrift message", "a frame of 2 GB declared"],
+    [b"\x00\x00\x00\x05hello", b"\x7f\xff\xff\xf0", b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"],
+    ids=["a frame that holds no Thrift message", "a frame of 2 GB declared", "an HTTP server"],
 )
 def test_a_server_of_something_else_is_one_error_at_once_not_a_traceback_or_a_wait(reply):
     other = FixedReplyServer(reply)
