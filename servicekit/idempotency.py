@@ -26,6 +26,7 @@ from servicekit.mysql import DUPLICATE_KEY, error_code
 REQUEST_ID_ARGUMENT = "request_id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 METHOD_NAME_MAX = 255  # write_requests.method
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # write_requests.result_id
 T = TypeVar("T")
 
 
@@ -88,6 +89,8 @@ class IdempotentWrites:
             if not isinstance(result_id, int) or isinstance(result_id, bool):
                 # write_requests.result_id is a BIGINT: a key of another type (a SKU, say) needs an id column.
                 raise TypeError(f"{method}: apply() must return the integer id of the row it wrote, not {result_id!r}")
+            if not BIGINT_MIN <= result_id <= BIGINT_MAX:  # a BIGINT UNSIGNED key past 2**63 - 1, say
+                raise ValueError(f"{method}: apply() returned {result_id}, outside write_requests.result_id's BIGINT")
             _record(cursor, request_id, method, fingerprint, result_id)
             return load(cursor, result_id)
 

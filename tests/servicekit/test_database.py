@@ -338,15 +338,21 @@ def test_a_write_method_name_of_255_characters_is_recorded(thing_writes):
     assert sql(database, "SELECT method FROM write_requests") == [(method,)]
 
 
-def test_a_write_that_returns_no_integer_id_is_named_and_rolled_back(thing_writes):
+@pytest.mark.parametrize(
+    "returned, error, message",
+    [
+        ("SKU-1", TypeError, "add_item: apply\\(\\) must return the integer id of the row it wrote, not 'SKU-1'"),
+        (2**63, ValueError, "add_item: apply\\(\\) returned 9223372036854775808, outside write_requests.result_id's"),
+    ],
+    ids=["a text key", "an id past BIGINT"],
+)
+def test_a_write_that_returns_no_id_the_record_holds_is_named_and_rolled_back(thing_writes, returned, error, message):
     database, _, writes = thing_writes
 
-    def insert_keyed_by_text(cursor) -> str:
+    def insert(cursor) -> object:
         cursor.execute("INSERT INTO things () VALUES ()")
-        return "SKU-1"
+        return returned
 
-    with pytest.raises(
-        TypeError, match="add_item: apply\\(\\) must return the integer id of the row it wrote, not 'SKU-1'"
-    ):
-        writes.apply("add_item", "keyed-by-text", (), insert_keyed_by_text, lambda cursor, key: key)
+    with pytest.raises(error, match=message):
+        writes.apply("add_item", "unrecordable", (), insert, lambda cursor, key: key)
     assert sql(database, "SELECT COUNT(*) FROM things") == [(0,)]
