@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from servicekit.mysql import PoolHooks
 
 REQUEST_FIELDS = ("method", "peer", "duration_ms", "outcome", "request_id")
+NAMED_BY_CLIENT = ("unknown_method", "one_way_dropped")  # outcomes whose method name may be any the client sends
 CLIENT_ERROR_WINDOW_SECONDS = 10.0
 MAX_CLIENT_ERROR_CHARS = 300  # a client error line quotes at most this much of what the client sent
 KIT_LOGGER_PREFIX = "servicekit."
@@ -214,7 +215,7 @@ class RequestObserver:
         # A method name the IDL lacks is the client's choice: one label for
         # all of them, or a client could add metric series without limit.
         if self.metrics:
-            key = ("unknown" if outcome == "unknown_method" else method, outcome)
+            key = ("unknown" if outcome in NAMED_BY_CLIENT else method, outcome)
             if (series := self._series.get(key)) is None:
                 series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(key[0]))
             series[0].inc()

@@ -6,10 +6,12 @@ and is the one place errors are mapped: a KitError (a database outage, a bad
 or reused request_id) becomes the exception of that name in base.thrift; an
 exception the method does not declare, or a result of a type the IDL does
 not allow, becomes INTERNAL_ERROR with one logged traceback, and the
-connection stays usable. A message that is not a call is a malformed
-message, for the engine to close the connection; a string argument that is
-not UTF-8 (thriftpy2 would hand the handler bytes) is off the contract
-(wire.OffContract), which the engine answers with PROTOCOL_ERROR first.
+connection stays usable. A TMultiplexedProtocol client's "Ledger:ping" is
+served as ping; a one-way call is dropped (the kit serves none). A reply
+sent to the server is a malformed message, for the engine to close the
+connection; a string argument that is not UTF-8 (thriftpy2 would hand the
+handler bytes) is off the contract (wire.OffContract), which the engine
+answers with PROTOCOL_ERROR first.
 `check_contract()` finds at start-up what would otherwise reach a client as
 INTERNAL_ERROR.
 """
@@ -35,6 +37,7 @@ CURSOR_ARGUMENT = "cursor"  # paging.py's BadCursor is InvalidArgument
 WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.DOUBLE, TType.BINARY}
 logger = logging.getLogger(__name__)
 UNKNOWN_METHOD = {"client_error": "calls of unknown methods"}  # any client can cause it: logging caps the lines
+ONE_WAY = {"client_error": "one-way calls"}
 
 
 class Observer(Protocol):
@@ -158,6 +161,8 @@ class GuardedProcessor(TProcessor):
         self.observe = observe
         self._observe_from = observe.threshold if observe else math.inf  # a comparison per call, not a call
         self._base = base_module(service)
+        self._service = service.__name__
+        self._multiplexed = service.__name__ + ":"  # TMultiplexedProtocol's prefix, when the name is the IDL's
         base_handler = _BaseHandler(self._base.Health, version, is_serving, database_answers)
         self._methods = {
             name: _Method(
@@ -181,19 +186,11 @@ class GuardedProcessor(TProcessor):
     def process(self, iprot, oprot, peer: str = "") -> None:
         """Read one call from `iprot`, run it, write the reply (or error) to `oprot`; `peer` is for the logs."""
         name, message_type, seqid = iprot.read_message_begin()
-        if message_type != TMessageType.CALL:  # a reply sent to a server, or a one-way call of a method that answers
-            raise MalformedMessage(f"{name!r} is a message of type {message_type}, not a call")
         method = self._methods.get(name)
-        if method is None:
-            if isinstance(name, bytes):  # not UTF-8, so thriftpy2 left it undecoded: text for logs and metrics
-                name = name.decode("utf-8", "backslashreplace")
-            iprot.skip(TType.STRUCT)
-            iprot.read_message_end()
-            logger.warning("unknown method %r", name, extra=UNKNOWN_METHOD)
-            if self.observe:
-                self.observe(name, peer, "unknown_method", 0.0, None)
-            self.send_exception(oprot, name, TApplicationException(TApplicationException.UNKNOWN_METHOD), seqid)
-            return
+        if method is None or message_type != TMessageType.CALL:  # one test on a call's path for what is rare
+            name, method = self._uncommon(iprot, oprot, name, message_type, seqid, peer)
+            if method is None:
+                return
         arguments = method.arguments()
         iprot.read_struct(arguments)
         iprot.read_message_end()
@@ -205,6 +202,41 @@ class GuardedProcessor(TProcessor):
         if (seconds := perf_counter() - started) >= self._observe_from:
             request_id = getattr(arguments, REQUEST_ID_ARGUMENT) if method.writes else None
             self.observe(name, peer, outcome, seconds, request_id)
+
+    def _uncommon(self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str) -> tuple:
+        """A message that is not a call of a method by its name: the name and method to serve it as, or the
+        method None once it is dealt with here. Raises MalformedMessage for a reply sent to the server."""
+        method = None
+        if isinstance(name, str) and name.startswith(self._multiplexed):
+            # TMultiplexedProtocol's "Ledger:ping", served and answered as ping, as Apache's TMultiplexedProcessor does.
+            name = name[len(self._multiplexed) :]
+            method = self._methods.get(name)
+        if message_type == TMessageType.ONEWAY or (method is None and message_type == TMessageType.CALL):
+            self._skip(iprot, oprot, name, message_type, seqid, peer)
+            return name, None
+        if message_type != TMessageType.CALL:  # a reply or an exception
+            raise MalformedMessage(f"{name!r} is a message of type {message_type}, not a call")
+        return name, method
+
+    def _skip(self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str) -> None:
+        """Read past a call no method answers: a call of a method the IDL does not declare gets UNKNOWN_METHOD; a
+        one-way call (the kit serves none) is dropped, as its client reads no reply. The connection stays in step."""
+        if isinstance(name, bytes):  # not UTF-8, so thriftpy2 left it undecoded: text for logs and metrics
+            name = name.decode("utf-8", "backslashreplace")
+        iprot.skip(TType.STRUCT)
+        iprot.read_message_end()
+        if message_type == TMessageType.ONEWAY:
+            logger.warning("one-way call of %r dropped: %s answers every call", name, self._service, extra=ONE_WAY)
+            outcome = "one_way_dropped"
+        else:
+            logger.warning("unknown method %r", name, extra=UNKNOWN_METHOD)
+            unknown = f"unknown method {name[:MAX_ECHOED_NAME]!r} of {self._service}"
+            self.send_exception(
+                oprot, name, TApplicationException(TApplicationException.UNKNOWN_METHOD, unknown), seqid
+            )
+            outcome = "unknown_method"
+        if self.observe:
+            self.observe(name, peer, outcome, 0.0, None)
 
     def _answer(self, method: _Method, name: str, arguments: object, oprot, seqid: int) -> str:
         """Call the handler and write its result or declared error: the outcome, for the logs and metrics.
@@ -259,3 +291,9 @@ class GuardedProcessor(TProcessor):
     def argument_specs(self) -> dict[str, dict]:
         """The thrift_spec of each method's arguments, by method name."""
         return {name: method.arguments.thrift_spec for name, method in self._methods.items()}
+
+    @property
+    def call_specs(self) -> dict[str, dict]:
+        """argument_specs, also by each name as a TMultiplexedProtocol client sends it ("Ledger:ping")."""
+        specs = self.argument_specs
+        return specs | {self._multiplexed + name: spec for name, spec in specs.items()}

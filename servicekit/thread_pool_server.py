@@ -178,7 +178,7 @@ class TThreadPoolServer(TServer):
         # thriftpy2's TServerSocket sets SO_REUSEPORT, which lets a second
         # server bind the same port silently; this server owns a plain socket.
         super().__init__(processor, trans=None)
-        self._spec_of = processor.argument_specs.get
+        self._spec_of = processor.call_specs.get
         self._known_calls = wire.known_calls(processor.argument_specs)
         self.address = (host, port)
         self.workers = workers

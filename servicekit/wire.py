@@ -110,7 +110,8 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return None
     if start[FRAME_HEADER.size : FRAME_HEADER.size + 2] == HEADER_TRANSPORT:
         raise MalformedMessage("Thrift's header transport, which this server does not speak")
-    raise MalformedMessage("neither a framed nor an unframed strict binary or compact Thrift message")
+    framed = _other_protocol(start[FRAME_HEADER.size :])
+    raise MalformedMessage(framed or "neither a framed nor an unframed strict binary or compact Thrift message")
 
 
 def _framed_codec(start: bytes | bytearray) -> Codec | None:
@@ -130,6 +131,8 @@ def _other_protocol(start: bytes | bytearray) -> str | None:
         return "an HTTP request, to a port that serves Thrift"
     if start[:1] == b"[":
         return "Thrift's JSON protocol, which this server does not speak"
+    if start[:1] == b"\x78" and int.from_bytes(start[:2], "big") % 31 == 0:  # a zlib stream's header (RFC 1950)
+        return "a zlib stream (Thrift's TZlibTransport), which this server does not speak"
     return None
 
 
@@ -293,16 +296,28 @@ class _Walk:
         """Whether `count` bytes at `at` are present; raises if the message may not reach them."""
         end = at + count
         if end > self.limit:
-            raise MalformedMessage("message ends early" if self.whole else f"message longer than {self.limit} bytes")
+            raise MalformedMessage("message ends early") if self.whole else self.too_long("")
         return end <= len(self.buffer)
 
     def check_length(self, length: int, at: int) -> None:
         if not 0 <= length <= self.limit - at:
-            raise MalformedMessage(f"declared length {length} but {self.limit - at} bytes remain")
+            why = f"declared length {length} but {self.limit - at} bytes remain"
+            raise self.too_long(why) if length > 0 else MalformedMessage(why)
 
     def check_count(self, count: int, smallest: int, at: int) -> None:
         if count < 0 or count * smallest > self.limit - at:
-            raise MalformedMessage(f"container of {count} elements cannot fit in {self.limit - at} bytes")
+            why = f"container of {count} elements cannot fit in {self.limit - at} bytes"
+            raise self.too_long(why) if count > 0 else MalformedMessage(why)
+
+    def too_long(self, why: str) -> MalformedMessage:
+        """A message that cannot end within the limit (`why`, if said). Walked up to the server's maximum (an
+        unframed message), a call whose header is read is OffContract: its client is told, as a framed one is."""
+        if self.whole:
+            return MalformedMessage(why)
+        over = f"a request longer than the server's maximum of {self.limit} bytes (THRIFT_MAX_MESSAGE_BYTES)"
+        if self.name is None:
+            return MalformedMessage(f"{over}: {why}" if why else over)
+        return OffContract(f"{over}: {why}" if why else over, self.call)
 
     def deeper(self, depth: int) -> int:
         if depth >= self.max_depth:

@@ -74,7 +74,7 @@ def message_header(name: bytes, compact: bool = False, message_type: int = TMess
 def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
     """Send raw bytes and half-close; everything the server sends back, and our address.
 
-    A server that closes before taking everything resets the connection; that is no reply.
+    A server that closes before taking everything resets the connection, after what it sent (an error reply).
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         peer = "{}:{}".format(*sock.getsockname())
@@ -85,7 +85,7 @@ def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
             while chunk := sock.recv(65536):
                 received += chunk
         except OSError as error:
-            if received or error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+            if error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
                 raise
         return received, peer
 

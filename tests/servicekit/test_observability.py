@@ -9,6 +9,7 @@ import time
 import pytest
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.rpc import make_client
+from thriftpy2.thrift import TMessageType
 
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
@@ -110,8 +111,10 @@ def test_unknown_method_names_share_one_metric_series(start_server):
     names = [f"probe_{n}".encode() for n in range(20)]
     for name in names:
         exchange(server.port, framed(message_header(name) + b"\x00"))
+        exchange(server.port, framed(message_header(name, message_type=TMessageType.ONEWAY) + b"\x00"))
     samples = scrape(metrics_port)
     assert sample(samples, "counters_requests_total", method="unknown", outcome="unknown_method") == len(names)
+    assert sample(samples, "counters_requests_total", method="unknown", outcome="one_way_dropped") == len(names)
     assert not [key for key in samples if "probe_" in key]  # a client cannot add series
     assert server.stop() == 0
 

@@ -2,7 +2,8 @@
 
 Each calls ping, a write, a read and a call that raises a declared error on
 one connection: thriftpy2's make_client (its default is buffered binary) and
-Apache Thrift's Python library with code from the Apache compiler.
+Apache Thrift's Python library with code from the Apache compiler, plain and
+through TMultiplexedProtocol.
 """
 
 import json
@@ -12,13 +13,15 @@ import uuid
 
 import pytest
 import thriftpy2
-from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
+from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory, TCyBinaryProtocol
+from thriftpy2.protocol.multiplex import TMultiplexedProtocolFactory
 from thriftpy2.rpc import make_client
-from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
+from thriftpy2.thrift import TApplicationException, TMessageType
+from thriftpy2.transport import TBufferedTransportFactory, TCyMemoryBuffer, TFramedTransportFactory
 
 from counters import counters_thrift
 from helpers.processes import ROOT
+from helpers.wire import exchange, framed, message_header
 
 HERE = ROOT / "tests" / "servicekit"
 
@@ -57,11 +60,15 @@ def test_thriftpy2_make_client_is_served(server, transport, protocol):
     assert "WARNING" not in server.log()[log_start:]
 
 
-@pytest.mark.parametrize(("transport", "protocol"), [("buffered", "binary"), ("framed", "compact")])
-def test_an_apache_thrift_client_is_served(server, apache_code, transport, protocol):
+@pytest.mark.parametrize(
+    ("transport", "protocol", "service"),
+    [("buffered", "binary", ""), ("framed", "compact", ""), ("framed", "binary", "Counters")],
+    ids=["buffered binary", "framed compact", "multiplexed framed binary"],
+)
+def test_an_apache_thrift_client_is_served(server, apache_code, transport, protocol, service):
     name = f"apache-{uuid.uuid4().hex}"
     result = subprocess.run(
-        [sys.executable, "-P", str(HERE / "apache_client.py"), str(server.port), transport, protocol, name],
+        [sys.executable, "-P", str(HERE / "apache_client.py"), str(server.port), transport, protocol, name, service],
         env={"PYTHONPATH": str(apache_code)},
         capture_output=True,
         text=True,
@@ -85,3 +92,72 @@ def test_a_client_whose_idl_drifted_is_told_which_argument_differs(server, tmp_p
         client.close()
     assert error.value.type == TApplicationException.PROTOCOL_ERROR
     assert error.value.message == "argument 'name' of get is i64, but the IDL declares string"
+
+
+@pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
+def test_a_thriftpy2_multiplexed_client_is_served(server, protocol):
+    multiplexed = TMultiplexedProtocolFactory(protocol(), "Counters")  # as a TMultiplexedProcessor registers it
+    client = make_client(counters_thrift.Counters, "127.0.0.1", server.port, proto_factory=multiplexed, timeout=10_000)
+    name = f"multiplexed-{uuid.uuid4().hex}"
+    try:
+        assert client.ping() == "pong"
+        assert client.add(name, 3, f"{name}-1").total == 3
+        assert client.get(name).total == 3
+        with pytest.raises(counters_thrift.NotFound):
+            client.get(name + "-missing")
+    finally:
+        client.close()
+
+
+def test_a_multiplexed_call_is_answered_under_its_method_name_as_apache_servers_answer(server):
+    # Node's and Go's clients look the reply up by the bare name: one answered "Counters:ping" never settles.
+    reply, _ = exchange(server.port, framed(message_header(b"Counters:ping") + b"\x00"))
+    assert TCyBinaryProtocol(TCyMemoryBuffer(reply[4:])).read_message_begin() == ("ping", TMessageType.REPLY, 1)
+
+
+def test_a_call_for_another_service_is_told_the_method_and_service_are_unknown(server):
+    client = make_client(
+        counters_thrift.Counters,
+        "127.0.0.1",
+        server.port,
+        proto_factory=TMultiplexedProtocolFactory(TBinaryProtocolFactory(), "Ledger"),
+        timeout=10_000,
+    )
+    try:
+        with pytest.raises(TApplicationException) as error:
+            client.ping()
+        with pytest.raises(TApplicationException, match="unknown method 'Ledger:get' of Counters"):
+            client.get("x")  # on the same connection, still in step
+    finally:
+        client.close()
+    assert error.value.type == TApplicationException.UNKNOWN_METHOD
+    assert error.value.message == "unknown method 'Ledger:ping' of Counters"
+
+
+@pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
+def test_a_one_way_call_is_dropped_with_a_warning_and_the_connection_stays_in_step(server, tmp_path, protocol):
+    idl = tmp_path / "one_way.thrift"
+    idl.write_text("service Counters { string ping(), oneway void add_later(1: string name) }\n")
+    service = thriftpy2.load(str(idl), module_name="one_way_thrift").Counters
+    client = make_client(service, "127.0.0.1", server.port, proto_factory=protocol(), timeout=5000)
+    log_start = len(server.log())
+    try:
+        assert client.add_later("x") is None  # a one-way call reads no reply
+        assert client.ping() == "pong"
+    finally:
+        client.close()
+    assert "one-way call of 'add_later' dropped: Counters answers every call" in server.log()[log_start:]
+
+
+@pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
+def test_an_unframed_call_over_the_maximum_is_told_so_not_reset(server, protocol):
+    client = make_client(counters_thrift.Counters, "127.0.0.1", server.port, proto_factory=protocol(), timeout=5000)
+    try:
+        with pytest.raises(TApplicationException) as error:
+            client.add("x" * 70_000, 1, "too-long-1")
+    finally:
+        client.close()
+    assert error.value.type == TApplicationException.PROTOCOL_ERROR
+    assert error.value.message.startswith(
+        "a request longer than the server's maximum of 65536 bytes (THRIFT_MAX_MESSAGE_BYTES)"
+    )

@@ -1,6 +1,7 @@
 """The wire checks on their own: detection, what passes, and each way a message is refused before decoding."""
 
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,8 @@ def test_a_connection_is_known_by_its_first_bytes(start, codec):
         (b"GET / HTTP/1.1\r\n", "an HTTP request, to a port that serves Thrift"),
         (b"\x16\x03\x01\x02\x00\x01", "a TLS handshake, to a port that serves plain TCP"),
         (b'[1,"ping",1,0,{}]', "Thrift's JSON protocol, which this server does not speak"),
+        (b'\x00\x00\x00\x11[1,"ping",1,0,{}]', "Thrift's JSON protocol, which this server does not speak"),  # framed
+        (zlib.compress(call_bytes(Counters, "ping")), "a zlib stream \\(Thrift's TZlibTransport\\)"),
         (b"\x13\x37\x13\x37", "frame of 322376503 bytes"),  # garbage
         (b"\x00\x00\x00\x04ping", "neither a framed nor an unframed strict binary or compact Thrift"),  # non-strict
         (b"\x00\x00\x00\x20\x0f\xff\x00\x00", "Thrift's header transport, which this server does not speak"),
@@ -209,10 +212,15 @@ def test_compact_elements_must_be_of_the_declared_type_which_thriftpy2_reads_the
     assert walk_whole(integers, True, declares_a_list_of_i32).argument_types == {1: TType.LIST}
 
 
-def test_an_unframed_message_may_not_grow_past_the_maximum():
-    endless = bytearray(message_header(b"ping") + b"\x08\x00\x09\x00\x00\x00\x01" * 200)
-    with pytest.raises(MalformedMessage, match="message longer than 1024 bytes"):
-        resume(walk(endless, 1024, False, spec_of))
+@pytest.mark.parametrize(
+    "endless",
+    [b"\x08\x00\x09\x00\x00\x00\x01" * 200, b"\x0b\x00\x01\x00\x01\x00\x00"],
+    ids=["many fields", "a string of 64 kB declared"],
+)
+def test_an_unframed_call_may_not_grow_past_the_maximum_and_is_answered(endless):
+    with pytest.raises(OffContract, match="a request longer than the server's maximum of 1024 bytes") as error:
+        resume(walk(bytearray(message_header(b"ping") + endless), 1024, False, spec_of))
+    assert error.value.call == ("ping", 1)  # what the error reply answers
 
 
 def test_an_argument_of_the_wrong_type_is_refused_with_the_types_named():
