@@ -59,7 +59,10 @@ def test_a_server_of_another_service_is_named_as_such_not_as_a_write_that_may_ha
     cli.command("touch", "a write", write=True)
     assert cli.main(["--servers", f"127.0.0.1:{server.port}", "touch"]) == 1
     error = capsys.readouterr().err
-    assert error == "error: the server does not serve this call of Elsewhere (Unknown method): check --servers\n"
+    assert error == (
+        "error: the server does not serve this call of Elsewhere (unknown method 'touch' of Counters): "
+        "check --servers\n"
+    )
 
 
 def test_a_command_that_does_not_fit_its_client_method_is_refused_when_declared(counters_cli):
