@@ -11,12 +11,17 @@ module is first imported.
 
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 
+from servicekit.idempotency import REQUEST_ID
 from servicekit.mysql import PoolHooks
 
 REQUEST_FIELDS = ("method", "peer", "duration_ms", "outcome", "request_id")
@@ -24,6 +29,8 @@ NAMED_BY_CLIENT = ("unknown_method", "one_way_dropped")  # outcomes whose method
 CLIENT_ERROR_WINDOW_SECONDS = 10.0
 MAX_CLIENT_ERROR_CHARS = 300  # a client error line quotes at most this much of what the client sent
 KIT_LOGGER_PREFIX = "servicekit."
+MAX_SCRAPES = 8  # connections to the metrics port at once: Prometheus, its twin, a person with curl
+SCRAPE_TIMEOUT_SECONDS = 10.0  # how long one may wait for a scraper's request
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +46,8 @@ class JsonFormatter(logging.Formatter):
         entry.update({field: getattr(record, field) for field in REQUEST_FIELDS if hasattr(record, field)})
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # ASCII: U+2028 or U+0085 from a client, written as they are, split a line for readers that honour them.
+        return json.dumps(entry)
 
 
 class _ServiceLoggerNames(logging.Filter):
@@ -183,17 +191,58 @@ class Metrics:
     def serve(self, host: str, port: int, version: str, several_processes: bool) -> None:
         """Serve /metrics; with several processes, the sum over all of them."""
         self.build.labels(version).set(1)
+        registry = REGISTRY
         if several_processes:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            start_http_server(port, host, registry=registry)
-        else:
-            start_http_server(port, host)
+        server = _MetricsServer((host, port))
+        server.set_app(make_wsgi_app(registry))
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
     @staticmethod
     def forget_process(pid: int) -> None:
         """Drop a dead server process's live gauges (multiprocess mode)."""
         multiprocess.mark_process_dead(pid)
+
+
+class _ScrapeHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT_SECONDS  # a scraper that sends nothing, or half a request, gives its thread back
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not logged."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """/metrics with a thread per connection, as prometheus-client serves it, but at most MAX_SCRAPES at once.
+
+    The metrics port shares the process's threads and descriptors with the
+    Thrift port: idle connections to it, unbounded, would take them all.
+    One over the bound is closed at once; a scraper tries again next time.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        # An IPv6 host needs an IPv6 socket (WSGIServer's is IPv4); `::` takes IPv4 too.
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        super().__init__(address, _ScrapeHandler)
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # its thread gives the slot back
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class RequestObserver:
@@ -212,10 +261,13 @@ class RequestObserver:
         self._series: dict[tuple[str, str], tuple] = {}
 
     def __call__(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None) -> None:
-        # A method name the IDL lacks is the client's choice: one label for
-        # all of them, or a client could add metric series without limit.
+        # A method name the IDL lacks is the client's choice: one label and one name in the request log for all
+        # of them, or a client could add metric series without limit, and lines of its own (the name may hold
+        # line breaks). The WARNING line for it quotes the name, cut to size.
+        if outcome in NAMED_BY_CLIENT:
+            method = "unknown"
         if self.metrics:
-            key = ("unknown" if outcome in NAMED_BY_CLIENT else method, outcome)
+            key = (method, outcome)
             if (series := self._series.get(key)) is None:
                 series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(key[0]))
             series[0].inc()
@@ -227,8 +279,8 @@ class RequestObserver:
     def _log(self, method: str, peer: str, outcome: str, seconds: float, request_id: str | None, slow: bool) -> None:
         duration_ms = round(seconds * 1000, 3)
         fields = {"method": method, "peer": peer, "duration_ms": duration_ms, "outcome": outcome}
-        if request_id is not None:
-            fields["request_id"] = request_id
+        if request_id is not None:  # as the client sent it: a write refused for its request_id may hold 64 KiB
+            fields["request_id"] = request_id if REQUEST_ID.fullmatch(request_id) else "(invalid)"
         self.logger.log(
             logging.WARNING if slow else logging.DEBUG,
             "%s %s in %.1f ms%s",

@@ -42,6 +42,7 @@ SpecOf = Callable[[str], dict | None]
 # The TApplicationException type for a client the server will not talk to (Apache Thrift's name: thriftpy2
 # names types 0-7 only): a TLS port answers a plain-text call with it.
 UNSUPPORTED_CLIENT_TYPE = 10
+TEXT = frozenset(b"\t\n\r" + bytes(range(0x20, 0x7F)))  # printable ASCII and the white space of text protocols
 HEADER_TRANSPORT = b"\x0f\xff"  # the magic after the length of fbthrift's and Apache's header transport
 TLS_HANDSHAKE = b"\x16\x03"  # how a TLS handshake record begins (its type, then its version's major)
 
@@ -110,7 +111,7 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
         return None
     if start[FRAME_HEADER.size : FRAME_HEADER.size + 2] == HEADER_TRANSPORT:
         raise MalformedMessage("Thrift's header transport, which this server does not speak")
-    framed = _other_protocol(start[FRAME_HEADER.size :])
+    framed = _other_protocol(start[FRAME_HEADER.size :], framed=True)
     raise MalformedMessage(framed or "neither a framed nor an unframed strict binary or compact Thrift message")
 
 
@@ -121,11 +122,13 @@ def _framed_codec(start: bytes | bytearray) -> Codec | None:
     return None
 
 
-def _other_protocol(start: bytes | bytearray) -> str | None:
+def _other_protocol(start: bytes | bytearray, framed: bool = False) -> str | None:
     """What a client that is not speaking Thrift seems to speak, for the log; None if nothing recognisable.
 
     Read as a frame length, its first bytes are hundreds of megabytes: the
     log would suggest raising THRIFT_MAX_MESSAGE_BYTES, which would not help.
+    `framed`: `start` follows a frame's length, where the old non-strict
+    binary protocol puts a method name, which is text too.
     """
     if re.match(rb"[A-Z]+ ", start):
         return "an HTTP request, to a port that serves Thrift"
@@ -133,6 +136,8 @@ def _other_protocol(start: bytes | bytearray) -> str | None:
         return "Thrift's JSON protocol, which this server does not speak"
     if start[:1] == b"\x78" and int.from_bytes(start[:2], "big") % 31 == 0:  # a zlib stream's header (RFC 1950)
         return "a zlib stream (Thrift's TZlibTransport), which this server does not speak"
+    if not framed and all(byte in TEXT for byte in start[:4]):  # as a frame's length, over 150 MB
+        return f"text ({bytes(start[:16])!r}), not a Thrift message"
     return None
 
 

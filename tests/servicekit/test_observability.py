@@ -16,6 +16,7 @@ from helpers.metrics import sample, scrape
 from helpers.mysql import sql
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
+from servicekit.observability import MAX_SCRAPES
 from tools.throwaway_db import free_port, wait_for
 
 base = counters_thrift.base
@@ -157,12 +158,71 @@ def test_a_client_error_line_quotes_at_most_300_characters_of_what_the_client_se
     assert len(line) < 500
 
 
-def test_json_logs_stay_json_for_a_method_name_that_is_not_utf_8(start_server):
+# A method name with a line of its own, and what splits a line for readers that honour Unicode's line breaks.
+FORGED = "x\n2026-01-01 00:00:00,000 ERROR counters.db [1] FORGED\u2028{}\x85y"
+
+
+def test_json_logs_stay_one_object_a_line_whatever_a_client_sends(start_server):
     server = start_server(LOG_FORMAT="json", LOG_LEVEL="DEBUG")
     exchange(server.port, framed(message_header(b"caf\xe9") + b"\x00"))
+    exchange(server.port, framed(message_header(FORGED.encode()) + b"\x00"))
+    client = make_client(counters_thrift.Counters, "127.0.0.1", server.port, timeout=5000)
+    with pytest.raises(counters_thrift.base.InvalidArgument):
+        client.add("x", 1, "\u202e" * 10_000)  # a request_id of 30 kB
+    client.close()
     assert server.stop() == 0
-    lines = [json.loads(line) for line in server.log().splitlines()]  # each line one object, no "Logging error"
-    assert any(entry.get("method") == "caf\\xe9" for entry in lines)
+    log = server.log()
+    assert "\u2028" not in log and "\x85" not in log and "\u202e" not in log
+    lines = [json.loads(line) for line in log.splitlines()]  # each line one object, no "Logging error"
+    assert any("'caf\\\\xe9'" in entry["message"] for entry in lines)  # the WARNING quotes the name
+    requests = [entry for entry in lines if entry["logger"] == "counters.requests"]
+    assert {entry["method"] for entry in requests if entry["outcome"] == "unknown_method"} == {"unknown"}
+    assert [entry["request_id"] for entry in requests if entry["method"] == "add"] == ["(invalid)"]
+
+
+def test_text_logs_keep_a_client_from_writing_lines_of_its_own(start_server):
+    server = start_server(LOG_LEVEL="DEBUG")
+    exchange(server.port, framed(message_header(FORGED.encode()) + b"\x00"))
+    assert server.stop() == 0
+    assert not [line for line in server.log().split("\n") if "FORGED" in line and not line.startswith("20")]
+    assert not [line for line in server.log().split("\n") if line.startswith("2026-01-01")]
+
+
+def test_idle_connections_to_the_metrics_port_take_a_few_threads_and_not_the_thrift_port(start_server):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port))
+    wait_for(lambda: "metrics on" in server.log(), 10, "the metrics endpoint")
+    threads = thread_count(server.process.pid)
+    idle = [socket.create_connection(("127.0.0.1", metrics_port)) for _ in range(40)]
+    try:
+        wait_for(lambda: sum(map(closed_by_server, idle)) == 40 - MAX_SCRAPES, 10, "the connections past the bound")
+        assert thread_count(server.process.pid) <= threads + MAX_SCRAPES
+        with server.client(retries=0) as client:
+            assert client.ping() == "pong"
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: scraped(metrics_port), 10, "a scrape once they are gone")
+
+
+def thread_count(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+
+def scraped(port: int) -> bool:
+    try:
+        return sample(scrape(port), "counters_build_info", version="0.1.0") == 1
+    except OSError:  # closed at once: the bound is still taken
+        return False
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
 
 
 def test_slow_requests_are_logged_as_warnings_and_only_they(start_server):

@@ -55,6 +55,7 @@ def test_a_connection_is_known_by_its_first_bytes(start, codec):
         (b'[1,"ping",1,0,{}]', "Thrift's JSON protocol, which this server does not speak"),
         (b'\x00\x00\x00\x11[1,"ping",1,0,{}]', "Thrift's JSON protocol, which this server does not speak"),  # framed
         (zlib.compress(call_bytes(Counters, "ping")), "a zlib stream \\(Thrift's TZlibTransport\\)"),
+        (b"*1\r\n$4\r\nPING\r\n", "text \\(b'\\*1\\\\r\\\\n\\$4\\\\r\\\\nPING\\\\r\\\\n'\\), not a Thrift message"),
         (b"\x13\x37\x13\x37", "frame of 322376503 bytes"),  # garbage
         (b"\x00\x00\x00\x04ping", "neither a framed nor an unframed strict binary or compact Thrift"),  # non-strict
         (b"\x00\x00\x00\x20\x0f\xff\x00\x00", "Thrift's header transport, which this server does not speak"),
