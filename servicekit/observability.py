@@ -283,10 +283,12 @@ class RequestObserver:
             fields["request_id"] = request_id if REQUEST_ID.fullmatch(request_id) else "(invalid)"
         self.logger.log(
             logging.WARNING if slow else logging.DEBUG,
-            "%s %s in %.1f ms%s",
+            "%s %s in %.1f ms%s from %s%s",  # text logs have no fields: the peer and request id are in the line
             method,
             outcome,
             duration_ms,
             " (slow)" if slow else "",
+            peer,
+            f", request_id {fields['request_id']}" if request_id is not None else "",
             extra=fields,
         )

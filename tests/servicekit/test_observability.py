@@ -62,7 +62,9 @@ def test_a_stock_client_speaking_unframed_compact_is_counted_and_logged_the_same
     finally:
         client.close()
     assert_known_counts(before, scrape(metrics_port))
-    assert re.search(r" DEBUG counters\.requests .* add ok in [0-9.]+ ms", server.log())
+    assert re.search(
+        r" DEBUG counters\.requests .* add ok in [0-9.]+ ms from 127\.0\.0\.1:\d+, request_id \w", server.log()
+    )
 
 
 def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_fields(start_server):
@@ -232,7 +234,7 @@ def test_slow_requests_are_logged_as_warnings_and_only_they(start_server):
         client.call("hold", 0.3)
     assert server.stop() == 0
     log = server.log()
-    assert re.search(r" WARNING counters.requests \[\d+\] hold ok in [\d.]+ ms \(slow\)", log)
+    assert re.search(r" WARNING counters.requests \[\d+\] hold ok in [\d.]+ ms \(slow\) from 127\.0\.0\.1:\d+\n", log)
     assert "ping ok" not in log
 
 
