@@ -93,7 +93,7 @@ TLS_REFUSALS = re.compile(r"CERTIFICATE|UNKNOWN_CA|HANDSHAKE_FAILURE|PROTOCOL_VE
 # errors, a MemoryError for a frame of gigabytes declared, a SystemError for a negative length.
 UNDECODABLE = (ProtocolError, TProtocolException, UnicodeDecodeError, MemoryError, SystemError)
 REPLY_VERSION = (VERSION_1 >> 16).to_bytes(2, "big")  # a framed binary message's bytes 4 and 5
-# Errors a server on the kit answers before it closes the connection.
+# Errors a server on the kit may close the connection after (a call too long, a TLS port called in plain text).
 CLOSING_ERRORS = (UNSUPPORTED_CLIENT_TYPE, TApplicationException.PROTOCOL_ERROR)
 
 

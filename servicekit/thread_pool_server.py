@@ -21,15 +21,17 @@ numbers-only arguments) in one step, any other by walking it (wire.walk),
 which checks every declared length and is how an unframed message's end is
 found. Each worker decodes into and encodes from its own reused buffers.
 New connections and TLS handshakes (step by step, never blocking) are
-handled the same way; a TLS port answers a plain-text call with TLS_ONLY,
-a plain port a TLS handshake with an alert, and a well-formed call the IDL
-does not allow (wire.OffContract) gets PROTOCOL_ERROR saying why, each
-before the connection closes. While no more connections are active than there are
-workers, the worker that answered a plain connection stays on it as long as
-another worker is waiting on the set: it waits in recv() for the next
-request as a thread-per-connection server would, and gives the connection
-back when the client goes quiet, no other worker is waiting, or more
-connections become active (_stay).
+handled the same way; a TLS port answers a plain-text call with TLS_ONLY
+and a plain port a TLS handshake with an alert, before the connection
+closes. A whole call the IDL does not allow (wire.OffContract) gets
+PROTOCOL_ERROR saying why, and the connection stays; one too long, or
+whose end is not known, is told so before the connection closes. While
+no more connections are active than there are workers, the worker that
+answered a plain connection stays on it as long as another worker is
+waiting on the set: it waits in recv() for the next request as a
+thread-per-connection server would, and gives the connection back when the
+client goes quiet, no other worker is waiting, or more connections become
+active (_stay).
 
 The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
@@ -72,6 +74,7 @@ WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure 
 # Lines any client can cause, one per connection: marked so that logging (observability.py) caps each kind.
 CONNECTION_ERROR = {"client_error": "connection errors"}
 MALFORMED_MESSAGE = {"client_error": "malformed messages"}
+OFF_CONTRACT = {"client_error": "calls off the IDL"}
 FAILED_HANDSHAKE = {"client_error": "failed TLS handshakes"}
 TIMED_OUT = {"client_error": "connections closed at the read timeout"}
 OVER_BUDGET = {"client_error": "connections closed over the buffered bytes"}
@@ -574,17 +577,19 @@ class TThreadPoolServer(TServer):
 
     def _answer_received(self, connection: _Connection, worker: _Worker) -> None:
         """Answer every whole message received, until one's reply cannot be sent at once (backpressure)."""
-        while connection.received and (data := self._take_message(connection)) is not None:
-            reply = self._process(connection, data, worker)
+        while connection.received and (message := self._take_message(connection)) is not None:
+            reply = self._answer(connection, message, worker)
             if reply and not self._send(connection, reply):
                 return
 
-    def _take_message(self, connection: _Connection) -> bytearray | None:
-        """Remove the next whole, checked message from connection.received; None if it is incomplete."""
+    def _take_message(self, connection: _Connection) -> bytearray | wire.OffContract | None:
+        """Remove the next whole, checked message from connection.received; None if it is incomplete. A whole
+        message whose call the IDL does not allow is removed too, and why is returned instead, to be answered."""
         received, codec = connection.received, connection.codec
         if codec is None and (codec := wire.detect(received, self.max_message_bytes)) is None:
             return None
         connection.codec = codec
+        refusal = None
         if codec.framed:
             if len(received) < FRAME_HEADER.size:
                 return None
@@ -593,27 +598,49 @@ class TThreadPoolServer(TServer):
                 return None
             data = received[FRAME_HEADER.size : end]
             if codec.compact or not self._known_calls.fullmatch(received, FRAME_HEADER.size, end):
-                self._check_types(wire.walk_whole(data, codec.compact, self._spec_of, MAX_NESTING))
+                try:
+                    self._check_types(wire.walk_whole(data, codec.compact, self._spec_of, MAX_NESTING))
+                except wire.OffContract as off:  # its frame says where it ends: the connection stays in step
+                    refusal = off
         else:
-            if (end := self._unframed_end(connection)) is None:
+            if (walked := self._unframed_end(connection)) is None:
                 return None
+            end, refusal = walked
             data = received[:end]
         del received[:end]
-        return data
+        return refusal or data
 
-    def _unframed_end(self, connection: _Connection) -> int | None:
-        """Where the unframed message at the start of connection.received ends; None until it is all there."""
+    def _unframed_end(self, connection: _Connection) -> tuple[int, wire.OffContract | None] | None:
+        """Where the unframed message at the start of connection.received ends, and why the IDL does not allow its
+        call if it does not; None until it is all there."""
         received, compact = connection.received, connection.codec.compact
         if connection.walking is None:
             known = None if compact else self._known_calls.match(received, 0, self.max_message_bytes)
             if known:
-                return known.end()
+                return known.end(), None
             connection.walking = wire.walk(received, self.max_message_bytes, compact, self._spec_of, MAX_NESTING)
         if (message := wire.resume(connection.walking)) is None:
             return None
         connection.walking = None
-        self._check_types(message)
-        return message.end
+        try:
+            self._check_types(message)
+        except wire.OffContract as refusal:
+            return message.end, refusal
+        return message.end, None
+
+    def _answer(self, connection: _Connection, message: bytearray | wire.OffContract, worker: _Worker) -> bytes:
+        """The reply to a whole message: its call's, or a PROTOCOL_ERROR saying why the IDL does not allow the
+        call (a client whose IDL drifted); its bytes are read past, so the connection stays in step."""
+        if not isinstance(message, wire.OffContract):
+            try:
+                return self._process(connection, message, worker)
+            except wire.OffContract as refusal:  # a string argument that is not UTF-8, found decoding it
+                message = refusal
+        logger.warning("refusing a call from %s: %s", connection.peer, message, extra=OFF_CONTRACT)
+        if self.processor.observe:
+            self.processor.observe(message.call[0], connection.peer, "off_contract", 0.0, None)
+        answer = TApplicationException(TApplicationException.PROTOCOL_ERROR, str(message))
+        return self._error_reply(connection.codec, *message.call, answer)
 
     def _check_types(self, message: Message) -> None:
         wire.check_argument_types(message, self._spec_of(message.name))

@@ -82,12 +82,13 @@ def test_an_apache_thrift_client_is_served(server, apache_code, transport, proto
 @pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
 def test_a_client_whose_idl_drifted_is_told_which_argument_differs(server, tmp_path, protocol):
     drifted = tmp_path / "drifted.thrift"
-    drifted.write_text("service Counters { i64 get(1: i64 name) }\n")  # name is a string in counters.thrift
+    drifted.write_text("service Counters { string ping(), i64 get(1: i64 name) }\n")  # name: a string in ours
     service = thriftpy2.load(str(drifted), module_name="drifted_thrift").Counters
     client = make_client(service, "127.0.0.1", server.port, proto_factory=protocol(), timeout=5000)
     try:
         with pytest.raises(TApplicationException) as error:
             client.get(5)
+        assert client.ping() == "pong"  # the same connection: a stock client does not reconnect
     finally:
         client.close()
     assert error.value.type == TApplicationException.PROTOCOL_ERROR
