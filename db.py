@@ -150,7 +150,7 @@ def _unavailable(error: MySQLdb.Error) -> DatabaseUnavailable | None:
     """The DatabaseUnavailable to raise for `error`, None if it is not an outage or a lock that did not clear."""
     code = mysql.error_code(error)
     _hooks.error(code)
-    if code in mysql.UNAVAILABLE | mysql.RETRYABLE:
+    if code in mysql.UNAVAILABLE | mysql.RETRYABLE | mysql.REFUSED_FOR_NOW:
         return DatabaseUnavailable(f"database error {code}: {error.args[-1]}")
     return None
 

@@ -41,6 +41,25 @@ def test_a_database_outage_is_unavailable_then_recovers(start_server, own_databa
         assert retrying.get("outage").total == 101
 
 
+def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_again(start_server, own_database):
+    # read_only binds users without SUPER, as a service's own user is
+    sql(own_database.env, "CREATE USER 'service'@'%' IDENTIFIED BY 'service-pw'")
+    sql(own_database.env, f"GRANT ALL ON `{own_database.env['MYSQL_DATABASE']}`.* TO 'service'@'%'")
+    server = start_server(**{**own_database.env, "MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"})
+    with server.client(deadline=2) as client:
+        client.add("read-only", 1)
+        sql(own_database.env, "SET GLOBAL read_only = 1")  # as while a primary is switched over
+        try:
+            with pytest.raises(Unavailable, match="database error 1290"):  # retried until the deadline
+                client.add("read-only", 1, "during-switch-over")
+            assert client.get("read-only").total == 1  # reads go on
+            assert client.health().database is True
+        finally:
+            sql(own_database.env, "SET GLOBAL read_only = 0")
+        assert client.add("read-only", 1, "during-switch-over").total == 2
+    assert "Traceback" not in server.log()
+
+
 def test_an_outage_logs_one_warning_then_one_info_when_the_database_answers(start_server, own_database):
     server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="2")
     with server.client(retries=0) as client:
