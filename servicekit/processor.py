@@ -38,6 +38,9 @@ WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.D
 logger = logging.getLogger(__name__)
 UNKNOWN_METHOD = {"client_error": "calls of unknown methods"}  # any client can cause it: logging caps the lines
 ONE_WAY = {"client_error": "one-way calls"}
+# A database that refuses every query (a table missing, a privilege revoked) fails each request the same way:
+# its traceback is logged a few times per window, not once per request.
+UNEXPECTED = {"client_error": "unexpected errors"}
 
 
 class Observer(Protocol):
@@ -259,7 +262,9 @@ class GuardedProcessor(TProcessor):
             oprot.write_struct(result)
             oprot.write_message_end()  # the engine takes the reply from oprot's buffer: no flush
         except Exception:  # a value of the wrong type, found only when encoded
-            logger.exception("%s returned a result service.thrift does not allow: sent as INTERNAL_ERROR", name)
+            logger.exception(
+                "%s returned a result service.thrift does not allow: sent as INTERNAL_ERROR", name, extra=UNEXPECTED
+            )
             oprot.trans.clean()  # the part written before it failed
             self.send_exception(oprot, name, INTERNAL_ERROR, seqid)
             return "internal_error"
@@ -283,9 +288,10 @@ class GuardedProcessor(TProcessor):
                 type(error).__name__,
                 method,
                 exc_info=error,
+                extra=UNEXPECTED,
             )
         else:
-            logger.exception("unexpected error in %s", method)
+            logger.exception("unexpected error in %s", method, extra=UNEXPECTED)
 
     @property
     def argument_specs(self) -> dict[str, dict]:

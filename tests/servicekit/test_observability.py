@@ -9,7 +9,7 @@ import time
 import pytest
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.rpc import make_client
-from thriftpy2.thrift import TMessageType
+from thriftpy2.thrift import TApplicationException, TMessageType
 
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
@@ -284,8 +284,16 @@ def test_client_errors_past_the_budget_are_summed_up_in_one_line(start_server):
     for _ in range(8):
         reply, _ = exchange(server.port, b"\x13\x37\x13\x37")  # garbage: closed with a WARNING
         assert reply == b""
+    with server.client(retries=0) as client:
+        for _ in range(8):  # as a database that refuses every query would have each request fail
+            with pytest.raises(TApplicationException):
+                client.call("fail")
     assert server.stop() == 0  # the held count is written at exit at the latest
     log = server.log()
+    assert log.count("Traceback") == 3
+    assert re.search(
+        r" ERROR \S+ \[\d+\] 5 more unexpected errors not logged .*; the last: unexpected error in fail", log
+    )
     assert len(re.findall(r" WARNING \S+ \[\d+\] closing \S+: malformed message", log)) == 3
     assert re.search(
         r" WARNING \S+ \[\d+\] 5 more malformed messages not logged \(LOG_CLIENT_ERRORS_PER_10S\);"
