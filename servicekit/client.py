@@ -53,11 +53,13 @@ class ServerUnreachable(Exception):
 
     `sent`: whether the request may have reached a server; False only when
     no attempt got as far as sending it (every connection refused, say).
+    `cut_short`: the caller's deadline, not the server, ended the attempt.
     """
 
-    def __init__(self, message: str, sent: bool = True) -> None:
+    def __init__(self, message: str, sent: bool = True, cut_short: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
+        self.cut_short = cut_short
 
 
 class UnexpectedReply(ServerUnreachable):
@@ -363,16 +365,20 @@ class PooledClient:
         if self.max_message_bytes is not None:
             self._check_size(method, args)
         give_up_at = time.monotonic() + self.deadline
-        sent, refused_by = False, set()
+        sent, refused_by, answer = False, set(), None
         for attempt in itertools.count():
             try:
                 return self._call_once(method, args, give_up_at, self.retries is None or attempt < self.retries)
             except (ServerUnreachable, *self.retry_on) as error:
                 sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
                 refused_by |= getattr(error, "refused_by", set())
+                if not isinstance(error, ServerUnreachable):
+                    answer = error
                 pause = min(MAX_PAUSE_SECONDS, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 last = attempt == self.retries or self._closed or self._all_refused(refused_by)
                 if last or time.monotonic() + pause >= give_up_at:
+                    if getattr(error, "cut_short", False) and answer is not None:
+                        raise answer from None  # what a server said, not that the deadline ended the last try
                     if isinstance(error, ServerUnreachable):
                         error.sent = sent
                     raise
@@ -550,9 +556,10 @@ class PooledClient:
             self._discard(connection)
             # It may hang, its other connections with it; unless the caller's deadline, not the server, cut the
             # attempt short (less than half the timeout was left).
-            if timeout >= self.timeout / 2:
+            cut_short = timeout < self.timeout / 2
+            if not cut_short:
                 self._addresses.mark_down(connection.address)
-            raise ServerUnreachable(f"{connection.address} ({reason(error)})") from None
+            raise ServerUnreachable(f"{connection.address} ({reason(error)})", cut_short=cut_short) from None
         except (TTransportException, OSError, *UNDECODABLE) as error:
             raise self._failed(connection, error) from None
         except TException as error:

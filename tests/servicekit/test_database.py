@@ -167,6 +167,19 @@ def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_datab
     assert "database unavailable" not in server.log()
 
 
+def test_a_deadline_that_ends_a_retry_of_unavailable_raises_unavailable_not_a_timeout(start_server, own_database):
+    server = start_server(**own_database.env, DB_DEADLOCK_RETRIES="0", MYSQL_READ_TIMEOUT="2")  # lock waits of 1 s
+    with server.client(deadline=1.5, timeout=1.5) as client:
+        client.add("locked", 1)
+        blocker = MySQLdb.connect(**connect_kwargs(own_database.env))
+        blocker.cursor().execute("SELECT total FROM counters WHERE name = 'locked' FOR UPDATE")
+        try:
+            with pytest.raises(Unavailable):  # the server's answer, not the second try the deadline cut short
+                client.add("locked", 1)
+        finally:
+            blocker.close()
+
+
 def add_unless_unavailable(client, name: str) -> None:
     with contextlib.suppress(Unavailable):
         client.add(name, 1)
