@@ -32,6 +32,7 @@ RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
 REFUSED_FOR_NOW = frozenset({1290, 1792, 1836, 1036, 1317, 1969, 3024})
 DUPLICATE_KEY = 1062  # a write duplicated a unique key: the request conflicts with the data
 HEALTH_CHECK_TIMEOUT_SECONDS = 2
+IDLE_SESSION_READ_TIMEOUTS = 6  # a session idle this many MYSQL_READ_TIMEOUTs is closed by the database: 60 s
 OUTAGE_REPORT_SECONDS = 10.0
 _NO_GATE = nullcontext()  # reusable: it keeps no state
 
@@ -72,17 +73,24 @@ def connect_arguments(settings: ServerSettings) -> dict:
         "connect_timeout": settings.mysql_connect_timeout,
         "read_timeout": settings.mysql_read_timeout,
         "write_timeout": settings.mysql_write_timeout,
-        "init_command": _bounded_lock_waits(settings.mysql_read_timeout, settings.db_deadlock_retries),
+        "init_command": _session_bounds(settings.mysql_read_timeout, settings.db_deadlock_retries),
     }
 
 
-def _bounded_lock_waits(read_timeout: int, retries: int) -> str:
+def _session_bounds(read_timeout: int, retries: int) -> str:
     """A session's row and table lock waits (error 1205), every re-run of a transaction included, end within
     half its read timeout: the server's own (50 s for rows; a day or a year for tables) would outlast it, and a
     timed-out read looks like a database outage. A migration waits no longer, rather than queue every query on
-    its table behind it."""
+    its table behind it.
+
+    And the database closes a session idle for IDLE_SESSION_READ_TIMEOUTS read timeouts: a server cut off by
+    the network mid-transaction leaves its session, and the row locks it holds, for MySQL's wait_timeout (8
+    hours) otherwise. No session of the kit's is idle inside a transaction for longer than a statement takes;
+    a pooled one closed so is replaced at its next checkout (db.py pings one unused for a second).
+    """
     seconds = max(1, read_timeout // (2 * (retries + 1)))  # integers from settings: nothing to escape
-    return f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+    idle = IDLE_SESSION_READ_TIMEOUTS * read_timeout
+    return f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}, wait_timeout = {idle}"
 
 
 def answers(arguments: dict) -> bool:

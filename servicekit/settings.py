@@ -131,7 +131,7 @@ class ServerSettings(CommonSettings):
     mysql_read_timeout: int = setting(
         10,
         "Seconds to wait for a query's result. Lock waits get half of it, shared by a transaction's re-runs "
-        "(1 s each at least; a migration's too).",
+        "(1 s each at least; a migration's too); a session idle for six times it is closed by the database.",
         low=1,
         high=3600,
     )
