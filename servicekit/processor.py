@@ -11,7 +11,7 @@ served as ping; a one-way call is dropped (the kit serves none). A reply
 sent to the server is a malformed message, for the engine to close the
 connection; a string argument that is not UTF-8 (thriftpy2 would hand the
 handler bytes) is off the contract (wire.OffContract), which the engine
-answers with PROTOCOL_ERROR first.
+answers with PROTOCOL_ERROR.
 `check_contract()` finds at start-up what would otherwise reach a client as
 INTERNAL_ERROR.
 """
@@ -206,7 +206,9 @@ class GuardedProcessor(TProcessor):
             request_id = getattr(arguments, REQUEST_ID_ARGUMENT) if method.writes else None
             self.observe(name, peer, outcome, seconds, request_id)
 
-    def _uncommon(self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str) -> tuple:
+    def _uncommon(
+        self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str
+    ) -> tuple[str | bytes, _Method | None]:
         """A message that is not a call of a method by its name: the name and method to serve it as, or the
         method None once it is dealt with here. Raises MalformedMessage for a reply sent to the server."""
         method = None
