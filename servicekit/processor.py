@@ -29,7 +29,7 @@ from thriftpy2.thrift import TApplicationException, TException, TMessageType, TP
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError, KitError
 from servicekit.idempotency import METHOD_NAME_MAX, REQUEST_ID_ARGUMENT
-from servicekit.wire import MalformedMessage, OffContract, element_type, field_type
+from servicekit.wire import Call, MalformedMessage, OffContract, element_type, field_type
 
 INTERNAL_ERROR = TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
 MAX_ECHOED_NAME = 255  # characters of a method name an error reply repeats (no IDL's name is longer)
@@ -199,7 +199,9 @@ class GuardedProcessor(TProcessor):
         iprot.read_message_end()
         for spec in method.may_hold_text:
             if _undecoded(*field_type(spec), getattr(arguments, spec[1])):
-                raise OffContract(f"argument {spec[1]!r} of {name} holds a string that is not UTF-8", (name, seqid))
+                raise OffContract(
+                    f"argument {spec[1]!r} of {name} holds a string that is not UTF-8", Call(name, seqid, False)
+                )
         started = perf_counter()
         outcome = self._answer(method, name, arguments, oprot, seqid)
         if (seconds := perf_counter() - started) >= self._observe_from:
@@ -211,17 +213,25 @@ class GuardedProcessor(TProcessor):
     ) -> tuple[str | bytes, _Method | None]:
         """A message that is not a call of a method by its name: the name and method to serve it as, or the
         method None once it is dealt with here. Raises MalformedMessage for a reply sent to the server."""
-        method = None
-        if isinstance(name, str) and name.startswith(self._multiplexed):
-            # TMultiplexedProtocol's "Ledger:ping", served and answered as ping, as Apache's TMultiplexedProcessor does.
-            name = name[len(self._multiplexed) :]
-            method = self._methods.get(name)
+        name = self.method_name(name)
+        method = self._methods.get(name)
         if message_type == TMessageType.ONEWAY or (method is None and message_type == TMessageType.CALL):
             self._skip(iprot, oprot, name, message_type, seqid, peer)
             return name, None
         if message_type != TMessageType.CALL:  # a reply or an exception
             raise MalformedMessage(f"{name!r} is a message of type {message_type}, not a call")
         return name, method
+
+    def method_name(self, name: str | bytes) -> str | bytes:
+        """The method a call named `name` is for, the name its reply carries: `ping` for TMultiplexedProtocol's
+        "Ledger:ping" (as Apache's TMultiplexedProcessor answers), when the IDL has that method; else `name`."""
+        if (
+            isinstance(name, str)
+            and name.startswith(self._multiplexed)
+            and name[len(self._multiplexed) :] in self._methods
+        ):
+            return name[len(self._multiplexed) :]
+        return name
 
     def _skip(self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str) -> None:
         """Read past a call no method answers: a call of a method the IDL does not declare gets UNKNOWN_METHOD; a

@@ -512,8 +512,7 @@ class TThreadPoolServer(TServer):
             if isinstance(error, wire.TLSToPlainPort):
                 self._say_before_closing(connection, HANDSHAKE_FAILURE_ALERT)
             elif isinstance(error, wire.OffContract):  # told why, in its own codec, rather than cut off
-                answer = TApplicationException(TApplicationException.PROTOCOL_ERROR, str(error))
-                self._say_before_closing(connection, self._error_reply(connection.codec, *error.call, answer))
+                self._say_before_closing(connection, self._refusal(connection.codec, error))
             self._forget(connection, because="malformed_message")
 
     def _receive(self, connection: _Connection) -> bytes | None:
@@ -638,9 +637,17 @@ class TThreadPoolServer(TServer):
                 message = refusal
         logger.warning("refusing a call from %s: %s", connection.peer, message, extra=OFF_CONTRACT)
         if self.processor.observe:
-            self.processor.observe(message.call[0], connection.peer, "off_contract", 0.0, None)
-        answer = TApplicationException(TApplicationException.PROTOCOL_ERROR, str(message))
-        return self._error_reply(connection.codec, *message.call, answer)
+            self.processor.observe(
+                self.processor.method_name(message.call.name), connection.peer, "off_contract", 0.0, None
+            )
+        return self._refusal(connection.codec, message)
+
+    def _refusal(self, codec: Codec, refusal: wire.OffContract) -> bytes:
+        """The PROTOCOL_ERROR reply that says why, in `codec`; nothing for a one-way call, whose client reads none."""
+        if refusal.call.one_way:
+            return b""
+        answer = TApplicationException(TApplicationException.PROTOCOL_ERROR, str(refusal))
+        return self._error_reply(codec, refusal.call, answer)
 
     def _check_types(self, message: Message) -> None:
         wire.check_argument_types(message, self._spec_of(message.name))
@@ -734,7 +741,7 @@ class TThreadPoolServer(TServer):
             if (codec := wire.detect(data, self.max_message_bytes)) and (
                 header := wire.call_header(data, codec, self.max_message_bytes)
             ):
-                self._say_before_closing(connection, self._error_reply(codec, *header, TLS_ONLY))
+                self._say_before_closing(connection, self._error_reply(codec, header, TLS_ONLY))
         what = f"plain-text {codec} Thrift, to a port that serves TLS only" if codec else "not a TLS handshake"
         logger.warning("closing %s: TLS handshake failed: %s", connection.peer, what, extra=FAILED_HANDSHAKE)
         self._forget(connection, because="tls_handshake_failed")
@@ -762,11 +769,11 @@ class TThreadPoolServer(TServer):
         with suppress(OSError):
             connection.sock.send(data, self._dontwait)
 
-    def _error_reply(self, codec: Codec, method: str, seqid: int, error: TApplicationException) -> bytes:
-        """`error` as the reply to call `seqid` of `method`, in `codec`."""
+    def _error_reply(self, codec: Codec, call: wire.Call, error: TApplicationException) -> bytes:
+        """`error` as the reply to `call`, in `codec`, under the name its client matches replies by."""
         buffer = TCyMemoryBuffer()
         protocol = (COMPACT if codec.compact else BINARY).get_protocol(buffer)
-        self.processor.send_exception(protocol, method, error, seqid)
+        self.processor.send_exception(protocol, self.processor.method_name(call.name), error, call.seqid)
         reply = buffer.getvalue()
         return FRAME_HEADER.pack(len(reply)) + reply if codec.framed else reply
 

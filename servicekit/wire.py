@@ -34,7 +34,7 @@ TYPE_NAMES = {
 FRAME_HEADER = struct.Struct("!i")
 I32_AT = struct.Struct("!i").unpack_from
 I16_AT = struct.Struct("!h").unpack_from
-CALL = 1  # the message type of a call
+CALL, ONE_WAY = 1, 4  # the message types of a call and of a one-way call
 CALL_HEADER = struct.Struct("!Ii")  # a binary message's version and type, and its name's length
 FIELD_HEADER = struct.Struct("!Bh")  # a binary field's type and id
 # A spec lookup: the thrift_spec of a method's arguments, None for a method the service lacks.
@@ -51,11 +51,19 @@ class MalformedMessage(ValueError):
     """The bytes are not a well-formed message within the limits."""
 
 
+class Call(NamedTuple):
+    """What a message's header says of the call: what an error reply answers, if the client reads one."""
+
+    name: str
+    seqid: int
+    one_way: bool
+
+
 class OffContract(MalformedMessage):
     """A well-formed call that the IDL does not allow (an argument of another type, a string that is not UTF-8):
-    a client whose IDL drifted, to be told why in an error reply. `call`: its method name and sequence id."""
+    a client whose IDL drifted, to be told why in an error reply (unless its call is one-way)."""
 
-    def __init__(self, message: str, call: tuple[str, int]) -> None:
+    def __init__(self, message: str, call: Call) -> None:
         super().__init__(message)
         self.call = call
 
@@ -79,6 +87,7 @@ class Message(NamedTuple):
     seqid: int
     argument_types: dict[int, int]  # the type of each top-level argument, by field id
     end: int  # the message's length in bytes
+    one_way: bool = False
 
 
 # One instance of each: the server tests a connection's codec by identity, which costs less than a comparison.
@@ -153,8 +162,8 @@ def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
     raise MalformedMessage(f"frame of {size} bytes (maximum {max_message_bytes})")
 
 
-def _framed_call(buffer: bytes | bytearray, max_message_bytes: int) -> tuple[str, int] | None:
-    """The name and sequence id of the call a frame header is followed by, if they are there."""
+def _framed_call(buffer: bytes | bytearray, max_message_bytes: int) -> Call | None:
+    """The call a frame header is followed by, if its header is there."""
     if (codec := _framed_codec(buffer)) is None:
         return None
     try:
@@ -184,8 +193,8 @@ def walk_whole(buffer: bytes, compact: bool, spec_of: SpecOf, max_depth: int = 1
     return message
 
 
-def call_header(start: bytes | bytearray, codec: Codec, max_message_bytes: int) -> tuple[str, int] | None:
-    """The name and sequence id of the message `start` begins, sent in `codec`; None until they are all there."""
+def call_header(start: bytes | bytearray, codec: Codec, max_message_bytes: int) -> Call | None:
+    """The call the message `start` begins, sent in `codec`, says; None until its header is all there."""
     walking = walk(start[FRAME_HEADER.size :] if codec.framed else start, max_message_bytes, codec.compact, _no_spec)
     return walking.call if walking.header() else None
 
@@ -243,7 +252,7 @@ def check_argument_types(message: Message, spec: dict | None) -> None:
             sent, wanted = _type_name(field_type), _type_name(declared[0])
             raise OffContract(
                 f"argument {declared[1]!r} of {message.name} is {sent}, but the IDL declares {wanted}",
-                (message.name, message.seqid),
+                Call(message.name, message.seqid, message.one_way),
             )
 
 
@@ -275,6 +284,7 @@ class _Walk:
         self.stack: list[list] = []
         self.name: str | None = None
         self.seqid = 0
+        self.one_way = False
         self.arguments: dict[int, int] = {}
 
     def resume(self) -> Message | None:
@@ -282,7 +292,7 @@ class _Walk:
             return None
         if not self.run():
             return None
-        return Message(self.name, self.seqid, self.arguments, self.position)
+        return Message(self.name, self.seqid, self.arguments, self.position, self.one_way)
 
     def header(self) -> bool:
         """Read the message's header and begin its arguments; False until the header is all present."""
@@ -293,9 +303,9 @@ class _Walk:
         raise NotImplementedError
 
     @property
-    def call(self) -> tuple[str, int]:
-        """The method name and sequence id, once the header is read."""
-        return self.name, self.seqid
+    def call(self) -> Call:
+        """What the header says of the call, once it is read."""
+        return Call(self.name, self.seqid, self.one_way)
 
     def present(self, at: int, count: int) -> bool:
         """Whether `count` bytes at `at` are present; raises if the message may not reach them."""
@@ -317,11 +327,9 @@ class _Walk:
     def too_long(self, why: str) -> MalformedMessage:
         """A message that cannot end within the limit (`why`, if said). Walked up to the server's maximum (an
         unframed message), a call whose header is read is OffContract: its client is told, as a framed one is."""
-        if self.whole:
-            return MalformedMessage(why)
+        if self.whole or self.name is None:  # a frame's contents, or a header that cannot be one: not a size
+            return MalformedMessage(why or f"message longer than {self.limit} bytes")
         over = f"a request longer than the server's maximum of {self.limit} bytes (THRIFT_MAX_MESSAGE_BYTES)"
-        if self.name is None:
-            return MalformedMessage(f"{over}: {why}" if why else over)
         return OffContract(f"{over}: {why}" if why else over, self.call)
 
     def deeper(self, depth: int) -> int:
@@ -355,6 +363,7 @@ class _BinaryWalk(_Walk):
             return False
         self.name = self.text(8, name_length)
         self.seqid = I32_AT(self.buffer, 8 + name_length)[0]
+        self.one_way = version & 0xFF == ONE_WAY
         self.position = 8 + name_length + 4
         self.stack.append([STRUCT_FRAME, 1, self.arguments])
         return True
@@ -472,6 +481,7 @@ class _CompactWalk(_Walk):
             return False
         self.name = self.text(at, name_length)
         self.seqid = sequence[0] - (sequence[0] >> 31 << 32)  # an i32 written as an unsigned varint
+        self.one_way = buffer[1] >> 5 == ONE_WAY
         self.position = at + name_length
         self.stack.append([STRUCT_FRAME, 1, self.spec_of(self.name), self.arguments, 0])
         return True

@@ -110,10 +110,18 @@ def test_a_thriftpy2_multiplexed_client_is_served(server, protocol):
         client.close()
 
 
-def test_a_multiplexed_call_is_answered_under_its_method_name_as_apache_servers_answer(server):
+@pytest.mark.parametrize(
+    ("call", "answer"),
+    [
+        (message_header(b"Counters:ping") + b"\x00", ("ping", TMessageType.REPLY, 1)),
+        (message_header(b"Counters:get") + b"\x0a\x00\x01" + b"\x00" * 8 + b"\x00", ("get", TMessageType.EXCEPTION, 1)),
+    ],
+    ids=["a call", "a call the IDL does not allow"],
+)
+def test_a_multiplexed_call_is_answered_under_its_method_name_as_apache_servers_answer(server, call, answer):
     # Node's and Go's clients look the reply up by the bare name: one answered "Counters:ping" never settles.
-    reply, _ = exchange(server.port, framed(message_header(b"Counters:ping") + b"\x00"))
-    assert TCyBinaryProtocol(TCyMemoryBuffer(reply[4:])).read_message_begin() == ("ping", TMessageType.REPLY, 1)
+    reply, _ = exchange(server.port, framed(call))
+    assert TCyBinaryProtocol(TCyMemoryBuffer(reply[4:])).read_message_begin() == answer
 
 
 def test_a_call_for_another_service_is_told_the_method_and_service_are_unknown(server):
@@ -135,19 +143,34 @@ def test_a_call_for_another_service_is_told_the_method_and_service_are_unknown(s
     assert error.value.message == "unknown method 'Ledger:ping' of Counters"
 
 
+ONE_WAY_IDL = "service Counters { string ping(), oneway void add_later(1: string name), oneway void get(1: i64 name) }"
+
+
 @pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
-def test_a_one_way_call_is_dropped_with_a_warning_and_the_connection_stays_in_step(server, tmp_path, protocol):
+@pytest.mark.parametrize(
+    ("call", "warning"),
+    [
+        (("add_later", "x"), "one-way call of 'add_later' dropped: Counters answers every call"),
+        (("get", 5), "refusing a call from 127.0.0.1:"),  # get's name is a string: off the IDL, and one-way
+    ],
+    ids=["unknown", "off the IDL"],
+)
+def test_a_one_way_call_is_dropped_with_a_warning_and_the_connection_stays_in_step(
+    server, tmp_path, protocol, call, warning
+):
     idl = tmp_path / "one_way.thrift"
-    idl.write_text("service Counters { string ping(), oneway void add_later(1: string name) }\n")
+    idl.write_text(ONE_WAY_IDL + "\n")
     service = thriftpy2.load(str(idl), module_name="one_way_thrift").Counters
     client = make_client(service, "127.0.0.1", server.port, proto_factory=protocol(), timeout=5000)
     log_start = len(server.log())
     try:
-        assert client.add_later("x") is None  # a one-way call reads no reply
+        method, argument = call
+        assert getattr(client, method)(argument) is None  # a one-way call reads no reply
         assert client.ping() == "pong"
+        assert client.ping() == "pong"  # no reply of the one-way call's left to read first
     finally:
         client.close()
-    assert "one-way call of 'add_later' dropped: Counters answers every call" in server.log()[log_start:]
+    assert warning in server.log()[log_start:]
 
 
 @pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])

@@ -221,13 +221,13 @@ def test_compact_elements_must_be_of_the_declared_type_which_thriftpy2_reads_the
 def test_an_unframed_call_may_not_grow_past_the_maximum_and_is_answered(endless):
     with pytest.raises(OffContract, match="a request longer than the server's maximum of 1024 bytes") as error:
         resume(walk(bytearray(message_header(b"ping") + endless), 1024, False, spec_of))
-    assert error.value.call == ("ping", 1)  # what the error reply answers
+    assert error.value.call == ("ping", 1, False)  # what the error reply answers
 
 
 def test_an_argument_of_the_wrong_type_is_refused_with_the_types_named():
     with pytest.raises(OffContract, match="argument 'name' of get is i64, but the IDL declares string") as error:
         check_argument_types(Message("get", 7, {1: TType.I64}, 20), Counters.get_args.thrift_spec)
-    assert error.value.call == ("get", 7)  # what the error reply answers
+    assert error.value.call == ("get", 7, False)  # what the error reply answers
 
 
 def test_an_unknown_method_passes_to_be_answered_unknown_method():
