@@ -95,6 +95,9 @@ TLS_REFUSALS = re.compile(r"CERTIFICATE|UNKNOWN_CA|HANDSHAKE_FAILURE|PROTOCOL_VE
 # errors, a MemoryError for a frame of gigabytes declared, a SystemError for a negative length.
 UNDECODABLE = (ProtocolError, TProtocolException, UnicodeDecodeError, MemoryError, SystemError)
 REPLY_VERSION = (VERSION_1 >> 16).to_bytes(2, "big")  # a framed binary message's bytes 4 and 5
+REPLY_HEAD_BYTES = 6  # what _ReplySocket judges a reply by: its frame's length and the version
+SHOWN_REPLY_BYTES = 12  # of a reply refused, quoted in the error
+MAX_REPLY_BYTES = 256 * 1024 * 1024  # a longer reply is no RPC's: text read as a length ("-ERR", "<htm"), say
 # Errors a server on the kit may close the connection after (a call too long, a TLS port called in plain text).
 CLOSING_ERRORS = (UNSUPPORTED_CLIENT_TYPE, TApplicationException.PROTOCOL_ERROR)
 
@@ -181,27 +184,32 @@ class _ReplySocket(TSocket):
     """A socket that checks what a reply starts with before the framed transport trusts its length.
 
     A server of something else (HTTP, say) answers with bytes that declare a frame of a gigabyte: the
-    transport would allocate it and wait for it until the deadline, retrying.
+    transport would allocate it and wait for it until the deadline, retrying. Its first bytes, however the
+    reads split them, must be a plausible length and the binary protocol's version.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock=sock)
-        self._reply_starts = False
+        self._head: bytes | None = None  # a reply's first bytes, until they are judged
 
     def write(self, buff: bytes) -> None:
-        self._reply_starts = True
+        self._head = b""
         super().write(buff)
 
     def read(self, sz: int) -> bytes:
         data = super().read(sz)
-        if self._reply_starts:
-            self._reply_starts = False
-            # Judged on the first bytes when they came together, as every server's reply does in practice.
-            if len(data) >= 6 and (data[0] >= 0x80 or data[4:6] != REPLY_VERSION):
-                raise TProtocolException(
-                    TProtocolException.BAD_VERSION, f"a reply that starts {data[:12]!r}, not framed binary Thrift"
-                )
+        if self._head is not None:
+            self._head += data[: SHOWN_REPLY_BYTES - len(self._head)]
+            self._judge(self._head)
         return data
+
+    def _judge(self, head: bytes) -> None:
+        implausible = len(head) >= 4 and not 0 < int.from_bytes(head[:4], "big", signed=True) <= MAX_REPLY_BYTES
+        if implausible or (len(head) >= 6 and head[4:6] != REPLY_VERSION):
+            starts = f"a reply that starts {head!r}, not framed binary Thrift"
+            raise TProtocolException(TProtocolException.BAD_VERSION, starts)
+        if len(head) >= REPLY_HEAD_BYTES:
+            self._head = None
 
 
 class _Connection:
@@ -583,7 +591,7 @@ class PooledClient:
             self._addresses.mark_down(connection.address)  # a TLS server answered this plain-text call
             return TLSRefused(failure, {connection.address})
         if isinstance(error, TApplicationException):
-            return error  # the server said why, and closes the connection
+            return error  # the server said why (and may close the connection)
         if _tls_refusal(error):  # TLS 1.3 refuses a client certificate after the handshake, at the first read
             self._addresses.mark_down(connection.address)
             return TLSRefused(failure, {connection.address})
@@ -597,7 +605,7 @@ class PooledClient:
 
 def check_arguments(method: str, specs: list[tuple], args: tuple) -> None:
     """TypeError or ValueError unless `args` fit the IDL, nested values too: thriftpy2 would send 5.5 as 5
-    and True as 1, and a server refuses a string that is not UTF-8 and closes the connection."""
+    and True as 1, and a server refuses a string that is not UTF-8."""
     if len(args) != len(specs):
         raise TypeError(f"{method}() takes {len(specs)} arguments, not {len(args)}")
     for spec, value in zip(specs, args, strict=True):

@@ -6,6 +6,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 from contextlib import suppress
 
 from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
@@ -112,10 +113,11 @@ def unread_bytes(sock: socket.socket) -> int:
 
 
 class FixedReplyServer:
-    """Answers every request on any connection with `reply`: a server of something else, as a client sees it."""
+    """Answers every request on any connection with `chunks`, `pause` seconds apart (a slow network): a server
+    of something else, as a client sees it."""
 
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
+    def __init__(self, *chunks: bytes, pause: float = 0.0) -> None:
+        self.chunks, self.pause = chunks, pause
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -130,7 +132,9 @@ class FixedReplyServer:
     def _answer(self, sock: socket.socket) -> None:
         with sock, suppress(OSError):
             while sock.recv(65536):
-                sock.sendall(self.reply)
+                for number, chunk in enumerate(self.chunks):
+                    time.sleep(self.pause if number else 0)
+                    sock.sendall(chunk)
 
     def close(self) -> None:
         self.listener.shutdown(socket.SHUT_RDWR)

@@ -112,6 +112,18 @@ def test_an_attempt_that_no_retry_can_follow_gets_all_the_time_left(start_server
         client.call("hold", 2.5)  # past half the deadline, on either server
 
 
+def test_a_reply_split_before_its_first_six_bytes_is_judged_all_the_same():
+    other = FixedReplyServer(b"HT", b"TP/1.1 400 Bad Request\r\n\r\n", pause=0.2)  # read apart
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnexpectedReply, match=re.escape("a reply that starts b'HTTP/1.1 400'")):
+            with CountersClient(f"127.0.0.1:{other.port}", deadline=30) as client:
+                client.ping()
+        assert time.monotonic() - started < 10  # not a 1.2 GB frame waited for until the deadline
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize(
     "reply",
     [b"\x00\x00\x00\x05hello", b"\x7f\xff\xff\xf0", b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"],
