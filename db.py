@@ -35,6 +35,7 @@ CONFIG_FILE = Path(__file__).with_name("config.env")
 PING_INTERVAL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
+REFUSED = {"client_error": "statements the database refused"}  # one per request while it lasts: capped
 T = TypeVar("T")
 
 _pool: PersistentDB | PooledDB | None = None
@@ -150,6 +151,8 @@ def _unavailable(error: MySQLdb.Error) -> DatabaseUnavailable | None:
     """The DatabaseUnavailable to raise for `error`, None if it is not an outage or a lock that did not clear."""
     code = mysql.error_code(error)
     _hooks.error(code)
+    if code in mysql.REFUSED_FOR_NOW:  # the database answers: no outage is logged, so this says why writes fail
+        logger.warning("the database refused a statement: error %s: %s", code, error.args[-1], extra=REFUSED)
     if code in mysql.UNAVAILABLE | mysql.RETRYABLE | mysql.REFUSED_FOR_NOW:
         return DatabaseUnavailable(f"database error {code}: {error.args[-1]}")
     return None

@@ -280,7 +280,8 @@ class RequestObserver:
         duration_ms = round(seconds * 1000, 3)
         fields = {"method": method, "peer": peer, "duration_ms": duration_ms, "outcome": outcome}
         if request_id is not None:  # as the client sent it: a write refused for its request_id may hold 64 KiB
-            fields["request_id"] = request_id if REQUEST_ID.fullmatch(request_id) else "(invalid)"
+            valid = isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)
+            fields["request_id"] = request_id if valid else "(invalid)"
         self.logger.log(
             logging.WARNING if slow else logging.DEBUG,
             "%s %s in %.1f ms%s from %s%s",  # text logs have no fields: the peer and request id are in the line

@@ -1,6 +1,7 @@
 """Logs and metrics as an operator sees them: exact counts after known calls, names from SERVICE_NAME."""
 
 import json
+import logging
 import re
 import signal
 import socket
@@ -16,7 +17,7 @@ from helpers.metrics import sample, scrape
 from helpers.mysql import sql
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
-from servicekit.observability import MAX_SCRAPES
+from servicekit.observability import MAX_SCRAPES, RequestObserver
 from tools.throwaway_db import free_port, wait_for
 
 base = counters_thrift.base
@@ -180,6 +181,13 @@ def test_json_logs_stay_one_object_a_line_whatever_a_client_sends(start_server):
     requests = [entry for entry in lines if entry["logger"] == "counters.requests"]
     assert {entry["method"] for entry in requests if entry["outcome"] == "unknown_method"} == {"unknown"}
     assert [entry["request_id"] for entry in requests if entry["method"] == "add"] == ["(invalid)"]
+
+
+def test_a_request_id_the_idl_types_otherwise_is_logged_as_invalid_not_a_crash(caplog):
+    observe = RequestObserver(None, slow_request_ms=0)  # every request slow: each one logged
+    with caplog.at_level(logging.WARNING):
+        observe("add", "127.0.0.1:5", "ok", 0.001, 12345)  # an IDL may declare an i64 request_id
+    assert caplog.records[-1].request_id == "(invalid)"
 
 
 def test_text_logs_keep_a_client_from_writing_lines_of_its_own(start_server):
