@@ -30,7 +30,7 @@ CLIENT_ERROR_WINDOW_SECONDS = 10.0
 MAX_CLIENT_ERROR_CHARS = 300  # a client error line quotes at most this much of what the client sent
 KIT_LOGGER_PREFIX = "servicekit."
 MAX_SCRAPES = 8  # connections to the metrics port at once: Prometheus, its twin, a person with curl
-SCRAPE_TIMEOUT_SECONDS = 10.0  # how long one may wait for a scraper's request
+SCRAPE_TIMEOUT_SECONDS = 10.0  # the longest a scrape may hold its connection
 
 
 class JsonFormatter(logging.Formatter):
@@ -213,11 +213,14 @@ class _ScrapeHandler(WSGIRequestHandler):
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
-    """/metrics with a thread per connection, as prometheus-client serves it, but at most MAX_SCRAPES at once.
+    """/metrics with a thread per connection, as prometheus-client serves it, but at most MAX_SCRAPES at once,
+    each for at most SCRAPE_TIMEOUT_SECONDS.
 
     The metrics port shares the process's threads and descriptors with the
     Thrift port: idle connections to it, unbounded, would take them all.
     One over the bound is closed at once; a scraper tries again next time.
+    The handler's timeout bounds each read; a scraper that trickles a byte
+    at a time is cut off by the reaper.
     """
 
     daemon_threads = True
@@ -226,23 +229,42 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
         # An IPv6 host needs an IPv6 socket (WSGIServer's is IPv4); `::` takes IPv4 too.
         self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        self._since: dict[socket.socket, float] = {}  # each connection being served, and when it came
         super().__init__(address, _ScrapeHandler)
+        threading.Thread(target=self._reap, name="metrics-reaper", daemon=True).start()
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
+        self._since[request] = time.monotonic()
         try:
             super().process_request(request, client_address)  # its thread gives the slot back
         except BaseException:
-            self._slots.release()
+            self._done(request)
             raise
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._done(request)
+
+    def handle_error(self, request: socket.socket, client_address: tuple) -> None:
+        """A scraper that left, or was cut off: nothing of the service's to log."""
+
+    def _done(self, request: socket.socket) -> None:
+        self._since.pop(request, None)
+        self._slots.release()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(1.0)
+            too_old = time.monotonic() - SCRAPE_TIMEOUT_SECONDS
+            for request, since in list(self._since.items()):
+                if since < too_old:
+                    with suppress(OSError):  # closed meanwhile
+                        request.shutdown(socket.SHUT_RDWR)
 
 
 class RequestObserver:

@@ -1,10 +1,12 @@
 """Logs and metrics as an operator sees them: exact counts after known calls, names from SERVICE_NAME."""
 
+import contextlib
 import json
 import logging
 import re
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -17,7 +19,7 @@ from helpers.metrics import sample, scrape
 from helpers.mysql import sql
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
-from servicekit.observability import MAX_SCRAPES, RequestObserver
+from servicekit.observability import MAX_SCRAPES, SCRAPE_TIMEOUT_SECONDS, RequestObserver
 from tools.throwaway_db import free_port, wait_for
 
 base = counters_thrift.base
@@ -213,6 +215,31 @@ def test_idle_connections_to_the_metrics_port_take_a_few_threads_and_not_the_thr
         for sock in idle:
             sock.close()
     wait_for(lambda: scraped(metrics_port), 10, "a scrape once they are gone")
+
+
+def test_scrapers_that_trickle_their_requests_give_their_places_back_within_the_timeout(start_server):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port))
+    wait_for(lambda: "metrics on" in server.log(), 10, "the metrics endpoint")
+    slow = [socket.create_connection(("127.0.0.1", metrics_port)) for _ in range(MAX_SCRAPES)]
+    stop = threading.Event()
+
+    def trickle() -> None:  # a header byte each second: no read waits long enough to time out
+        while not stop.wait(1.0):
+            for sock in slow:
+                with contextlib.suppress(OSError):
+                    sock.send(b"x")
+
+    trickling = threading.Thread(target=trickle)
+    trickling.start()
+    try:
+        wait_for(lambda: not scraped(metrics_port), 5, "the slow scrapers to hold every place")
+        wait_for(lambda: scraped(metrics_port), SCRAPE_TIMEOUT_SECONDS + 10, "a place for Prometheus")
+    finally:
+        stop.set()
+        trickling.join()
+        for sock in slow:
+            sock.close()
 
 
 def thread_count(pid: int) -> int:
