@@ -735,15 +735,16 @@ class TThreadPoolServer(TServer):
         if not first:
             self._forget(connection)
             return False
-        codec = None
+        codec = header = None
         with suppress(OSError, wire.MalformedMessage):
             data = connection.sock.recv(RECV_SIZE)
-            if (codec := wire.detect(data, self.max_message_bytes)) and (
-                header := wire.call_header(data, codec, self.max_message_bytes)
-            ):
-                self._say_before_closing(connection, self._error_reply(codec, header, TLS_ONLY))
+            if codec := wire.detect(data, self.max_message_bytes):
+                header = wire.call_header(data, codec, self.max_message_bytes)
         what = f"plain-text {codec} Thrift, to a port that serves TLS only" if codec else "not a TLS handshake"
+        # Logged before the client is told, as every refusal is: what it reads is in the log by then.
         logger.warning("closing %s: TLS handshake failed: %s", connection.peer, what, extra=FAILED_HANDSHAKE)
+        if header:
+            self._say_before_closing(connection, self._error_reply(codec, header, TLS_ONLY))
         self._forget(connection, because="tls_handshake_failed")
         return False
 
