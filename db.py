@@ -36,6 +36,7 @@ PING_INTERVAL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
 REFUSED = {"client_error": "statements the database refused"}  # one per request while it lasts: capped
+RERUN = {"client_error": "transactions re-run"}  # every lock wait that did not clear, while a lock is held
 T = TypeVar("T")
 
 _pool: PersistentDB | PooledDB | None = None
@@ -190,7 +191,7 @@ def run_transaction(work: Callable[..., T]) -> T:
             if mysql.error_code(error) in mysql.RETRYABLE and attempt < _deadlock_retries:
                 _hooks.error(mysql.error_code(error))
                 _hooks.transaction_retried()
-                logger.info("retrying transaction after error %s", mysql.error_code(error))
+                logger.info("retrying transaction after error %s", mysql.error_code(error), extra=RERUN)
                 time.sleep(0.01 * 2**attempt)
                 continue
             raise (_unavailable(error) or error) from error

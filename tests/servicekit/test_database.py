@@ -147,7 +147,7 @@ def _pings(client) -> bool:
 def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_database):
     # With the defaults: MySQL's own lock wait (50 s) would outlast the read timeout (10 s) and the client's (10 s);
     # the server's sessions share half the read timeout among a transaction's 4 attempts.
-    server = start_server(**own_database.env)
+    server = start_server(**own_database.env, LOG_CLIENT_ERRORS_PER_10S="2")
     with server.client(retries=0) as client:
         client.add("contended", 1)
         blocker = MySQLdb.connect(**connect_kwargs(own_database.env))
@@ -165,7 +165,9 @@ def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_datab
         blocker.rollback()  # the waiting call goes through
         waiting.join()
         assert client.add("contended", 1).total == 3
+    assert server.stop() == 0  # which writes what the cap held back
     assert "database unavailable" not in server.log()
+    assert re.search(r" \d+ more transactions re-run not logged", server.log())  # a line per re-run, capped
 
 
 def test_a_deadline_that_ends_a_retry_of_unavailable_raises_unavailable_not_a_timeout(start_server, own_database):
