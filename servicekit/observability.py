@@ -12,6 +12,7 @@ module is first imported.
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ NAMED_BY_CLIENT = ("unknown_method", "one_way_dropped")  # outcomes whose method
 CLIENT_ERROR_WINDOW_SECONDS = 10.0
 MAX_CLIENT_ERROR_CHARS = 300  # a client error line quotes at most this much of what the client sent
 KIT_LOGGER_PREFIX = "servicekit."
+logger = logging.getLogger(__name__)
+FAILED_SCRAPE = {"client_error": "failed metrics requests"}
 MAX_SCRAPES = 8  # connections to the metrics port at once: Prometheus, its twin, a person with curl
 SCRAPE_TIMEOUT_SECONDS = 10.0  # the longest a scrape may hold its connection
 
@@ -214,13 +217,13 @@ class _ScrapeHandler(WSGIRequestHandler):
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
     """/metrics with a thread per connection, as prometheus-client serves it, but at most MAX_SCRAPES at once,
-    each for at most SCRAPE_TIMEOUT_SECONDS.
+    each for about SCRAPE_TIMEOUT_SECONDS at most.
 
     The metrics port shares the process's threads and descriptors with the
     Thrift port: idle connections to it, unbounded, would take them all.
     One over the bound is closed at once; a scraper tries again next time.
     The handler's timeout bounds each read; a scraper that trickles a byte
-    at a time is cut off by the reaper.
+    at a time is cut off by the reaper, checking each second.
     """
 
     daemon_threads = True
@@ -230,6 +233,8 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
         self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
         self._since: dict[socket.socket, float] = {}  # each connection being served, and when it came
+        # The reaper shuts a socket down only while it is open: closed, its descriptor may be a new connection's.
+        self._open_lock = threading.Lock()
         super().__init__(address, _ScrapeHandler)
         threading.Thread(target=self._reap, name="metrics-reaper", daemon=True).start()
 
@@ -241,30 +246,36 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
         try:
             super().process_request(request, client_address)  # its thread gives the slot back
         except BaseException:
-            self._done(request)
+            self._slots.release()
             raise
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._done(request)
+            self._slots.release()
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._open_lock:
+            self._since.pop(request, None)
+            super().shutdown_request(request)
 
     def handle_error(self, request: socket.socket, client_address: tuple) -> None:
-        """A scraper that left, or was cut off: nothing of the service's to log."""
-
-    def _done(self, request: socket.socket) -> None:
-        self._since.pop(request, None)
-        self._slots.release()
+        """A scraper that left or was cut off is none of the service's business; anything else (no thread to
+        start, say) is logged, capped."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            logger.warning("metrics request failed: %s: %s", type(error).__name__, error, extra=FAILED_SCRAPE)
 
     def _reap(self) -> None:
         while True:
             time.sleep(1.0)
             too_old = time.monotonic() - SCRAPE_TIMEOUT_SECONDS
-            for request, since in list(self._since.items()):
-                if since < too_old:
-                    with suppress(OSError):  # closed meanwhile
-                        request.shutdown(socket.SHUT_RDWR)
+            with self._open_lock:
+                for request, since in list(self._since.items()):
+                    if since < too_old:
+                        with suppress(OSError):
+                            request.shutdown(socket.SHUT_RDWR)
 
 
 class RequestObserver:

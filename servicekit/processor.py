@@ -38,9 +38,12 @@ WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.D
 logger = logging.getLogger(__name__)
 UNKNOWN_METHOD = {"client_error": "calls of unknown methods"}  # any client can cause it: logging caps the lines
 ONE_WAY = {"client_error": "one-way calls"}
-# A database that refuses every query (a table missing, a privilege revoked) fails each request the same way:
-# its traceback is logged a few times per window, not once per request.
-UNEXPECTED = {"client_error": "unexpected errors"}
+
+
+def _unexpected(method: str, error: BaseException) -> dict:
+    """The log budget's kind for an unexpected error: a database that refuses every query (a table missing)
+    fails each request alike, and its tracebacks are capped, but not another bug's, elsewhere."""
+    return {"client_error": f"unexpected {type(error).__name__}s in {method}"}
 
 
 class Observer(Protocol):
@@ -273,9 +276,11 @@ class GuardedProcessor(TProcessor):
             oprot.write_message_begin(name, TMessageType.REPLY, seqid)
             oprot.write_struct(result)
             oprot.write_message_end()  # the engine takes the reply from oprot's buffer: no flush
-        except Exception:  # a value of the wrong type, found only when encoded
+        except Exception as error:  # a value of the wrong type, found only when encoded
             logger.exception(
-                "%s returned a result service.thrift does not allow: sent as INTERNAL_ERROR", name, extra=UNEXPECTED
+                "%s returned a result service.thrift does not allow: sent as INTERNAL_ERROR",
+                name,
+                extra=_unexpected(name, error),
             )
             oprot.trans.clean()  # the part written before it failed
             self.send_exception(oprot, name, INTERNAL_ERROR, seqid)
@@ -300,10 +305,10 @@ class GuardedProcessor(TProcessor):
                 type(error).__name__,
                 method,
                 exc_info=error,
-                extra=UNEXPECTED,
+                extra=_unexpected(method, error),
             )
         else:
-            logger.exception("unexpected error in %s", method, extra=UNEXPECTED)
+            logger.exception("unexpected error in %s", method, extra=_unexpected(method, error))
 
     @property
     def argument_specs(self) -> dict[str, dict]:

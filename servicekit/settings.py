@@ -163,9 +163,9 @@ class ServerSettings(CommonSettings):
     slow_request_ms: float = setting(500, "Requests slower than this are logged at WARNING.", low=0, high=3_600_000)
     log_client_errors_per_10s: int = setting(
         50,
-        "Lines logged in 10 s, per server process, for each kind of error a client can repeat (malformed message, "
-        "unknown method, failed TLS handshake, connection reset, read timeout, an unexpected error's traceback); "
-        "more are counted and summed up in one line.",
+        "Lines logged in 10 s, per server process, for each kind of line a client or a failing database can "
+        "repeat (malformed messages, calls the IDL lacks or does not allow, failed TLS handshakes, timeouts, "
+        "statements refused, an unexpected error's traceback); more are counted and summed up in one line.",
         low=1,
         high=1_000_000,
     )

@@ -146,7 +146,11 @@ def test_a_call_for_another_service_is_told_the_method_and_service_are_unknown(s
 ONE_WAY_IDL = "service Counters { string ping(), oneway void add_later(1: string name), oneway void get(1: i64 name) }"
 
 
-@pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
+@pytest.mark.parametrize(
+    ("transport", "protocol"),
+    [(TBufferedTransportFactory, TBinaryProtocolFactory), (TFramedTransportFactory, TCompactProtocolFactory)],
+    ids=["buffered binary", "framed compact"],
+)
 @pytest.mark.parametrize(
     ("call", "warning"),
     [
@@ -156,12 +160,13 @@ ONE_WAY_IDL = "service Counters { string ping(), oneway void add_later(1: string
     ids=["unknown", "off the IDL"],
 )
 def test_a_one_way_call_is_dropped_with_a_warning_and_the_connection_stays_in_step(
-    server, tmp_path, protocol, call, warning
+    server, tmp_path, transport, protocol, call, warning
 ):
     idl = tmp_path / "one_way.thrift"
     idl.write_text(ONE_WAY_IDL + "\n")
     service = thriftpy2.load(str(idl), module_name="one_way_thrift").Counters
-    client = make_client(service, "127.0.0.1", server.port, proto_factory=protocol(), timeout=5000)
+    factories = {"trans_factory": transport(), "proto_factory": protocol()}
+    client = make_client(service, "127.0.0.1", server.port, timeout=5000, **factories)
     log_start = len(server.log())
     try:
         method, argument = call
