@@ -26,7 +26,7 @@ from dbutils.persistent_db import PersistentDB
 from dbutils.pooled_db import PooledDB
 
 from servicekit import migrate as migrations
-from servicekit import mysql
+from servicekit import mysql, startup
 from servicekit.errors import DatabaseUnavailable, DuplicateKey
 from servicekit.settings import ServerSettings, SettingsError, load
 
@@ -228,16 +228,13 @@ def main(argv: list[str]) -> int:
         print("usage: python db.py migrate", file=sys.stderr)
         return 2
     try:
-        names = migrate(load(ServerSettings, CONFIG_FILE))
+        names = startup.migrate(migrate, load(ServerSettings, CONFIG_FILE))
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except migrations.MigrationError as error:
-        print(f"error: cannot migrate: {error}", file=sys.stderr)
-        return 2
-    except (MySQLdb.Error, DatabaseUnavailable) as error:
-        print(f"error: cannot migrate: {error.args[-1] if error.args else error}", file=sys.stderr)
-        return 1
+    except startup.StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.status
     print("applied: " + ", ".join(names) if names else "schema is up to date")
     return 0
 

@@ -1,4 +1,4 @@
-"""Start the Ledger server: settings, migrations, the pool, the thread-pool server.
+"""Start the Ledger server: settings, the thread-pool server, migrations, the pool.
 
 Request path: client -> TThreadPoolServer (servicekit) -> a worker thread ->
 GuardedProcessor -> LedgerHandler (handlers.py) -> db.py's pool -> MySQL.
@@ -18,19 +18,10 @@ CONFIG_FILE = Path(__file__).with_name("config.env")
 def serve() -> None:
     settings = startup.load_settings(CONFIG_FILE)
     metrics = startup.observe(settings)
-    startup.migrate(db, settings)
     server = startup.build_server(ledger_thrift.Ledger, LedgerHandler(), db, settings, VERSION, metrics)
+    startup.migrate(db.migrate, settings)
     startup.serve(server, db, settings, VERSION, metrics)
 
 
-def main() -> int:
-    try:
-        serve()
-    except startup.StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.status
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(startup.run(serve, sys.argv[1:]))

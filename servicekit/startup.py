@@ -1,9 +1,11 @@
 """The steps a service's server.py runs, in order, each failing with one clear line.
 
-load_settings -> observe -> migrate -> build_server -> serve. A step that
-cannot go on raises StartupError (message and exit status); server.py prints
-it. `database` is the service's db.py module: init_pool(), close_pool(),
-migrate(), database_answers(), pooled_connections().
+load_settings -> observe -> build_server -> migrate -> serve: whatever can be
+refused without the database (the IDL against the handler, TLS files, taken
+ports) is, before migrations change the schema. A step that cannot go on
+raises StartupError (message and exit status); run() prints it. `database` is
+the service's db.py module: init_pool(), close_pool(), database_answers(),
+pooled_connections().
 """
 
 import atexit
@@ -14,7 +16,9 @@ import shutil
 import signal
 import socket
 import ssl
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -36,6 +40,11 @@ logger = logging.getLogger(__name__)
 # Descriptors a server process needs besides its clients' and its database
 # connections: the listening socket, epoll, logs, metrics, imports.
 RESERVED_DESCRIPTORS = 64
+USAGE = (
+    "usage: python server.py\n"
+    "Takes no arguments: settings come from config.env beside it, overridden by the environment\n"
+    "(THRIFT_PORT=9091 python server.py); the README's Settings table lists them."
+)
 
 
 class StartupError(Exception):
@@ -44,6 +53,24 @@ class StartupError(Exception):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+def run(serve: Callable[[], None], arguments: list[str]) -> int:
+    """server.py's main: `serve()`, or its StartupError in one line; the exit status.
+
+    A server takes no arguments: its settings come from config.env and the
+    environment. `--help` says so; any other argument is refused (status 2).
+    """
+    if arguments:
+        asked = arguments in (["-h"], ["--help"])
+        print(USAGE, file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
+    try:
+        serve()
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.status
+    return 0
 
 
 def load_settings(config_file: Path) -> ServerSettings:
@@ -79,16 +106,18 @@ def observe(settings: ServerSettings) -> "Metrics":
     return observability.Metrics(settings.service_name)
 
 
-def migrate(database: ModuleType, settings: ServerSettings) -> None:
+def migrate(apply: Callable[[ServerSettings], list[str]], settings: ServerSettings) -> list[str]:
+    """Run `apply` (db.py's migrate) and return the names of the migrations it applied."""
     try:
-        applied = database.migrate(settings)
+        applied = apply(settings)
     except (MySQLdb.Error, DatabaseUnavailable) as error:
         where = f"{settings.mysql_database} on {settings.mysql_host}:{settings.mysql_port}"
-        raise StartupError(f"cannot migrate {where}: {error.args[-1]}", 1) from None
+        raise StartupError(f"cannot migrate {where}: {error.args[-1] if error.args else error}", 1) from None
     except MigrationError as error:
         raise StartupError(f"cannot migrate: {error}", 2) from None
     if applied:
         logger.info("applied migrations: %s", ", ".join(applied))
+    return applied
 
 
 def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -110,7 +139,7 @@ def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
 def build_server(
     service: type, handler: object, database: ModuleType, settings: ServerSettings, version: str, metrics: "Metrics"
 ) -> TThreadPoolServer:
-    """`handler` serving `service` on a TThreadPoolServer, not yet listening."""
+    """`handler` serving `service` on a TThreadPoolServer, not yet listening; its ports checked free."""
 
     def is_serving() -> bool:
         return server.serving
@@ -142,6 +171,7 @@ def build_server(
             connections, busy, database.pooled_connections(), closed
         ),
     )
+    _check_ports(settings)
     return server
 
 
@@ -174,13 +204,10 @@ def serve(
     server: TThreadPoolServer, database: ModuleType, settings: ServerSettings, version: str, metrics: "Metrics"
 ) -> None:
     """Listen, then serve in one process or several until SIGTERM or SIGINT has drained them."""
-    _check_metrics_port(settings)
-    try:
+    try:  # its port was free in build_server, but another program may have taken it since
         server.listen()
     except OSError as error:
-        raise StartupError(
-            f"cannot listen on {host_port(settings.thrift_host, settings.thrift_port)}: {error.strerror}", 1
-        ) from None
+        raise _cannot_listen(settings, error) from None
     _log_serving(settings)
     hooks = metrics.pool_hooks()
     if settings.thrift_processes > 1:
@@ -203,8 +230,13 @@ def serve(
     logger.info("stopped")
 
 
-def _check_metrics_port(settings: ServerSettings) -> None:
-    """Fail at start-up, in one line, if the metrics port is taken: it is served only once the server runs."""
+def _check_ports(settings: ServerSettings) -> None:
+    """Fail in one line if the Thrift or metrics port is taken: before migrations run, and before the server
+    would serve metrics (once it runs)."""
+    try:
+        bind(settings.thrift_host, settings.thrift_port).close()
+    except OSError as error:
+        raise _cannot_listen(settings, error) from None
     if not settings.metrics_port:
         return
     if settings.metrics_port == settings.thrift_port:
@@ -213,8 +245,14 @@ def _check_metrics_port(settings: ServerSettings) -> None:
     try:  # bound as the Thrift port is: `::` means IPv4 too, as for the metrics server
         bind(*address).close()
     except OSError as error:
-        # os.strerror: create_server() adds the address to error.strerror
         raise StartupError(f"cannot serve metrics on {host_port(*address)}: {os.strerror(error.errno)}", 1) from None
+
+
+def _cannot_listen(settings: ServerSettings, error: OSError) -> StartupError:
+    # os.strerror: create_server() adds the address to error.strerror
+    return StartupError(
+        f"cannot listen on {host_port(settings.thrift_host, settings.thrift_port)}: {os.strerror(error.errno)}", 1
+    )
 
 
 def _log_serving(settings: ServerSettings) -> None:

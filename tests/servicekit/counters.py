@@ -114,14 +114,10 @@ def serve() -> None:
     db.MIGRATIONS_DIR = HERE / "migrations"  # this service's schema, not the Ledger's
     settings = startup.load_settings(db.CONFIG_FILE)
     metrics = startup.observe(settings)
-    startup.migrate(db, settings)
     server = startup.build_server(counters_thrift.Counters, CountersHandler(), db, settings, "0.1.0", metrics)
+    startup.migrate(db.migrate, settings)
     startup.serve(server, db, settings, "0.1.0", metrics)
 
 
 if __name__ == "__main__":
-    try:
-        serve()
-    except startup.StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.status)
+    sys.exit(startup.run(serve, sys.argv[1:]))

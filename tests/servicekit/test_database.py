@@ -329,7 +329,8 @@ def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(d
     finally:
         holder.close()
     assert result.returncode == 1
-    assert result.stderr == "error: cannot migrate: another process held the migration lock for 1 s\n"
+    where = f"{database['MYSQL_DATABASE']} on {database['MYSQL_HOST']}:{database['MYSQL_PORT']}"
+    assert result.stderr == f"error: cannot migrate {where}: another process held the migration lock for 1 s\n"
 
 
 def test_the_migration_lock_is_waited_for_longer_than_the_read_timeout(database_server, tmp_path):

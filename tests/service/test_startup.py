@@ -1,0 +1,64 @@
+"""`python server.py` refusing to start: in one line, and before its migrations change the schema."""
+
+import shutil
+import socket
+
+import pytest
+
+from helpers.mysql import sql
+from helpers.processes import ROOT, run_python
+
+EXAMPLE_FILES = ("server.py", "db.py", "handlers.py", "service.thrift", "config.env")
+
+
+@pytest.fixture
+def fresh_database(database_server) -> dict[str, str]:
+    database = database_server.database("ledger_startup")
+    for (table,) in sql(database, "SHOW TABLES"):  # the database is this run's; another test may have migrated it
+        sql(database, f"DROP TABLE `{table}`")
+    return database
+
+
+def test_a_handler_the_idl_outgrew_stops_the_server_before_any_migration_runs(fresh_database, tmp_path):
+    # A deploy whose service.thrift has a method its handler lacks must not migrate, then crash-loop.
+    for name in EXAMPLE_FILES:
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
+    (tmp_path / "servicekit").symlink_to(ROOT / "servicekit")  # service.thrift includes its base.thrift
+    idl = tmp_path / "service.thrift"
+    service = "service Ledger extends base.BaseService {"
+    idl.write_text(
+        idl.read_text().replace(service, f"{service}\n  string audit() throws (1: base.Unavailable unavailable),")
+    )
+
+    result = run_python("server.py", cwd=tmp_path, **fresh_database)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: service.thrift and the handler disagree: LedgerHandler has no method audit"
+    )
+    assert sql(fresh_database, "SHOW TABLES") == []
+
+
+def test_a_taken_port_stops_the_server_before_any_migration_runs(fresh_database):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_python("server.py", **fresh_database, THRIFT_HOST="127.0.0.1", THRIFT_PORT=str(port))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr
+    assert sql(fresh_database, "SHOW TABLES") == []
+
+
+@pytest.mark.parametrize("arguments", [["--port", "9091"], ["9091"]])
+def test_arguments_are_refused_with_where_settings_come_from(arguments, fresh_database):
+    result = run_python("server.py", *arguments, **fresh_database)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: python server.py\nTakes no arguments: settings come from config.env")
+    assert sql(fresh_database, "SHOW TABLES") == []
+
+
+def test_help_says_where_settings_come_from():
+    result = run_python("server.py", "--help")
+    assert result.returncode == 0
+    assert "THRIFT_PORT=9091 python server.py" in result.stdout
