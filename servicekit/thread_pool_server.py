@@ -99,6 +99,11 @@ HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28))  # t
 # How long a staying worker waits for its connection's next request (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.
 STAY_TIMEOUT = struct.pack("ll", 0, 2000)
+# How long a staying worker goes on after the last moment another worker waited on the set (see _stay):
+# longer than a usual call, so that with as many active connections as workers the one served through
+# epoll does not make the others give theirs back each time its worker is busy; short enough that a new
+# client, while every worker is busy or staying, waits no longer than this for one to come back.
+STAY_WITHOUT_WAITER_SECONDS = 0.02
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -200,6 +205,7 @@ class TThreadPoolServer(TServer):
         self.serving = False
         self._workers: list[_Worker] = []
         self._waiting: list[bool] = []  # by worker number: in epoll_wait
+        self._last_waited = 0.0  # when a worker last came back from epoll_wait (time.monotonic)
         self._dontwait = 0 if tls else socket.MSG_DONTWAIT  # plain sockets block, for a stay's recv() only
         self._can_stay = workers > 1 and not tls  # see _stay
         self._few_active = True  # at most `workers` connections active in the last second (_housekeeping)
@@ -260,6 +266,10 @@ class TThreadPoolServer(TServer):
             self.serving = False
             self._epoll.unregister(self._listener)
             self._listener.close()
+            # A call sent now on an idle connection would wait for the drain, unread: closed, it is
+            # retried elsewhere at once. A worker closes the connections it holds when it lets go.
+            for connection in list(self._connections.values()):
+                self._close_if_free(connection, because="")
             running = sum(worker.busy for worker in self._workers)
             logger.info("draining: %d requests running; waiting up to %gs for them", running, self.drain_timeout)
             self._drain(threads)
@@ -280,6 +290,7 @@ class TThreadPoolServer(TServer):
             self._waiting[worker.number] = True
             events = self._epoll.poll(-1, 1)
             self._waiting[worker.number] = False
+            self._last_waited = time.monotonic()
             if self._closing:  # the wake-up socket's event, or one that arrived too late
                 return
             for fd, mask in events:
@@ -292,14 +303,14 @@ class TThreadPoolServer(TServer):
                         self._serve_events(connection, worker)
                     except Exception:  # a defect in serving one connection must not cost the server a worker
                         logger.exception("unexpected error serving %s: closing it", connection.peer)
-                        self._forget_if_free(connection)
+                        self._close_if_free(connection, because="internal_error")
 
-    def _forget_if_free(self, connection: _Connection) -> None:
-        """Close a connection whose serving failed unexpectedly, unless another worker holds it now."""
+    def _close_if_free(self, connection: _Connection, because: str) -> None:
+        """Close a connection unless a worker holds it now (see _forget for `because`)."""
         if connection.lock.acquire(False):
             try:
                 if not connection.closed:
-                    self._forget(connection, because="internal_error")
+                    self._forget(connection, because=because)
             finally:
                 connection.lock.release()
 
@@ -314,8 +325,9 @@ class TThreadPoolServer(TServer):
         long as no more connections are active than there are workers and
         another worker is waiting on the set for everyone else. A quiet
         client, part of a message left over, a reply the client does not
-        take at once, no other worker waiting (each busy or staying), or more
-        connections becoming active (seen within a second) puts it back.
+        take at once, no other worker waiting (each busy or staying) for
+        STAY_WITHOUT_WAITER_SECONDS, or more connections becoming active (seen
+        within a second) puts it back.
         Holds connection.lock; _serve_events serves what came meanwhile.
         """
         self._epoll.unregister(connection.fd)
@@ -347,20 +359,30 @@ class TThreadPoolServer(TServer):
                 return
             except ConnectionError:
                 data = b""
-            if not data:
-                self._forget(connection)  # the client closed the connection
+            if not data or self._closing:  # the client closed the connection; or, draining, a call not yet begun
+                self._forget(connection)
                 return
             # Another codec or shape, part of a message, or several: buffered.
             if not self._answer_whole(connection, data, worker) and not self._buffer(connection, data, worker):
                 return
-            if self._closing:
-                self._forget(connection)
-                return
-            if connection.received or connection.unsent or not (self._few_active and True in self._waiting):
+            if (
+                self._closing  # then _give_back closes it
+                or connection.received
+                or connection.unsent
+                or not (self._few_active and self._a_worker_waited())
+            ):
                 return
 
+    def _a_worker_waited(self) -> bool:
+        """Whether another worker waits on the set, or did within STAY_WITHOUT_WAITER_SECONDS."""
+        return True in self._waiting or time.monotonic() - self._last_waited < STAY_WITHOUT_WAITER_SECONDS
+
     def _give_back(self, connection: _Connection) -> None:
-        """Put a staying connection back in the epoll set, which reports it at once if bytes are waiting."""
+        """Put a staying connection back in the epoll set, which reports it at once if bytes are waiting;
+        close it if the server is draining."""
+        if self._closing:
+            self._forget(connection)
+            return
         connection.watching_writes = bool(connection.unsent)  # else an idle socket's EPOLLOUT wakes a worker
         try:
             self._epoll.register(connection.fd, connection.epoll_events)

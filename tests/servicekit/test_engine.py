@@ -13,7 +13,7 @@ import pytest
 from thriftpy2.protocol import TCyBinaryProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TCyFramedTransportFactory
+from thriftpy2.transport import TCyFramedTransportFactory, TTransportException
 
 from counters import CountersHandler, counters_thrift
 from helpers.load import connections_to, run_threads
@@ -81,6 +81,25 @@ def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_then_exi
     assert server.process.wait(10) == 0
     assert "draining: 1 requests running; waiting up to 20s for them" in server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_call_on_an_idle_connection_while_the_server_drains_is_closed_at_once_not_held(start_server, database):
+    # Its client retries another server at once, rather than wait for the drain to end (THRIFT_DRAIN_TIMEOUT).
+    server = start_server(THRIFT_DRAIN_TIMEOUT="20")
+    idle = bare_client(server.port)
+    assert idle.ping() == "pong"
+    with server.client(retries=0) as client:
+        caller = threading.Thread(target=client.call, args=("hold", 3.0))
+        caller.start()
+        wait_for(lambda: statement_waits(database, "SELECT SLEEP"), 10, "the request to be running")
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining: 1 requests running" in server.log(), 10, "the drain to begin")
+        with pytest.raises(TTransportException):
+            idle.ping()
+        assert caller.is_alive()
+        caller.join(10)
+    idle.close()
+    assert server.process.wait(10) == 0
 
 
 def test_drain_timeout_bounds_shutdown(start_server, database):
