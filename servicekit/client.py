@@ -191,12 +191,23 @@ class _ReplySocket(TSocket):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock=sock)
         self._head: bytes | None = None  # a reply's first bytes, until they are judged
+        self._attempt_ends = 0.0  # time.monotonic()
+
+    def start_attempt(self, timeout: float) -> None:
+        """Bound the next request and its whole reply by `timeout` seconds: not each read, which a reply
+        that trickles in a byte at a time would restart."""
+        self._attempt_ends = time.monotonic() + timeout
+        self.sock.settimeout(timeout)  # sendall's whole send, since Python 3.5
 
     def write(self, buff: bytes) -> None:
         self._head = b""
         super().write(buff)
 
     def read(self, sz: int) -> bytes:
+        left = self._attempt_ends - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.sock.settimeout(left)
         data = super().read(sz)
         if self._head is not None:
             self._head += data[: SHOWN_REPLY_BYTES - len(self._head)]
@@ -558,7 +569,7 @@ class PooledClient:
         )
         timeout = min(self.timeout, left / 2 if retry_elsewhere else left)
         try:
-            connection.socket.sock.settimeout(max(0.001, timeout))
+            connection.socket.start_attempt(max(0.001, timeout))
             result = getattr(connection.thrift, method)(*args)
         except TimeoutError as error:
             self._discard(connection)

@@ -28,6 +28,15 @@ def call_bytes(service: type, method: str, *args: object, compact: bool = False)
     return buffer.getvalue()
 
 
+def reply_bytes(service: type, method: str, success: object) -> bytes:
+    """A well-formed REPLY of `service.method` returning `success`, in the binary protocol, without a frame."""
+    buffer = TCyMemoryBuffer()
+    protocol = TCyBinaryProtocol(buffer)
+    protocol.write_message_begin(method, TMessageType.REPLY, 0)
+    getattr(service, method + "_result")(success=success).write(protocol)
+    return buffer.getvalue()
+
+
 def application_error(reply: bytes, codec: Codec) -> TApplicationException:
     """The TApplicationException a whole reply in `codec` holds (AssertionError if it holds none)."""
     buffer = TCyMemoryBuffer(reply[4:] if codec.framed else reply)

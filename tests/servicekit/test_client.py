@@ -9,10 +9,10 @@ import time
 import pytest
 from thriftpy2.thrift import TApplicationException
 
-from counters import CountersClient
+from counters import CountersClient, counters_thrift
 from helpers.load import connections_to, run_threads
 from helpers.mysql import statement_waits
-from helpers.wire import FixedReplyServer
+from helpers.wire import FixedReplyServer, framed, reply_bytes
 from servicekit.client import RequestTooLarge, ServerUnreachable, UnexpectedReply, parse_servers
 from tools.throwaway_db import wait_for
 
@@ -122,6 +122,19 @@ def test_a_reply_split_before_its_first_six_bytes_is_judged_all_the_same():
         assert time.monotonic() - started < 10  # not a 1.2 GB frame waited for until the deadline
     finally:
         other.close()
+
+
+def test_a_reply_that_trickles_in_is_cut_off_at_the_timeout_of_the_whole_attempt():
+    # A byte every 0.1 s: each read is quick, the reply takes 3 s. A slow path or a hostile server
+    # would otherwise keep client.py running far past its --timeout.
+    reply = framed(reply_bytes(counters_thrift.Counters, "ping", "pong"))
+    trickle = FixedReplyServer(*(reply[i : i + 1] for i in range(len(reply))), pause=0.1)
+    try:
+        with pytest.raises(ServerUnreachable, match="timed out"):
+            with CountersClient(f"127.0.0.1:{trickle.port}", timeout=1, deadline=1, retries=0) as client:
+                client.ping()
+    finally:
+        trickle.close()
 
 
 @pytest.mark.parametrize(
