@@ -15,8 +15,9 @@ RUN sed -E -i '/^[[:space:]]*(export[[:space:]]+)?MYSQL_PASSWORD[[:space:]]*=/d'
 
 FROM python:3.12-slim-bookworm
 # libmariadb3 speaks MySQL 8.4's caching_sha2_password (its plugin ships in the package).
+# tini runs as PID 1 (see ENTRYPOINT).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libmariadb3 \
+    && apt-get install -y --no-install-recommends libmariadb3 tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --no-create-home app
@@ -34,5 +35,10 @@ EXPOSE 9090 9100
 # answer. --timeout bounds the whole call, retries included, inside --timeout.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "client.py", "--timeout", "3", "health"]
-# Exec form: python is PID 1 and receives SIGTERM, so the server drains.
+# PID 1 gets no default action for a signal it has no handler for: python as
+# PID 1 would ignore SIGTERM until the server sets its handler, after
+# migrating (a migration-lock wait held `docker stop` for its grace period).
+# tini is PID 1 and passes signals on: SIGTERM ends a server still starting,
+# and drains one that serves.
+ENTRYPOINT ["tini", "--"]
 CMD ["python", "server.py"]

@@ -35,10 +35,12 @@ $(VENV)/runtime: requirements.txt requirements-client.txt
 	touch $@
 
 # What the tests need besides: they start throwaway MariaDB servers from
-# mariadb-server's programs, and generate a stock Apache Thrift client with
-# thrift-compiler. `make run` never installs these.
+# mariadb-server's programs, generate a stock Apache Thrift client with
+# thrift-compiler, and run the image's command under its init, tini.
+# `make run` never installs these.
 $(VENV)/installed: $(VENV)/runtime requirements-dev.txt
 	PATH="$$PATH:/usr/sbin" command -v mariadbd >/dev/null || ($(APT_INSTALL) mariadb-server)
 	command -v thrift >/dev/null || ($(APT_INSTALL) thrift-compiler)
+	command -v tini >/dev/null || ($(APT_INSTALL) tini)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@

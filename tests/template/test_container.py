@@ -17,13 +17,15 @@ import urllib.request
 from pathlib import Path
 
 import jsonschema
+import MySQLdb
 import pytest
 import yaml
 from dotenv import dotenv_values
 
-from helpers.processes import ROOT, ServerProcess, base_client, run_python
+from helpers.mysql import connect_kwargs, statement_waits
+from helpers.processes import PROJECT_ENV, ROOT, ServerProcess, base_client, run_python
 from servicekit.settings import declared
-from tools.throwaway_db import free_port
+from tools.throwaway_db import free_port, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 CONFIG = dotenv_values(ROOT / "config.env")
@@ -42,9 +44,9 @@ ComposeLoader.add_constructor("!reset", lambda loader, node: [])
 
 
 def dockerfile_exec_form(instruction: str) -> list[str]:
-    """The JSON array of the last CMD (or HEALTHCHECK ... CMD) in the Dockerfile."""
+    """The JSON array of the last CMD, ENTRYPOINT (or HEALTHCHECK ... CMD) in the Dockerfile."""
     joined = DOCKERFILE.replace("\\\n", " ")
-    pattern = r"^CMD (\[.*\])$" if instruction == "CMD" else r"^HEALTHCHECK .* CMD (\[.*\])$"
+    pattern = rf"^{instruction} (\[.*\])$" if instruction != "HEALTHCHECK" else r"^HEALTHCHECK .* CMD (\[.*\])$"
     return json.loads(re.findall(pattern, joined, flags=re.M)[-1])
 
 
@@ -184,3 +186,28 @@ def test_the_compose_command_serves_client_py_the_healthcheck_and_metrics(compos
     metrics_port = compose_server.env["METRICS_PORT"]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     assert f"{SERVICE}_requests_total".encode() in metrics
+
+
+def test_sigterm_stops_the_image_command_as_pid_1_while_it_waits_to_migrate(database_server, tmp_path):
+    # PID 1 gets no default action for a signal it has no handler for: python as PID 1 ignored `docker stop`
+    # until the server set its handler, after migrating. In a PID namespace of its own, as in a container.
+    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare cannot make a PID namespace here (user namespaces disabled?)")
+    database = database_server.database("pid_one_test")
+    holder = MySQLdb.connect(**connect_kwargs(database))
+    holder.cursor().execute("SELECT GET_LOCK(LEFT(CONCAT('migrations:', DATABASE()), 64), 60)")
+    command = [sys.executable if part == "python" else part for part in dockerfile_exec_form("CMD")]
+    env = {**PROJECT_ENV, **database, "THRIFT_PORT": str(free_port()), "DB_MIGRATION_LOCK_TIMEOUT": "60"}
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [*unshare, *dockerfile_exec_form("ENTRYPOINT"), *command], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        wait_for(lambda: statement_waits(database, "SELECT GET_LOCK"), 30, "the server to wait for the lock")
+        pid_one = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+        os.kill(pid_one, signal.SIGTERM)
+        assert process.wait(10) == 128 + signal.SIGTERM  # at once, not when the lock wait ends
+    finally:
+        process.kill()
+        holder.close()
