@@ -17,8 +17,9 @@ from pathlib import Path
 
 TEMPLATE_NAME = "ledger"
 DEPLOYMENT_FILES = ["docker-compose.yml", "compose.scale.yaml", *sorted(str(p) for p in Path("k8s").glob("*.yaml"))]
-# In the README: `ledger` alone (compose service, Kubernetes objects, loggers) or as the metrics' prefix.
-NAMED_IN_README = re.compile(rf"\b{TEMPLATE_NAME}(?=\b|_)(?!_thrift\b|_helpers\b)")
+# In the README: `ledger` alone (compose service, Kubernetes objects, loggers) or as the metrics' prefix;
+# not where the README names the template's name, which a later update still brings.
+NAMED_IN_README = re.compile(rf"(?<!template's name, `)\b{TEMPLATE_NAME}(?=\b|_)(?!_thrift\b|_helpers\b)")
 
 
 def name_config(name: str) -> None:
