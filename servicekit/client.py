@@ -295,8 +295,9 @@ class PooledClient:
     timeout / connect_timeout: seconds per attempt / per connection attempt
         (never past the deadline; an attempt that another may follow on an
         address that is up takes at most half the time left).
-    pool_size: most connections open at once; a call waits up to
-        `acquire_timeout` seconds for a free one.
+    pool_size: most connections open at once; an attempt waits up to
+        `acquire_timeout` seconds for a free one (then fails, and is retried
+        as a connection failure is).
     max_idle: seconds an unused connection is kept before it is replaced.
     tls: an ssl.SSLContext (see tls_context()) to call a TLS server.
     max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES (its default
@@ -330,6 +331,7 @@ class PooledClient:
         resolve: Resolver = resolve_both_families,
         resolve_every: float = 30.0,
     ) -> None:
+        _check_options(deadline, retries, timeout, connect_timeout, pool_size, acquire_timeout, max_idle)
         self.service = service
         self.retry_on = (base_module(service).Unavailable, *retry_on)
         self.deadline = deadline
@@ -431,7 +433,7 @@ class PooledClient:
             addresses = self._addresses.current(give_up_at - time.monotonic())
         except OSError as error:
             raise ServerUnreachable(str(error), sent=False) from None
-        give_up_at = min(give_up_at, time.monotonic() + self.acquire_timeout)
+        wait_until = min(give_up_at, time.monotonic() + self.acquire_timeout)  # for a free connection only
         with self._available:
             while True:
                 if self._closed:
@@ -445,7 +447,7 @@ class PooledClient:
                 if self._open < self.pool_size:
                     self._open += 1
                     break
-                if not self._available.wait(give_up_at - time.monotonic()):
+                if not self._available.wait(wait_until - time.monotonic()):
                     raise ServerUnreachable(f"all {self.pool_size} connections stayed busy", sent=False)
         try:
             return self._connect(addresses, give_up_at)
@@ -612,6 +614,28 @@ class PooledClient:
             return UnexpectedReply(decoding, {connection.address})
         self._addresses.resolve_soon()
         return ServerUnreachable(failure)
+
+
+def _check_options(
+    deadline: float,
+    retries: int | None,
+    timeout: float,
+    connect_timeout: float,
+    pool_size: int,
+    acquire_timeout: float,
+    max_idle: float,
+) -> None:
+    """ValueError naming the first of PooledClient's options that would make every call wait out its deadline."""
+    seconds = {"deadline": deadline, "timeout": timeout, "connect_timeout": connect_timeout, "max_idle": max_idle}
+    for name, value in seconds.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be more than 0 seconds, not {value!r}")
+    if not acquire_timeout >= 0:
+        raise ValueError(f"acquire_timeout must be 0 seconds or more, not {acquire_timeout!r}")
+    if not (isinstance(pool_size, int) and pool_size >= 1):
+        raise ValueError(f"pool_size must be 1 or more, not {pool_size!r}")
+    if retries is not None and not (isinstance(retries, int) and retries >= 0):
+        raise ValueError(f"retries must be 0 or more (None: until the deadline), not {retries!r}")
 
 
 def check_arguments(method: str, specs: list[tuple], args: tuple) -> None:

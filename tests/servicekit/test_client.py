@@ -154,6 +154,27 @@ def test_a_server_of_something_else_is_one_error_at_once_not_a_traceback_or_a_wa
     assert error.value.sent and str(error.value).startswith(f"127.0.0.1:{other.port} (")
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("pool_size", 0),
+        ("retries", -1),
+        ("timeout", 0),
+        ("deadline", -1),
+        ("connect_timeout", 0),
+        ("acquire_timeout", -1),
+    ],
+)
+def test_an_option_that_would_make_every_call_wait_out_its_deadline_is_refused(option, value):
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        CountersClient("127.0.0.1:9090", **{option: value})
+
+
+def test_no_wait_for_a_free_connection_still_leaves_a_new_one_time_to_open(server):
+    with server.client(acquire_timeout=0, retries=0) as client:
+        assert client.ping() == "pong"
+
+
 def test_closing_the_client_closes_every_connection(start_server):
     server = start_server()  # its own, as above
     client = server.client(pool_size=4)
