@@ -387,12 +387,15 @@ class PooledClient:
             self._check_size(method, args)
         give_up_at = time.monotonic() + self.deadline
         sent, refused_by, answer = False, set(), None
+        refusals: dict[str, None] = {}  # each address's refusal, in order, once: the error names them all
         for attempt in itertools.count():
             try:
                 return self._call_once(method, args, give_up_at, self.retries is None or attempt < self.retries)
             except (ServerUnreachable, *self.retry_on) as error:
                 sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
-                refused_by |= getattr(error, "refused_by", set())
+                if refused := getattr(error, "refused_by", None):
+                    refused_by |= refused
+                    refusals[str(error)] = None
                 if not isinstance(error, ServerUnreachable):
                     answer = error
                 pause = min(MAX_PAUSE_SECONDS, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
@@ -402,6 +405,8 @@ class PooledClient:
                         raise answer from None  # what a server said, not that the deadline ended the last try
                     if isinstance(error, ServerUnreachable):
                         error.sent = sent
+                        if refused and len(refusals) > 1:
+                            error.args = (", ".join(refusals),)
                     raise
                 time.sleep(pause)
         raise AssertionError("unreachable")

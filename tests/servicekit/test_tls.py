@@ -132,6 +132,16 @@ def test_a_plain_text_client_is_told_the_server_accepts_tls_only_at_once_instead
     wait_for(lambda: re.search(refused, tls_server.log()), 5, "the warning")
 
 
+def test_a_plain_text_client_of_several_tls_servers_is_told_that_each_refused_it(tls_server, start_server, pki):
+    other = start_server(THRIFT_TLS_CERT=pki["server"], THRIFT_TLS_KEY=pki["server_key"], ready=False)
+    wait_for(lambda: "serving counters" in other.log(), 30, "the second server")
+    servers = f"127.0.0.1:{tls_server.port},127.0.0.1:{other.port}"
+    with pytest.raises(TLSRefused) as error, CountersClient(servers, deadline=30) as plain:
+        plain.ping()
+    for port in (tls_server.port, other.port):
+        assert f"127.0.0.1:{port} (this server accepts TLS only)" in str(error.value)
+
+
 @pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory])
 def test_a_stock_plain_text_client_gets_the_error_in_its_own_protocol(tls_server, protocol):
     client = make_client(counters_thrift.Counters, "127.0.0.1", tls_server.port, proto_factory=protocol(), timeout=5000)
