@@ -8,7 +8,7 @@ Imports no MySQL code: requirements-client.txt is enough to run it.
 """
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import thriftpy2
@@ -21,6 +21,7 @@ Account = ledger_thrift.Account
 Transfer = ledger_thrift.Transfer
 AccountPage = ledger_thrift.AccountPage
 TransferPage = ledger_thrift.TransferPage
+EPOCH = datetime(1970, 1, 1)  # in UTC; naive, so that isoformat() adds no offset
 
 
 class LedgerClient(PooledClient):
@@ -69,14 +70,19 @@ def _or_new(request_id: str | None) -> str:
 
 
 def _time(milliseconds: int) -> str:
-    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """A time in UTC, or the raw milliseconds when they fall outside years 1..9999: one odd row, not a crash."""
+    try:
+        return (EPOCH + timedelta(milliseconds=milliseconds)).isoformat(" ", "seconds")
+    except OverflowError:
+        return str(milliseconds)
 
 
 def _accounts(accounts: list) -> str:
     status = ledger_thrift.AccountStatus._VALUES_TO_NAMES
     return table(
         ["ID", "OWNER", "BALANCE", "STATUS", "CREATED (UTC)"],
-        [[a.id, a.owner, a.balance, status[a.status], _time(a.created_at_ms)] for a in accounts],
+        # A newer server may send a status this IDL does not name yet: shown as its number.
+        [[a.id, a.owner, a.balance, status.get(a.status, a.status), _time(a.created_at_ms)] for a in accounts],
     )
 
 

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from helpers.mysql import sql
 from helpers.processes import run_python
 from servicekit.client import new_request_id
 
@@ -59,6 +60,26 @@ def test_a_table_lines_up_on_a_terminal_with_wide_characters(ledger):
     # Three CJK characters and an emoji take two terminal columns each; the accent takes none.
     assert wide.index(" 0 ") + 1 + 4 == balance_column
     assert accented.index(" 0 ") + 1 - 1 == balance_column
+
+
+def test_a_table_shows_a_status_or_time_it_cannot_name_as_its_number(ledger, database):
+    """An older client.py meets a newer server's status; a time past year 9999 or before year 1: no crash."""
+    ids = [cli_json(ledger.port, "create-account", owner)["id"] for owner in ("newer-status", "far-future", "far-past")]
+    odd = [(ids[0], 3, 0), (ids[1], 1, 2**63 - 1), (ids[2], 1, -99999999999999)]
+    for account, status, created in odd:
+        sql(database, "UPDATE accounts SET status = %s, created_at_ms = %s WHERE id = %s", (status, created, account))
+    try:
+        one = cli(ledger.port, "get-account", str(ids[0]))
+        page = cli(ledger.port, "list-accounts", "--all")
+    finally:  # the shared server's other tests list every account
+        sql(database, "UPDATE accounts SET status = 1, created_at_ms = updated_at_ms WHERE id IN %s", (ids,))
+    assert (one.returncode, one.stderr) == (0, "")
+    assert one.stdout.splitlines()[1].split() == [str(ids[0]), "newer-status", "0", "3", "1970-01-01", "00:00:00"]
+    assert (page.returncode, page.stderr) == (0, "")
+    rows = {row.split()[1]: row.split()[2:] for row in page.stdout.splitlines()}
+    assert rows["newer-status"] == ["0", "3", "1970-01-01", "00:00:00"]
+    assert rows["far-future"] == ["0", "OPEN", "9223372036854775807"]
+    assert rows["far-past"] == ["0", "OPEN", "-99999999999999"]
 
 
 def test_request_id_flag_makes_a_write_repeatable(ledger):
