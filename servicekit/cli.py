@@ -36,6 +36,7 @@ from servicekit.client import (
     reason,
     tls_context,
 )
+from servicekit.errors import REQUEST_ID, REQUEST_ID_FORM
 from servicekit.settings import ClientSettings, SettingsError, load, misspelled
 from servicekit.wire import element_type, field_type
 
@@ -113,9 +114,12 @@ def _from_json(kind: int, held: object, value: object) -> object:
 
 
 def request_id(text: str) -> str:
+    """--request-id: of the form the server accepts, so a bad one is a usage error and nothing is sent."""
     if not text:
         raise argparse.ArgumentTypeError("must not be empty (leave the option out for a new id)")
-    return string(text)
+    if not REQUEST_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {REQUEST_ID_FORM}")
+    return text
 
 
 def seconds(text: str) -> float:

@@ -3,7 +3,14 @@
 Handlers and db.py raise these; GuardedProcessor (processor.py) is the one
 place that turns each into the service's own class of the exception named by
 `thrift_name`, which every method declares (the processor checks at start).
+The form of a request_id is here too: the command line (cli.py), which
+imports no MySQL code, refuses any other before sending it.
 """
+
+import re
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REQUEST_ID_FORM = "1 to 64 characters of A-Z a-z 0-9 . _ : -"
 
 
 class KitError(Exception):
@@ -23,7 +30,7 @@ class DatabaseUnavailable(KitError):
 
 
 class BadRequestId(KitError):
-    """A write's request_id is not 1 to 64 characters of A-Z a-z 0-9 . _ : -"""
+    """A write's request_id is not of the form REQUEST_ID."""
 
     thrift_name = "InvalidArgument"
 

@@ -13,18 +13,16 @@ as the write itself: both commit, or neither does.
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import MySQLdb
 
-from servicekit.errors import BadRequestId, DuplicateKey, RequestIdReused
+from servicekit.errors import REQUEST_ID, REQUEST_ID_FORM, BadRequestId, DuplicateKey, RequestIdReused
 from servicekit.mysql import DUPLICATE_KEY, error_code
 
 REQUEST_ID_ARGUMENT = "request_id"
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 METHOD_NAME_MAX = 255  # write_requests.method
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # write_requests.result_id
 T = TypeVar("T")
@@ -37,7 +35,7 @@ class _AppliedMeanwhile(Exception):
 def check_request_id(request_id: object) -> None:
     """Raise BadRequestId unless `request_id` has the accepted form."""
     if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-        raise BadRequestId("request_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+        raise BadRequestId(f"request_id must be {REQUEST_ID_FORM}")
 
 
 def _plain(value: object) -> object:

@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 
-from servicekit.idempotency import REQUEST_ID
+from servicekit.errors import REQUEST_ID
 from servicekit.mysql import PoolHooks
 
 REQUEST_FIELDS = ("method", "peer", "duration_ms", "outcome", "request_id")

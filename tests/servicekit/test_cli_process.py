@@ -142,6 +142,16 @@ def test_every_bad_argument_is_one_line_and_status_2(args):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("request_id", ["a b", "x" * 65, "caf\u00e9", " "])
+def test_a_request_id_the_server_would_refuse_is_a_usage_error_and_nothing_is_sent(server, request_id):
+    result = cli(server.port, "add", f"bad-id-{new_request_id()}", "5", "--request-id", request_id)
+    assert result.returncode == 2  # not the server's InvalidArgument, 3
+    assert result.stderr == (
+        f"error: add: argument --request-id: {request_id!r} is not 1 to 64 characters of A-Z a-z 0-9 . _ : - "
+        "(see --help)\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("servers", "message"),
     [
