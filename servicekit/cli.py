@@ -164,7 +164,8 @@ def _retry_hint(command: str, request_id: str | None) -> str:
     """What to add to the error of a write whose outcome is unknown: how to repeat it safely."""
     if request_id is None:
         return ""
-    return f"; the {command} may have been applied: repeat it with --request-id {request_id} to apply it at most once"
+    # With "=": an id that starts with "-" would be read as an option. Its characters need no shell quoting.
+    return f"; the {command} may have been applied: repeat it with --request-id={request_id} to apply it at most once"
 
 
 def _print_result(text: str) -> bool:

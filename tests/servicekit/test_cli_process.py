@@ -9,6 +9,7 @@ the example's.
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,9 +60,23 @@ def test_a_write_without_a_reply_names_the_request_id_that_repeats_it_at_most_on
         hung.close()
     assert result.returncode == 8 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: no reply from the Counters server at 127.0.0.1:{hung.port} (")
-    hint = re.search(r"; the add may have been applied: repeat it with --request-id (\w+) ", result.stderr)
+    hint = re.search(r"; the add may have been applied: repeat it with --request-id=(\w+) ", result.stderr)
     for _ in range(2):
         assert cli(server.port, "add", name, "5", "--request-id", hint.group(1)).returncode == 0
+    assert total(server.port, name) == 5
+
+
+def test_the_repeat_a_write_without_a_reply_suggests_pastes_back_when_its_id_starts_with_a_dash(server):
+    name, request_id = f"dash-{new_request_id()}", f"-{new_request_id()}"
+    hung = SilentServer()
+    try:
+        result = cli(hung.port, "--timeout", "1", "add", name, "5", f"--request-id={request_id}")
+    finally:
+        hung.close()
+    assert result.returncode == 8
+    suggested = re.search(r"repeat it with (.+) to apply it at most once", result.stderr).group(1)
+    for _ in range(2):
+        assert cli(server.port, "add", name, "5", *shlex.split(suggested)).returncode == 0
     assert total(server.port, name) == 5
 
 
@@ -105,7 +120,7 @@ def test_a_signal_during_a_write_is_one_line_naming_its_request_id(signum, statu
     finally:
         hung.close()
     assert caller.returncode == status
-    hint = "the add may have been applied: repeat it with --request-id r-9 to apply it at most once"
+    hint = "the add may have been applied: repeat it with --request-id=r-9 to apply it at most once"
     assert stderr == f"{message}; {hint}\n"
 
 
@@ -222,7 +237,7 @@ def test_a_server_of_something_else_is_one_line_and_status_1():
     assert result.stderr == (
         f"error: no Counters reply from 127.0.0.1:{other.port} (TProtocolException: a reply that starts "
         "b'HTTP/1.1 400', not framed binary Thrift): is it a Counters server? check --servers; "
-        "the add may have been applied: repeat it with --request-id r-1 to apply it at most once\n"
+        "the add may have been applied: repeat it with --request-id=r-1 to apply it at most once\n"
     )
 
 
