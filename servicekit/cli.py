@@ -168,6 +168,19 @@ def _retry_hint(command: str, request_id: str | None) -> str:
     return f"; the {command} may have been applied: repeat it with --request-id={request_id} to apply it at most once"
 
 
+def _to_stderr(line: str) -> None:
+    """One line on stderr, or nowhere if stderr cannot take it: the exit status still says what happened.
+
+    Never on stdout, which holds data: print(file=None) writes there when stderr was closed (2>&-).
+    """
+    if sys.stderr is None:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:  # a full disk, a reader gone (Python's flush at exit ignores stderr's errors, unlike stdout's)
+        pass
+
+
 def _print_result(text: str) -> bool:
     """Print a command's output; False, after one line on stderr, if stdout cannot take it.
 
@@ -184,7 +197,7 @@ def _print_result(text: str) -> bool:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if isinstance(error, BrokenPipeError):
             return True  # a reader that stops early (`| head`) is not an error
-        print(f"error: cannot write the result ({error.strerror}); the call itself succeeded", file=sys.stderr)
+        _to_stderr(f"error: cannot write the result ({error.strerror}); the call itself succeeded")
         return False
 
 
@@ -335,15 +348,13 @@ class CommandLine:
         try:
             settings = load(ClientSettings, self.config_file)
         except SettingsError as error:
-            print(f"error: {error}", file=sys.stderr)
+            _to_stderr(f"error: {error}")
             return EXIT_USAGE
         for warning in misspelled():
-            print(f"warning: {warning}", file=sys.stderr)
+            _to_stderr(f"warning: {warning}")
         options = vars(self.parser(settings).parse_args(argv))
         if options["servers"] is None:  # no --servers, and THRIFT_HOST makes no address
-            print(
-                f"error: THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}", file=sys.stderr
-            )
+            _to_stderr(f"error: THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}")
             return EXIT_USAGE
         if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
             options["request_id"] = options["request_id"] or new_request_id()
@@ -353,10 +364,10 @@ class CommandLine:
         try:
             return self._run(settings, options, unsure)
         except KeyboardInterrupt:
-            print(f"error: interrupted{unsure}", file=sys.stderr)
+            _to_stderr(f"error: interrupted{unsure}")
             return EXIT_INTERRUPTED
         except Terminated:
-            print(f"error: terminated{unsure}", file=sys.stderr)
+            _to_stderr(f"error: terminated{unsure}")
             return EXIT_TERMINATED
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -383,7 +394,7 @@ class CommandLine:
         try:
             client = self._connect(settings, servers, timeout)
         except OSError as error:  # ssl.SSLError and a missing file are OSErrors
-            print(f"error: cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}", file=sys.stderr)
+            _to_stderr(f"error: cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}")
             return EXIT_USAGE
         give_up_at = time.monotonic() + timeout
 
@@ -428,7 +439,7 @@ class CommandLine:
         else:  # declared by the IDL: only Unavailable leaves a write's outcome unknown
             status = self.exit_statuses.get(type(error), EXIT_OTHER_DECLARED)
             message = f"{type(error).__name__}: {reason(error)}{unsure if status == EXIT_UNAVAILABLE else ''}"
-        print(f"error: {message}", file=sys.stderr)
+        _to_stderr(f"error: {message}")
         return status
 
     def _shown(self, result: object, as_json: bool) -> str:

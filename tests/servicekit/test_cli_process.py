@@ -295,6 +295,13 @@ def test_a_closed_stdout_is_not_an_error_and_the_write_is_done(server):
     assert total(server.port, name) == 4
 
 
+@pytest.mark.parametrize("redirect", ["2>&-", "2>/dev/full"], ids=["closed", "full"])
+def test_an_error_stderr_cannot_take_keeps_its_status_and_stays_off_stdout(server, redirect):
+    command = f"exec {sys.executable} {SCRIPT} --servers 127.0.0.1:{server.port} get never-added {redirect}"
+    result = subprocess.run(command, shell=True, cwd=ROOT, env=PROJECT_ENV, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (9, "")  # NotFound's status; stdout holds only data
+
+
 def test_output_that_cannot_be_written_is_one_line_and_status_1(server):
     with open("/dev/full", "w") as full:
         command = [sys.executable, SCRIPT, "--servers", f"127.0.0.1:{server.port}", "ping"]
