@@ -122,10 +122,14 @@ def parse_servers(servers: str) -> list[tuple[str, int]]:
     for item in (part.strip() for part in servers.split(",")):
         if not item:
             raise ValueError(f"an empty address in {servers!r}: write host:port[,host:port...]")
+        if any(character.isspace() for character in item):  # most often servers separated by spaces
+            raise ValueError(f"a space in an address (servers are separated by commas, as a:9090,b:9090): {item!r}")
         if "/" in item:
             raise ValueError(f"not host:port (no scheme or path), as localhost:9090: {item!r}")
         if ":" not in item:
             raise ValueError(f"no port: write host:port, as localhost:9090: {item!r}")
+        if item.startswith("[") and item.endswith("]"):  # an IPv6 address: its colons are no port's
+            raise ValueError(f"no port: write [address]:port, as [::1]:9090: {item!r}")
         host, _, port = item.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]

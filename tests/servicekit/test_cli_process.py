@@ -173,6 +173,8 @@ def test_a_request_id_the_server_would_refuse_is_a_usage_error_and_nothing_is_se
         ("127.0.0.1:9090,", "an empty address in '127.0.0.1:9090,': write host:port[,host:port...]"),
         ("http://127.0.0.1:9090", "not host:port (no scheme or path), as localhost:9090: 'http://127.0.0.1:9090'"),
         ("no-port-here", "no port: write host:port, as localhost:9090: 'no-port-here'"),
+        ("[::1]", "no port: write [address]:port, as [::1]:9090: '[::1]'"),
+        ("a:9090 b:9090", "a space in an address (servers are separated by commas, as a:9090,b:9090): 'a:9090 b:9090'"),
     ],
 )
 def test_a_servers_list_that_is_no_list_of_addresses_says_what_it_is(servers, message):
