@@ -8,6 +8,7 @@ declarations, keeping config.env's values; a test checks both are current.
 """
 
 import difflib
+import io
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 S = TypeVar("S")
 TABLE_START, TABLE_END = "<!-- settings table: start -->", "<!-- settings table: end -->"
@@ -196,14 +198,10 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
     """Merge `config_file` with `environ` (default: os.environ) and validate the settings of `kind`.
 
     A name in `config_file` that is almost a setting's is refused: a typo there would leave the default
-    in force. Other names are left alone: docker-compose gives the file to the database's container too
-    (MYSQL_ROOT_PASSWORD, TZ).
+    in force; so is a line python-dotenv cannot parse, and a setting named without a value. Other names
+    are left alone: docker-compose gives the file to the database's container too (MYSQL_ROOT_PASSWORD, TZ).
     """
-    try:
-        in_file = dotenv_values(config_file)
-    except UnicodeDecodeError as error:
-        byte = error.object[error.start]
-        raise SettingsError(f"{config_file.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
+    in_file = _read(config_file)
     if misspellings := misspelled(in_file):
         raise SettingsError(f"{config_file.name}: {misspellings[0]}")
     values = {**in_file, **(os.environ if environ is None else environ)}
@@ -213,6 +211,34 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
             name, needed = declaration.name.upper(), needed.upper()
             raise SettingsError(f"{name} is set but {needed} is empty: {name} takes effect only with {needed}")
     return kind(**parsed)
+
+
+def _read(config_file: Path) -> dict[str, str | None]:
+    """`config_file`'s variables, none if there is no such file.
+
+    python-dotenv skips a line it cannot parse (an unclosed quote) with at most a log line, and takes a
+    bare NAME for unset: either way a setting's default would apply unseen, so both are refused here.
+    """
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise SettingsError(f"{config_file.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
+    names = {declaration.name.upper() for declaration in declared()}
+    for binding in parse_stream(io.StringIO(text)):
+        # A binding's text, and its line number, start with the blank lines before it.
+        original = binding.original.string
+        line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
+        where = f"{config_file.name} line {line}"
+        if binding.error:
+            name = re.match(r"\s*(?:export\s+)?([^\s=#]*)", original).group(1)
+            # Never the line itself: it may hold a password.
+            raise SettingsError(f"{where}: {name + ': ' if name else ''}not NAME=value (a quote left open?)")
+        if binding.key in names and binding.value is None:
+            raise SettingsError(f"{where}: {binding.key} has no value: write {binding.key}=VALUE")
+    return dotenv_values(stream=io.StringIO(text))
 
 
 def misspelled(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -81,6 +81,37 @@ def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
     assert str(error.value) == "config.env: THRIFT_WORKER is not a setting: did you mean THRIFT_WORKERS?"
 
 
+@pytest.mark.parametrize(
+    ("kind", "text", "message"),
+    [
+        (
+            ServerSettings,
+            "THRIFT_WORKERS=2\nTHRIFT_PORT\n",
+            "config.env line 2: THRIFT_PORT has no value: write THRIFT_PORT=VALUE",
+        ),
+        (ClientSettings, "CLIENT_TLS_CA\n", "config.env line 1: CLIENT_TLS_CA has no value: write CLIENT_TLS_CA=VALUE"),
+        (
+            ServerSettings,
+            'THRIFT_WORKERS=2\n\n# the port\n\nTHRIFT_PORT="19391\nTHRIFT_IDLE_TIMEOUT=60\n',
+            "config.env line 5: THRIFT_PORT: not NAME=value (a quote left open?)",
+        ),
+        (
+            ServerSettings,
+            "MYSQL_ROOT_PASSWORD='Hunter2-secret\n",
+            "config.env line 1: MYSQL_ROOT_PASSWORD: not NAME=value (a quote left open?)",
+        ),
+        (ServerSettings, "=9090\n", "config.env line 1: not NAME=value (a quote left open?)"),
+    ],
+    ids=["bare setting", "bare TLS setting", "unclosed quote", "another program's variable, unclosed", "no name"],
+)
+def test_a_config_env_line_that_gives_no_value_is_refused_naming_its_line(tmp_path, kind, text, message):
+    config = tmp_path / "config.env"  # python-dotenv would skip the line, and the default would apply
+    config.write_text(text)
+    with pytest.raises(SettingsError) as error:
+        load(kind, config, REQUIRED)
+    assert str(error.value) == message
+
+
 def test_config_env_may_hold_the_database_containers_variables(tmp_path):
     config = tmp_path / "config.env"  # docker-compose gives the file to the MySQL container too
     config.write_text("THRIFT_WORKERS=2\nMYSQL_ROOT_PASSWORD=root-secret\nTZ=UTC\n")

@@ -1,11 +1,13 @@
-"""`python server.py` refusing to start: in one line, and before its migrations change the schema.
+"""`python server.py` refusing to start: in one line, and before its migrations change the schema; and
+client.py refusing the same config.env.
 
-Generic over the service: it copies the service's files and edits its IDL.
+Generic over the service: it copies the service's files and edits its IDL or config.env.
 """
 
 import re
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -21,12 +23,17 @@ def fresh_database(database_server) -> dict[str, str]:
     return database
 
 
+def copy_service(directory: Path) -> None:
+    """The service's scripts, IDL, config.env and migrations in `directory`, to change one of them there."""
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("*.thrift"), ROOT / "config.env"]:
+        shutil.copy(path, directory / path.name)
+    shutil.copytree(ROOT / "migrations", directory / "migrations")
+    (directory / "servicekit").symlink_to(ROOT / "servicekit")  # service.thrift includes its base.thrift
+
+
 def test_a_handler_the_idl_outgrew_stops_the_server_before_any_migration_runs(fresh_database, tmp_path):
     # A deploy whose service.thrift has a method its handler lacks must not migrate, then crash-loop.
-    for path in [*ROOT.glob("*.py"), *ROOT.glob("*.thrift"), ROOT / "config.env"]:
-        shutil.copy(path, tmp_path / path.name)
-    shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
-    (tmp_path / "servicekit").symlink_to(ROOT / "servicekit")  # service.thrift includes its base.thrift
+    copy_service(tmp_path)
     idl = tmp_path / "service.thrift"
     new_method = r"\1\n  string audit() throws (1: base.Unavailable unavailable),"
     idl.write_text(re.sub(r"(service \w+ extends base\.BaseService \{)", new_method, idl.read_text(), count=1))
@@ -38,6 +45,29 @@ def test_a_handler_the_idl_outgrew_stops_the_server_before_any_migration_runs(fr
     assert last_line.startswith("error: service.thrift and the handler disagree: ")
     assert last_line.endswith("Handler has no method audit")
     assert sql(fresh_database, "SHOW TABLES") == []
+
+
+@pytest.mark.parametrize("command", [["server.py"], ["client.py", "ping"]], ids=["server", "client"])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("THRIFT_PORT", "THRIFT_PORT has no value: write THRIFT_PORT=VALUE"),
+        ('THRIFT_PORT="19391', "THRIFT_PORT: not NAME=value (a quote left open?)"),
+    ],
+    ids=["no value", "unclosed quote"],
+)
+def test_a_config_env_line_without_a_value_stops_server_and_client_naming_it(tmp_path, command, line, message):
+    # python-dotenv would skip the line: both would use port 9090, the default.
+    copy_service(tmp_path)
+    config = tmp_path / "config.env"
+    lines = config.read_text().splitlines()
+    number = lines.index("THRIFT_PORT=9090") + 1
+    lines[number - 1] = line
+    config.write_text("\n".join(lines) + "\n")
+
+    result = run_python(*command, cwd=tmp_path)
+
+    assert (result.returncode, result.stderr) == (2, f"error: config.env line {number}: {message}\n")
 
 
 def test_a_taken_port_stops_the_server_before_any_migration_runs(fresh_database):
