@@ -3,23 +3,52 @@
 The database server is the one named by MYSQL_HOST (and the other MYSQL_*
 variables) when the caller sets it; otherwise a throwaway MariaDB/MySQL
 server is started from the installed binaries in a temporary directory.
-Each part of the suite creates its own database on it.
+Each part of the suite creates its own database on it. No other setting
+the caller's environment holds reaches the code under test.
 """
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import MySQLdb
 import pytest
 from hypothesis import settings
 
 from helpers.mysql import connect_kwargs
+from helpers.processes import SETTING_NAMES
 from tools.throwaway_db import MissingPrograms, ThrowawayDatabase
 
 # The fuzz tests' budget, per transport and protocol; a longer run: pytest -k fuzz --hypothesis-profile=long
 settings.register_profile("suite", max_examples=1_000, deadline=None)
 settings.register_profile("long", max_examples=1_000_000, deadline=None)
 settings.load_profile("suite")
+
+# MYSQL_HOST's server, when the caller names one: read before the tests' environment loses every
+# setting (without_the_shells_settings).
+GIVEN_DATABASE_SERVER = (
+    {
+        "MYSQL_HOST": os.environ["MYSQL_HOST"],
+        "MYSQL_PORT": os.environ.get("MYSQL_PORT", "3306"),
+        "MYSQL_USER": os.environ.get("MYSQL_USER", "root"),
+        "MYSQL_PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
+    }
+    if os.environ.get("MYSQL_HOST")
+    else None
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop the run in one line if MYSQL_HOST's server refuses the suite, rather than with the same
+    traceback for every test that needs a database."""
+    if GIVEN_DATABASE_SERVER is None:
+        return
+    try:
+        MySQLdb.connect(**connect_kwargs({**GIVEN_DATABASE_SERVER, "MYSQL_DATABASE": ""}), connect_timeout=10).close()
+    except MySQLdb.OperationalError as error:
+        host, port, user = (GIVEN_DATABASE_SERVER[name] for name in ("MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER"))
+        pytest.exit(f"cannot use MYSQL_HOST's database server ({host}:{port} as {user}): {error.args[1]}", returncode=2)
 
 
 class DatabaseServer:
@@ -56,17 +85,20 @@ class DatabaseServer:
             connection.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def without_the_shells_settings() -> Iterator[None]:
+    """In-process code that reads os.environ (CommandLine.main) sees no setting the developer's shell exports,
+    as the suite's processes do not (PROJECT_ENV)."""
+    with pytest.MonkeyPatch.context() as environment:
+        for name in SETTING_NAMES:
+            environment.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def database_server(tmp_path_factory) -> DatabaseServer:
-    if os.environ.get("MYSQL_HOST"):
-        server = DatabaseServer(
-            {
-                "MYSQL_HOST": os.environ["MYSQL_HOST"],
-                "MYSQL_PORT": os.environ.get("MYSQL_PORT", "3306"),
-                "MYSQL_USER": os.environ.get("MYSQL_USER", "root"),
-                "MYSQL_PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
-            }
-        )
+    if GIVEN_DATABASE_SERVER:
+        server = DatabaseServer(GIVEN_DATABASE_SERVER)
         yield server
         server.drop_all()
         return

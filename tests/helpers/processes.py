@@ -1,4 +1,7 @@
-"""Real processes for the tests: a server on a free port, and `python ...` runs of the project's scripts."""
+"""Real processes for the tests: a server on a free port, and `python ...` runs of the project's scripts.
+
+Their environment is the caller's without its settings: each test gives them those it needs.
+"""
 
 import os
 import signal
@@ -13,13 +16,20 @@ import thriftpy2
 from servicekit.addresses import host_port
 from servicekit.base import BASE_THRIFT
 from servicekit.client import PooledClient, ServerUnreachable
+from servicekit.settings import declared
 from tools.throwaway_db import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # ping and health, which every service on the kit answers: a client of any of them.
 BaseService = thriftpy2.load(str(BASE_THRIFT), module_name="servicekit_base_thrift").BaseService
+# Every setting's name: the developer's shell may export settings for local runs (the README says
+# so), and the suite's servers and clients must see only those each test gives them.
+SETTING_NAMES = frozenset(declaration.name.upper() for declaration in declared())
 # Scripts outside the project's root (the kit's test service) import its modules too.
-PROJECT_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+PROJECT_ENV = {
+    **{name: value for name, value in os.environ.items() if name not in SETTING_NAMES},
+    "PYTHONPATH": str(ROOT),
+}
 
 
 def run_python(*args: str, timeout: float = 60, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
