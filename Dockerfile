@@ -28,6 +28,9 @@ COPY *.py service.thrift ./
 COPY --from=build /build/config.env ./
 COPY servicekit ./servicekit
 COPY migrations ./migrations
+# Compiled here: a read-only root filesystem (as on Kubernetes) would have
+# every probe and start compile them again (about 0.05 s of CPU each time).
+RUN python -m compileall -q /app
 USER 10001:10001
 ENV PYTHONUNBUFFERED=1
 EXPOSE 9090 9100
