@@ -7,7 +7,10 @@ at the same time. db.py's `migrate()` calls `apply()`.
 """
 
 import re
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import MySQLdb
@@ -21,6 +24,9 @@ MAX_VERSION = 2**31 - 1  # the version column is an INT
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
+# What stops a process (docker stop, Ctrl-C) waits while a file runs: MySQL commits each DDL statement at
+# once, so a file cut short between statements, or before its record, would fail every later start.
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class MigrationError(Exception):
@@ -136,16 +142,28 @@ def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]
     for version, path in files.items():
         if version in applied:
             continue
-        for number, statement in enumerate(statements(path.read_text(encoding="utf-8")), 1):
-            try:
-                cursor.execute(statement)
-            except MySQLdb.Error as error:
-                if mysql.error_code(error) in mysql.UNAVAILABLE | mysql.RETRYABLE:
-                    raise  # the database is down, or a lock was held too long: not the file's fault
-                raise MigrationError(f"{path.name}, statement {number}: {error.args[-1]}{_left(number)}") from None
-        cursor.execute(
-            f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608
-            (version, path.name, int(time.time() * 1000)),
-        )
+        with _signals_held():
+            for number, statement in enumerate(statements(path.read_text(encoding="utf-8")), 1):
+                try:
+                    cursor.execute(statement)
+                except MySQLdb.Error as error:
+                    if mysql.error_code(error) in mysql.UNAVAILABLE | mysql.RETRYABLE:
+                        raise  # the database is down, or a lock was held too long: not the file's fault
+                    failure = f"{path.name}, statement {number}: {error.args[-1]}{_left(number)}"
+                    raise MigrationError(failure) from None
+            cursor.execute(
+                f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608
+                (version, path.name, int(time.time() * 1000)),
+            )
         applied_now.append(path.name)
     return applied_now
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """HELD_SIGNALS wait until the block ends, then act as they would have (in this thread: start-up has no other)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -4,6 +4,8 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ import db
 from counters import counters_thrift
 from counters_testing import assert_consistent, run_adds
 from helpers.mysql import connect_kwargs, sql, statement_waits
-from helpers.processes import run_python
+from helpers.processes import PROJECT_ENV, ROOT, run_python
 from servicekit import migrate, mysql
 from servicekit.client import ServerUnreachable
 from servicekit.errors import RequestIdReused
@@ -318,6 +320,33 @@ def test_a_trigger_whose_body_holds_semicolons_runs_between_delimiter_lines(data
     )
     migrate.apply(connect_arguments(database), tmp_path, 5)
     assert sql(database, "SELECT delimiter, doubled FROM stock") == [(None, 42)]
+
+
+def test_sigterm_during_a_migration_file_waits_until_the_file_is_applied_and_recorded(database_server, tmp_path):
+    # MySQL commits each DDL statement at once: a file cut short would fail every later start.
+    database = database_server.database("kit_migration_sigterm")
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "001_two_tables.sql").write_text(
+        "CREATE TABLE first (id INT);\nDO SLEEP(30);\nCREATE TABLE second (id INT);\n"
+    )
+    migrating = subprocess.Popen(
+        [sys.executable, "-c", MIGRATE_FROM, str(migrations)], cwd=ROOT, env={**PROJECT_ENV, **database}
+    )
+    try:
+        wait_for(lambda: statement_waits(database, "DO SLEEP"), 30, "the migration's second statement")
+        migrating.send_signal(signal.SIGTERM)
+        sleeping = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DO SLEEP%%' AND DB = DATABASE()"
+        sql(database, "KILL QUERY %s", (sql(database, sleeping)[0][0],))  # SLEEP ends early, and the file goes on
+        assert migrating.wait(30) == -signal.SIGTERM  # stopped by the signal, once the file was whole
+    finally:
+        migrating.kill()
+    assert sql(database, "SHOW TABLES LIKE 'second'") == [("second",)]
+    assert sql(database, "SELECT name FROM schema_migrations") == [("001_two_tables.sql",)]
+
+
+# `python db.py migrate` with the migrations of the directory given as its argument.
+MIGRATE_FROM = "import sys, pathlib, db; db.MIGRATIONS_DIR = pathlib.Path(sys.argv[1]); sys.exit(db.main(['migrate']))"
 
 
 def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(database_server):
