@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
         print("usage: python db.py migrate", file=sys.stderr)
         return 2
     try:
-        names = startup.migrate(migrate, load(ServerSettings, CONFIG_FILE))
+        names = startup.migrate(sys.modules[__name__], load(ServerSettings, CONFIG_FILE))  # this module
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ def serve() -> None:
     settings = startup.load_settings(CONFIG_FILE)
     metrics = startup.observe(settings)
     server = startup.build_server(ledger_thrift.Ledger, LedgerHandler(), db, settings, VERSION, metrics)
-    startup.migrate(db.migrate, settings)
+    startup.migrate(db, settings)
     startup.serve(server, db, settings, VERSION, metrics)
 
 

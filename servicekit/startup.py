@@ -106,10 +106,10 @@ def observe(settings: ServerSettings) -> "Metrics":
     return observability.Metrics(settings.service_name)
 
 
-def migrate(apply: Callable[[ServerSettings], list[str]], settings: ServerSettings) -> list[str]:
-    """Run `apply` (db.py's migrate) and return the names of the migrations it applied."""
+def migrate(database: ModuleType, settings: ServerSettings) -> list[str]:
+    """Run db.py's migrate() and return the names of the migrations it applied."""
     try:
-        applied = apply(settings)
+        applied = database.migrate(settings)
     except (MySQLdb.Error, DatabaseUnavailable) as error:
         where = f"{settings.mysql_database} on {settings.mysql_host}:{settings.mysql_port}"
         raise StartupError(f"cannot migrate {where}: {error.args[-1] if error.args else error}", 1) from None

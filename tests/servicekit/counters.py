@@ -115,7 +115,7 @@ def serve() -> None:
     settings = startup.load_settings(db.CONFIG_FILE)
     metrics = startup.observe(settings)
     server = startup.build_server(counters_thrift.Counters, CountersHandler(), db, settings, "0.1.0", metrics)
-    startup.migrate(db.migrate, settings)
+    startup.migrate(db, settings)
     startup.serve(server, db, settings, "0.1.0", metrics)
 
 
