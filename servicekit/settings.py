@@ -226,6 +226,8 @@ def _read(config_file: Path) -> dict[str, str | None]:
     except UnicodeDecodeError as error:
         byte = error.object[error.start]
         raise SettingsError(f"{config_file.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
+    except OSError as error:  # a directory (Docker makes one to bind-mount a file that is missing), no permission
+        raise SettingsError(f"cannot read {config_file}: {error.strerror}") from None
     names = {declaration.name.upper() for declaration in declared()}
     for binding in parse_stream(io.StringIO(text)):
         # A binding's text, and its line number, start with the blank lines before it.
@@ -233,7 +235,8 @@ def _read(config_file: Path) -> dict[str, str | None]:
         line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
         where = f"{config_file.name} line {line}"
         if binding.error:
-            name = re.match(r"\s*(?:export\s+)?([^\s=#]*)", original).group(1)
+            named = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=", original)  # else no name to show
+            name = named.group(1) if named else ""
             # Never the line itself: it may hold a password.
             raise SettingsError(f"{where}: {name + ': ' if name else ''}not NAME=value (a quote left open?)")
         if binding.key in names and binding.value is None:

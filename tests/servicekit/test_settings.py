@@ -101,8 +101,16 @@ def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
             "config.env line 1: MYSQL_ROOT_PASSWORD: not NAME=value (a quote left open?)",
         ),
         (ServerSettings, "=9090\n", "config.env line 1: not NAME=value (a quote left open?)"),
+        (ServerSettings, "'Hunter2-secret\n", "config.env line 1: not NAME=value (a quote left open?)"),
     ],
-    ids=["bare setting", "bare TLS setting", "unclosed quote", "another program's variable, unclosed", "no name"],
+    ids=[
+        "bare setting",
+        "bare TLS setting",
+        "unclosed quote",
+        "another program's variable, unclosed",
+        "no name",
+        "a value alone, unclosed: not shown",
+    ],
 )
 def test_a_config_env_line_that_gives_no_value_is_refused_naming_its_line(tmp_path, kind, text, message):
     config = tmp_path / "config.env"  # python-dotenv would skip the line, and the default would apply
@@ -134,6 +142,14 @@ def test_a_config_env_that_is_not_utf_8_is_one_line_naming_it(tmp_path):
     with pytest.raises(SettingsError) as error:
         load(ServerSettings, config, REQUIRED)
     assert str(error.value) == "config.env is not UTF-8 text (byte 0xe9): save it as UTF-8"
+
+
+def test_a_config_env_that_is_a_directory_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "config.env"
+    config.mkdir()  # what Docker makes to bind-mount a file that is missing
+    with pytest.raises(SettingsError) as error:
+        load(ServerSettings, config, REQUIRED)
+    assert str(error.value) == f"cannot read {config}: Is a directory"
 
 
 def test_the_password_never_shows_in_repr(tmp_path):
