@@ -235,7 +235,6 @@ class _Connection:
         service: type,
         address: Address,
         connect_timeout: float,
-        timeout: float,
         tls: ssl.SSLContext | None,
     ) -> None:
         self.address = address
@@ -247,8 +246,7 @@ class _Connection:
         except BaseException:
             sock.close()
             raise
-        sock.settimeout(timeout)
-        self.socket = _ReplySocket(sock)
+        self.socket = _ReplySocket(sock)  # each call sets its timeout (start_attempt)
         self.thrift = TClient(service, TCyBinaryProtocol(TCyFramedTransport(self.socket)))
         self.idle_since = time.monotonic()
 
@@ -256,9 +254,9 @@ class _Connection:
         """An idle connection that is readable was closed by the server (idle
         timeout, restart) or holds bytes nobody asked for: unusable either way."""
         sock = self.socket.sock
-        timeout = sock.gettimeout()
         # A non-blocking read (select() fails on descriptors >= 1024, and TLS
         # sockets cannot peek); if it returns anything the connection is discarded.
+        # The call that uses it next sets its own timeout (start_attempt).
         sock.settimeout(0)
         try:
             sock.recv(1)
@@ -267,8 +265,6 @@ class _Connection:
             return False
         except OSError:
             return True
-        finally:
-            sock.settimeout(timeout)
 
     def close(self) -> None:
         self.thrift.close()
@@ -562,7 +558,7 @@ class PooledClient:
         try:
             if connect_timeout <= 0:
                 raise TimeoutError("no time left before the deadline")
-            return _Connection(self.service, address, connect_timeout, self.timeout, self.tls)
+            return _Connection(self.service, address, connect_timeout, self.tls)
         except BaseException:
             with self._available:
                 self._uncount(address)
@@ -634,13 +630,14 @@ def _check_options(
     acquire_timeout: float,
     max_idle: float,
 ) -> None:
-    """ValueError naming the first of PooledClient's options that would make every call wait out its deadline."""
-    seconds = {"deadline": deadline, "timeout": timeout, "connect_timeout": connect_timeout, "max_idle": max_idle}
-    for name, value in seconds.items():
+    """ValueError naming the first of PooledClient's options out of its range: most would make every call
+    wait out its deadline, or retry forever."""
+    for name, value in {"deadline": deadline, "timeout": timeout, "connect_timeout": connect_timeout}.items():
         if not value > 0:
             raise ValueError(f"{name} must be more than 0 seconds, not {value!r}")
-    if not acquire_timeout >= 0:
-        raise ValueError(f"acquire_timeout must be 0 seconds or more, not {acquire_timeout!r}")
+    for name, value in {"acquire_timeout": acquire_timeout, "max_idle": max_idle}.items():  # 0: no waiting, no reuse
+        if not value >= 0:
+            raise ValueError(f"{name} must be 0 seconds or more, not {value!r}")
     if not (isinstance(pool_size, int) and pool_size >= 1):
         raise ValueError(f"pool_size must be 1 or more, not {pool_size!r}")
     if retries is not None and not (isinstance(retries, int) and retries >= 0):

@@ -163,9 +163,10 @@ def test_a_server_of_something_else_is_one_error_at_once_not_a_traceback_or_a_wa
         ("deadline", -1),
         ("connect_timeout", 0),
         ("acquire_timeout", -1),
+        ("max_idle", -1),
     ],
 )
-def test_an_option_that_would_make_every_call_wait_out_its_deadline_is_refused(option, value):
+def test_an_option_out_of_its_range_is_refused_naming_it(option, value):
     with pytest.raises(ValueError, match=f"^{option} must be"):
         CountersClient("127.0.0.1:9090", **{option: value})
 
@@ -173,6 +174,11 @@ def test_an_option_that_would_make_every_call_wait_out_its_deadline_is_refused(o
 def test_no_wait_for_a_free_connection_still_leaves_a_new_one_time_to_open(server):
     with server.client(acquire_timeout=0, retries=0) as client:
         assert client.ping() == "pong"
+
+
+def test_max_idle_0_opens_a_connection_for_each_call(server):
+    with server.client(max_idle=0, retries=0) as client:
+        assert [client.ping() for _ in range(3)] == ["pong"] * 3
 
 
 def test_closing_the_client_closes_every_connection(start_server):
