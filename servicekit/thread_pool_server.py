@@ -27,11 +27,11 @@ closes. A whole call the IDL does not allow (wire.OffContract) gets
 PROTOCOL_ERROR saying why, and the connection stays; one too long, or
 whose end is not known, is told so before the connection closes. While
 no more connections are active than there are workers, the worker that
-answered a plain connection stays on it as long as another worker is
-waiting on the set: it waits in recv() for the next request as a
-thread-per-connection server would, and gives the connection back when the
-client goes quiet, no other worker is waiting, or more connections become
-active (_stay).
+answered a plain connection stays on it while another worker waits on the
+set (or did within the last 20 ms): it waits in recv() for the next request
+as a thread-per-connection server would, and gives the connection back when
+the client goes quiet, no other worker has waited for 20 ms, or more
+connections become active (_stay). A drain closes idle connections at once.
 
 The thread that calls `serve()` keeps house once a second: it closes
 connections idle past the idle timeout, or stuck in a partial message or an
@@ -267,7 +267,8 @@ class TThreadPoolServer(TServer):
             self._epoll.unregister(self._listener)
             self._listener.close()
             # A call sent now on an idle connection would wait for the drain, unread: closed, it is
-            # retried elsewhere at once. A worker closes the connections it holds when it lets go.
+            # retried elsewhere at once. A worker closes the connection it holds when it lets go
+            # (_serve_events, _give_back).
             for connection in list(self._connections.values()):
                 self._close_if_free(connection, because="")
             running = sum(worker.busy for worker in self._workers)
@@ -474,6 +475,8 @@ class TThreadPoolServer(TServer):
                         and not (connection.received or connection.unsent)
                     ):
                         self._stay(connection, worker)
+                if self._closing and not connection.closed:  # draining: serve()'s sweep left it to this worker
+                    self._forget(connection)
             finally:
                 connection.lock.release()
 

@@ -191,7 +191,8 @@ def test_the_compose_command_serves_client_py_the_healthcheck_and_metrics(compos
 def test_sigterm_stops_the_image_command_as_pid_1_while_it_waits_to_migrate(database_server, tmp_path):
     # PID 1 gets no default action for a signal it has no handler for: python as PID 1 ignored `docker stop`
     # until the server set its handler, after migrating. In a PID namespace of its own, as in a container.
-    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    # --kill-child: if the test kills unshare, tini and the server go too.
+    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
     if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare cannot make a PID namespace here (user namespaces disabled?)")
     database = database_server.database("pid_one_test")

@@ -61,7 +61,7 @@ def test_a_config_env_line_without_a_value_stops_server_and_client_naming_it(tmp
     copy_service(tmp_path)
     config = tmp_path / "config.env"
     lines = config.read_text().splitlines()
-    number = lines.index("THRIFT_PORT=9090") + 1
+    number = next(n for n, text in enumerate(lines, 1) if text.startswith("THRIFT_PORT="))
     lines[number - 1] = line
     config.write_text("\n".join(lines) + "\n")
 
