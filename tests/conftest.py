@@ -16,8 +16,8 @@ import pytest
 from hypothesis import settings
 
 from helpers.mysql import connect_kwargs
-from helpers.processes import SETTING_NAMES
-from tools.throwaway_db import MissingPrograms, ThrowawayDatabase
+from helpers.processes import SHELL_NAMES_LEFT_OUT
+from tools.throwaway_db import MissingPrograms, ThrowawayDatabase, server_programs
 
 # The fuzz tests' budget, per transport and protocol; a longer run: pytest -k fuzz --hypothesis-profile=long
 settings.register_profile("suite", max_examples=1_000, deadline=None)
@@ -40,8 +40,13 @@ GIVEN_DATABASE_SERVER = (
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stop the run in one line if MYSQL_HOST's server refuses the suite, rather than with the same
-    traceback for every test that needs a database."""
+    """Stop the run in one line if the database server programs are missing (tests that stop a database
+    start their own, MYSQL_HOST or not) or MYSQL_HOST's server refuses the suite, rather than with the same
+    traceback for every test that needs a database (or, under pytest-xdist, "worker crashed")."""
+    try:
+        server_programs()
+    except MissingPrograms as error:
+        pytest.exit(str(error), returncode=2)
     if GIVEN_DATABASE_SERVER is None:
         return
     try:
@@ -90,7 +95,7 @@ def without_the_shells_settings() -> Iterator[None]:
     """In-process code that reads os.environ (CommandLine.main) sees no setting the developer's shell exports,
     as the suite's processes do not (PROJECT_ENV)."""
     with pytest.MonkeyPatch.context() as environment:
-        for name in SETTING_NAMES:
+        for name in SHELL_NAMES_LEFT_OUT:
             environment.delenv(name, raising=False)
         yield
 
@@ -108,10 +113,7 @@ def database_server(tmp_path_factory) -> DatabaseServer:
 
 
 def start_throwaway(directory) -> ThrowawayDatabase:
-    try:
-        throwaway = ThrowawayDatabase(directory, database="scratch")
-    except MissingPrograms as error:
-        pytest.exit(str(error), returncode=2)
+    throwaway = ThrowawayDatabase(directory, database="scratch")  # its programs were checked at the session's start
     throwaway.start()
     return throwaway
 

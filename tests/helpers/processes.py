@@ -16,7 +16,7 @@ import thriftpy2
 from servicekit.addresses import host_port
 from servicekit.base import BASE_THRIFT
 from servicekit.client import PooledClient, ServerUnreachable
-from servicekit.settings import declared
+from servicekit.settings import declared, misspelled
 from tools.throwaway_db import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +25,11 @@ BaseService = thriftpy2.load(str(BASE_THRIFT), module_name="servicekit_base_thri
 # Every setting's name: the developer's shell may export settings for local runs (the README says
 # so), and the suite's servers and clients must see only those each test gives them.
 SETTING_NAMES = frozenset(declaration.name.upper() for declaration in declared())
+# And names almost a setting's (THRIFT_HOSTS): the servers and clients would warn of them in their output.
+SHELL_NAMES_LEFT_OUT = SETTING_NAMES | {name for name in os.environ if misspelled({name: ""})}
 # Scripts outside the project's root (the kit's test service) import its modules too.
 PROJECT_ENV = {
-    **{name: value for name, value in os.environ.items() if name not in SETTING_NAMES},
+    **{name: value for name, value in os.environ.items() if name not in SHELL_NAMES_LEFT_OUT},
     "PYTHONPATH": str(ROOT),
 }
 
