@@ -102,6 +102,11 @@ def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
         ),
         (ServerSettings, "=9090\n", "config.env line 1: not NAME=value (a quote left open?)"),
         (ServerSettings, "'Hunter2-secret\n", "config.env line 1: not NAME=value (a quote left open?)"),
+        (
+            ServerSettings,
+            'THRIFT_HOST="a\nTHRIFT_PORT=1"\n',
+            "config.env line 1: THRIFT_HOST's value spans lines (a quote left open?)",
+        ),
     ],
     ids=[
         "bare setting",
@@ -110,6 +115,7 @@ def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
         "another program's variable, unclosed",
         "no name",
         "a value alone, unclosed: not shown",
+        "a quote closed a line later",
     ],
 )
 def test_a_config_env_line_that_gives_no_value_is_refused_naming_its_line(tmp_path, kind, text, message):
