@@ -34,10 +34,10 @@ from servicekit.client import (
     new_request_id,
     parse_servers,
     reason,
-    tls_context,
 )
 from servicekit.errors import REQUEST_ID, REQUEST_ID_FORM
 from servicekit.settings import ClientSettings, SettingsError, load, misspelled
+from servicekit.tls import tls_context
 from servicekit.wire import element_type, field_type
 
 EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8

@@ -19,8 +19,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.protocol.cybin import ProtocolError
@@ -161,29 +159,6 @@ def _check_host_name(host: str, item: str) -> None:
         raise ValueError(f"not a host name or IP address before the port: {item!r}")
 
 
-def tls_context(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
-    """Client TLS settings: verify the server's chain against `ca_file` and its
-    host name (thriftpy2's own TSSLSocket turns hostname checking off), and
-    present a client certificate if one is given."""
-    with _naming(ca_file):
-        context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        with _naming(f"{cert_file} and {key_file}" if key_file else cert_file):
-            context.load_cert_chain(cert_file, key_file or None)
-    return context
-
-
-@contextmanager
-def _naming(files: str) -> Iterator[None]:
-    """Re-raise an OSError (ssl.SSLError is one), of the same type, with the files it is about in its
-    strerror: OpenSSL's own says only "PEM lib"."""
-    try:
-        yield
-    except OSError as error:
-        raise type(error)(error.errno, f"{files}: {error.strerror or error}") from None
-
-
 class _ReplySocket(TSocket):
     """A socket that checks what a reply starts with before the framed transport trusts its length.
 
@@ -299,7 +274,7 @@ class PooledClient:
         `acquire_timeout` seconds for a free one (then fails, and is retried
         as a connection failure is).
     max_idle: seconds an unused connection is kept before it is replaced.
-    tls: an ssl.SSLContext (see tls_context()) to call a TLS server.
+    tls: an ssl.SSLContext (see servicekit.tls.tls_context()) to call a TLS server.
     max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES (its default
         unless given; None checks nothing): a longer request raises
         RequestTooLarge before anything is sent (the server would reset the

@@ -15,8 +15,10 @@ from counters import CountersClient, counters_thrift
 from counters_testing import counters_process
 from helpers.mysql import sql
 from helpers.pki import make_pki
+from helpers.processes import run_python
 from helpers.wire import call_bytes, framed
-from servicekit.client import ServerUnreachable, TLSRefused, new_request_id, tls_context
+from servicekit.client import ServerUnreachable, TLSRefused, new_request_id
+from servicekit.tls import tls_context
 from servicekit.wire import UNSUPPORTED_CLIENT_TYPE
 from tools.throwaway_db import wait_for
 
@@ -118,6 +120,15 @@ def test_a_stock_client_speaking_unframed_compact_is_served_over_tls(tls_server,
         assert client.add("compact over TLS", 2, new_request_id()).total >= 2
     finally:
         client.close()
+
+
+def test_the_container_probe_calls_a_tls_server_with_the_client_settings(tls_server, pki):
+    tls = {"CLIENT_TLS_CA": pki["ca"], "CLIENT_TLS_CERT": pki["client"], "CLIENT_TLS_KEY": pki["client_key"]}
+    port = str(tls_server.port)
+    probed = run_python("-m", "servicekit.probe", "ping", THRIFT_HOST="localhost", THRIFT_PORT=port, **tls)
+    assert (probed.returncode, probed.stdout) == (0, "pong\n")
+    plain = run_python("-m", "servicekit.probe", "ping", THRIFT_HOST="localhost", THRIFT_PORT=port)
+    assert (plain.returncode, plain.stderr) == (1, "error: the server refused ping: this server accepts TLS only\n")
 
 
 def test_a_plain_text_client_is_told_the_server_accepts_tls_only_at_once_instead_of_at_the_deadline(tls_server):

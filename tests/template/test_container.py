@@ -178,7 +178,7 @@ def test_the_compose_command_serves_client_py_the_healthcheck_and_metrics(compos
     pinged = run_python("client.py", "--servers", f"127.0.0.1:{port}", "ping")
     assert (pinged.returncode, pinged.stdout) == (0, "pong\n")
     healthcheck = dockerfile_exec_form("HEALTHCHECK")
-    assert healthcheck[:2] == ["python", "client.py"]
+    assert healthcheck[:3] == ["python", "-m", "servicekit.probe"]
     health = subprocess.run(
         [image_python, *healthcheck[1:]], cwd=ROOT, env=compose_server.env, capture_output=True, text=True, timeout=60
     )

@@ -52,7 +52,7 @@ SECRET = resource("Secret", f"{SERVICE}-secrets")["stringData"]
 
 
 def probe_timeout(probe: str) -> float:
-    """The --timeout a probe's client.py command is given."""
+    """The --timeout a probe's command is given."""
     command = CONTAINER[probe]["exec"]["command"]
     return float(command[command.index("--timeout") + 1])
 
@@ -109,12 +109,12 @@ def test_a_rolling_update_keeps_three_serving_and_the_grace_period_outlasts_slee
 
 
 def test_probes_ask_the_right_question_within_their_time():
-    assert CONTAINER["readinessProbe"]["exec"]["command"][-1] == "health"  # serving and the database answers
-    assert CONTAINER["livenessProbe"]["exec"]["command"][-1] == "ping"  # never touches the database
-    assert CONTAINER["startupProbe"]["exec"]["command"][-1] == "ping"
+    assert CONTAINER["readinessProbe"]["exec"]["command"][3] == "health"  # serving and the database answers
+    assert CONTAINER["livenessProbe"]["exec"]["command"][3] == "ping"  # never touches the database
+    assert CONTAINER["startupProbe"]["exec"]["command"][3] == "ping"
     assert probe_timeout("readinessProbe") >= HEALTH_CHECK_TIMEOUT_SECONDS + 1  # a lost database is an answer
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert CONTAINER[probe]["exec"]["command"][:2] == ["python", "client.py"]
+        assert CONTAINER[probe]["exec"]["command"][:3] == ["python", "-m", "servicekit.probe"]
         assert probe_timeout(probe) + 1 < CONTAINER[probe]["timeoutSeconds"], probe
     startup = CONTAINER["startupProbe"]
     migration_lock = float(CONFIG_MAP["DB_MIGRATION_LOCK_TIMEOUT"])

@@ -1,0 +1,61 @@
+"""The container probe (`python -m servicekit.probe`) against servers that answer, and some that do not.
+
+The Kubernetes tests (template/test_kubernetes.py) run it as the manifests do: a database lost, a drain.
+"""
+
+import pytest
+
+from counters import counters_thrift
+from helpers.processes import run_python
+from helpers.wire import FixedReplyServer, framed, reply_bytes
+from tools.throwaway_db import free_port
+
+
+def probe(*arguments: str, **env: str):
+    return run_python("-m", "servicekit.probe", *arguments, THRIFT_HOST="127.0.0.1", **env)
+
+
+@pytest.mark.parametrize(("call", "answer"), [("ping", "pong\n"), ("health", "serving: True, database: True")])
+def test_a_server_that_answers_passes(server, call, answer):
+    result = probe(call, "--timeout", "5", THRIFT_PORT=str(server.port))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith(answer)
+
+
+def test_nothing_listening_is_8_in_one_line():
+    port = free_port()
+    result = probe("health", THRIFT_PORT=str(port))
+    assert result.returncode == 8
+    assert result.stderr == f"error: no answer from 127.0.0.1:{port} ([Errno 111] Connection refused)\n"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"HTTP/1.1 400 Bad Request\r\n\r\n", framed(reply_bytes(counters_thrift.Counters, "get", None))],
+    ids=["an HTTP server", "a reply of another call"],
+)
+def test_a_server_of_something_else_is_1_in_one_line(reply):
+    other = FixedReplyServer(reply)
+    try:
+        result = probe("ping", "--timeout", "5", THRIFT_PORT=str(other.port))
+    finally:
+        other.close()
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_a_reply_that_trickles_in_is_cut_off_at_the_timeout():
+    reply = framed(reply_bytes(counters_thrift.Counters, "ping", "pong"))
+    trickle = FixedReplyServer(*(reply[i : i + 1] for i in range(len(reply))), pause=0.1)  # 3 s in all
+    try:
+        result = probe("ping", "--timeout", "1", THRIFT_PORT=str(trickle.port))
+    finally:
+        trickle.close()
+    assert result.returncode == 8
+    assert "timed out" in result.stderr
+
+
+def test_a_bad_setting_is_2_in_one_line():
+    result = probe("ping", THRIFT_PORT="http")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: THRIFT_PORT") and result.stderr.count("\n") == 1
