@@ -23,6 +23,11 @@ DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
 
 
+def called_at(bind_host: str) -> str:
+    """Where a client on the server's machine calls a server that binds `bind_host`: 127.0.0.1 for every address."""
+    return "127.0.0.1" if bind_host in ("", "0.0.0.0", "::") else bind_host
+
+
 def host_port(host: str, port: int) -> str:
     """`host:port` as servers are written: an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from thriftpy2.thrift import TApplicationException, TException, TType
 
-from servicekit.addresses import host_port
+from servicekit.addresses import called_at, host_port
 from servicekit.base import base_module
 from servicekit.client import (
     PooledClient,
@@ -144,9 +144,8 @@ def servers(text: str) -> str:
 
 def _default_servers(settings: ClientSettings) -> str | None:
     """THRIFT_HOST:THRIFT_PORT, at 127.0.0.1 when THRIFT_HOST binds every address; None if it is no host."""
-    host = "127.0.0.1" if settings.thrift_host in ("", "0.0.0.0", "::") else settings.thrift_host
     try:
-        parse_servers(default := host_port(host, settings.thrift_port))
+        parse_servers(default := host_port(called_at(settings.thrift_host), settings.thrift_port))
     except ValueError:
         return None
     return default

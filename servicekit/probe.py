@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from servicekit.addresses import called_at
 from servicekit.settings import ClientSettings, SettingsError, load
 from servicekit.tls import tls_context
 
@@ -88,6 +89,8 @@ def reply_result(message: bytes, method: str, result_type: int) -> _Reader:
     reader.number("i")  # the sequence id: one call per connection
     if header & 0xFF == EXCEPTION:
         raise UnexpectedReply(f"the server refused {method}: {application_error(reader)}")
+    if header & 0xFF != REPLY:
+        raise UnexpectedReply(f"a message of type {header & 0xFF}, not a reply")
     if name != method:
         raise UnexpectedReply(f"a reply of {name!r}, not of {method}")
     for field_id, field_type in reader.fields():
@@ -122,21 +125,29 @@ def health_status(reader: _Reader) -> tuple[bool, bool, str]:
 def exchange(settings: ClientSettings, host: str, method: str, timeout: float) -> bytes:
     """Send `method`'s call to host:THRIFT_PORT and return the reply's message, all within `timeout`."""
     ends = time.monotonic() + timeout
-    tls = settings.client_tls_ca and tls_context(
-        settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key
-    )
     plain = socket.create_connection((host, settings.thrift_port), timeout=timeout)
-    with tls.wrap_socket(plain, server_hostname=host) if tls else plain as sock:
+    if settings.client_tls_ca:
+        tls = tls_context(settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key)
+        plain = tls.wrap_socket(plain, server_hostname=host)
+    with plain as sock:
         sock.sendall(call_bytes(method))
         received = b""
-        while len(received) < 4 or len(received) < 4 + struct.unpack("!i", received[:4])[0]:
-            if len(received) >= 4 and not 0 < struct.unpack("!i", received[:4])[0] <= MAX_REPLY_BYTES:
-                raise UnexpectedReply(f"a reply that starts {received[:12]!r}, not framed binary Thrift")
-            sock.settimeout(max(0.001, ends - time.monotonic()))
+        while (end := _frame_end(received)) is None or len(received) < end:
+            sock.settimeout(max(0.001, ends - time.monotonic()))  # the whole reply within the timeout
             if not (chunk := sock.recv(65536)):
                 raise ConnectionError("the server closed the connection before its reply")
             received += chunk
-        return received[4:]
+        return received[4:end]
+
+
+def _frame_end(received: bytes) -> int | None:
+    """Where the frame that `received` begins ends, once its length is in; UnexpectedReply if implausible."""
+    if len(received) < 4:
+        return None
+    length = struct.unpack("!i", received[:4])[0]
+    if not 0 < length <= MAX_REPLY_BYTES:
+        raise UnexpectedReply(f"a reply that starts {received[:12]!r}, not framed binary Thrift")
+    return 4 + length
 
 
 def seconds(text: str) -> float:
@@ -160,7 +171,7 @@ def main(arguments: list[str]) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    host = "127.0.0.1" if settings.thrift_host in ("", "0.0.0.0", "::") else settings.thrift_host
+    host = called_at(settings.thrift_host)
     try:
         message = exchange(settings, host, options.call, options.timeout or settings.client_timeout)
         if options.call == "ping":
