@@ -36,7 +36,7 @@ ENV PYTHONUNBUFFERED=1
 EXPOSE 9090 9100
 # Calls the health RPC: fails while draining or when the database does not
 # answer. --timeout bounds the whole call inside the check's --timeout.
-# servicekit.probe answers as client.py health would, at a third of its CPU.
+# servicekit.probe answers as client.py health would, at half to a third of its CPU.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "servicekit.probe", "health", "--timeout", "3"]
 # PID 1 gets no default action for a signal it has no handler for: python as

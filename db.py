@@ -235,6 +235,9 @@ def main(argv: list[str]) -> int:
     except startup.StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.status
+    except KeyboardInterrupt:  # after the file that was running, which migrations run whole
+        print("error: interrupted", file=sys.stderr)
+        return startup.EXIT_INTERRUPTED
     print("applied: " + ", ".join(names) if names else "schema is up to date")
     return 0
 

@@ -5,17 +5,19 @@ and parses the IDL first (about 0.25 s of CPU each time); this speaks framed
 binary Thrift itself for the two calls every service on the kit answers, with
 client.py's settings (config.env beside the service, then the environment) and
 exit statuses: 0 answered (health: serving and database up), 7 not serving or
-database down, 8 no answer, 1 an answer that is no reply of this call, 2 usage.
+database down, 8 no answer (a TLS server's "TLS only" too), 1 an answer that is
+no reply of this call, 2 a bad argument or setting.
 """
 
 import argparse
 import socket
+import ssl
 import struct
 import sys
 import time
 from pathlib import Path
 
-from servicekit.addresses import called_at
+from servicekit.addresses import called_at, host_port
 from servicekit.settings import ClientSettings, SettingsError, load
 from servicekit.tls import tls_context
 
@@ -24,11 +26,17 @@ EXIT_USAGE, EXIT_UNEXPECTED, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 2, 1, 7, 8
 VERSION_1, CALL, REPLY, EXCEPTION = 0x80010000, 1, 2, 3
 STOP, BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST = 0, 2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 15
 FIXED_SIZES = {BOOL: 1, BYTE: 1, DOUBLE: 8, I16: 2, I32: 4, I64: 8}
-MAX_REPLY_BYTES = 1 << 20  # a health reply is tens of bytes
+MAX_REPLY_BYTES = 65536  # a health reply is tens of bytes
+MAX_NESTING = 16  # structs and containers within the result, as the server allows in a request
+UNSUPPORTED_CLIENT_TYPE = 10  # TApplicationException's type for "this server accepts TLS only"
 
 
 class UnexpectedReply(ValueError):
     """Bytes that are no reply of the call made."""
+
+
+class TLSOnly(ConnectionError):
+    """A TLS server's answer to plain text: no answer to this probe, as client.py reports it (exit 8)."""
 
 
 class _Reader:
@@ -51,23 +59,25 @@ class _Reader:
         while (field_type := self.number("b")) != STOP:
             yield self.number("h"), field_type
 
-    def skip(self, value_type: int) -> None:
+    def skip(self, value_type: int, depth: int = 1) -> None:
+        if depth > MAX_NESTING:
+            raise UnexpectedReply(f"values nested more than {MAX_NESTING} deep")
         if value_type in FIXED_SIZES:
             self.take(FIXED_SIZES[value_type])
         elif value_type == STRING:
             self.take(self.number("i"))
         elif value_type == STRUCT:
             for _, field_type in self.fields():
-                self.skip(field_type)
+                self.skip(field_type, depth + 1)
         elif value_type == MAP:
             key_type, item_type, count = self.number("b"), self.number("b"), self.number("i")
             for _ in range(count):
-                self.skip(key_type)
-                self.skip(item_type)
+                self.skip(key_type, depth + 1)
+                self.skip(item_type, depth + 1)
         elif value_type in (SET, LIST):
             element_type, count = self.number("b"), self.number("i")
             for _ in range(count):
-                self.skip(element_type)
+                self.skip(element_type, depth + 1)
         else:
             raise UnexpectedReply(f"a value of unknown type {value_type}")
 
@@ -88,7 +98,10 @@ def reply_result(message: bytes, method: str, result_type: int) -> _Reader:
     name = reader.take(reader.number("i")).decode(errors="replace")
     reader.number("i")  # the sequence id: one call per connection
     if header & 0xFF == EXCEPTION:
-        raise UnexpectedReply(f"the server refused {method}: {application_error(reader)}")
+        error_type, error = application_error(reader)
+        if error_type == UNSUPPORTED_CLIENT_TYPE:
+            raise TLSOnly(error)
+        raise UnexpectedReply(f"the server refused {method}: {error}")
     if header & 0xFF != REPLY:
         raise UnexpectedReply(f"a message of type {header & 0xFF}, not a reply")
     if name != method:
@@ -100,13 +113,17 @@ def reply_result(message: bytes, method: str, result_type: int) -> _Reader:
     raise UnexpectedReply(f"a reply of {method} without its result")
 
 
-def application_error(reader: _Reader) -> str:
-    """The message of a TApplicationException (its field 1)."""
+def application_error(reader: _Reader) -> tuple[int, str]:
+    """The type and message of a TApplicationException (its fields 2 and 1)."""
+    error_type, message = 0, "no message"
     for field_id, field_type in reader.fields():
         if field_id == 1 and field_type == STRING:
-            return reader.take(reader.number("i")).decode(errors="replace")
-        reader.skip(field_type)
-    return "no message"
+            message = reader.take(reader.number("i")).decode(errors="replace")
+        elif field_id == 2 and field_type == I32:
+            error_type = reader.number("i")
+        else:
+            reader.skip(field_type)
+    return error_type, message
 
 
 def health_status(reader: _Reader) -> tuple[bool, bool, str]:
@@ -122,31 +139,39 @@ def health_status(reader: _Reader) -> tuple[bool, bool, str]:
     return found[1], found[2], found[3].decode(errors="replace")
 
 
-def exchange(settings: ClientSettings, host: str, method: str, timeout: float) -> bytes:
-    """Send `method`'s call to host:THRIFT_PORT and return the reply's message, all within `timeout`."""
+def exchange(address: tuple[str, int], tls: ssl.SSLContext | None, method: str, timeout: float) -> bytes:
+    """Send `method`'s call to `address` and return the reply's message, all within `timeout`."""
     ends = time.monotonic() + timeout
-    plain = socket.create_connection((host, settings.thrift_port), timeout=timeout)
-    if settings.client_tls_ca:
-        tls = tls_context(settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key)
-        plain = tls.wrap_socket(plain, server_hostname=host)
-    with plain as sock:
+    sock = socket.create_connection(address, timeout=timeout)
+    if tls:
+        sock.settimeout(_left(ends))  # the handshake
+        sock = tls.wrap_socket(sock, server_hostname=address[0])
+    with sock:
+        sock.settimeout(_left(ends))
         sock.sendall(call_bytes(method))
-        received = b""
+        received = bytearray()
         while (end := _frame_end(received)) is None or len(received) < end:
-            sock.settimeout(max(0.001, ends - time.monotonic()))  # the whole reply within the timeout
+            sock.settimeout(_left(ends))  # the whole reply within the timeout, however it trickles in
             if not (chunk := sock.recv(65536)):
                 raise ConnectionError("the server closed the connection before its reply")
             received += chunk
-        return received[4:end]
+        return bytes(received[4:end])
 
 
-def _frame_end(received: bytes) -> int | None:
+def _left(ends: float) -> float:
+    """Seconds left until `ends` (time.monotonic()); TimeoutError if none."""
+    if (left := ends - time.monotonic()) <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _frame_end(received: bytearray) -> int | None:
     """Where the frame that `received` begins ends, once its length is in; UnexpectedReply if implausible."""
     if len(received) < 4:
         return None
-    length = struct.unpack("!i", received[:4])[0]
+    length = struct.unpack_from("!i", received)[0]
     if not 0 < length <= MAX_REPLY_BYTES:
-        raise UnexpectedReply(f"a reply that starts {received[:12]!r}, not framed binary Thrift")
+        raise UnexpectedReply(f"a reply that starts {bytes(received[:12])!r}, not framed binary Thrift")
     return 4 + length
 
 
@@ -164,29 +189,43 @@ def parsed(arguments: list[str]) -> argparse.Namespace:
     return parser.parse_args(arguments)
 
 
+def client_tls(settings: ClientSettings) -> ssl.SSLContext | None:
+    """The CLIENT_TLS_* settings' context (None without CLIENT_TLS_CA); OSError if their files cannot be loaded."""
+    if not settings.client_tls_ca:
+        return None
+    return tls_context(settings.client_tls_ca, settings.client_tls_cert, settings.client_tls_key)
+
+
 def main(arguments: list[str]) -> int:
     options = parsed(arguments)  # exits 2 with a usage line if they are wrong
     try:
         settings = load(ClientSettings, CONFIG_FILE)
+        tls = client_tls(settings)
     except SettingsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    host = called_at(settings.thrift_host)
+        return _failed(str(error), EXIT_USAGE)
+    except OSError as error:  # as client.py says it
+        return _failed(f"cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}", EXIT_USAGE)
+    address = (called_at(settings.thrift_host), settings.thrift_port)
     try:
-        message = exchange(settings, host, options.call, options.timeout or settings.client_timeout)
+        message = exchange(address, tls, options.call, options.timeout or settings.client_timeout)
         if options.call == "ping":
             result = reply_result(message, "ping", STRING)
             print(result.take(result.number("i")).decode(errors="replace"))
             return 0
         serving, database, version = health_status(reply_result(message, "health", STRUCT))
     except UnexpectedReply as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_UNEXPECTED
-    except OSError as error:  # refused, timed out, reset, TLS refused (ssl.SSLError is one)
-        print(f"error: no answer from {host}:{settings.thrift_port} ({error})", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _failed(str(error), EXIT_UNEXPECTED)
+    except UnicodeError:  # a host name the resolver cannot encode (a label over 63 characters)
+        return _failed(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}", EXIT_USAGE)
+    except OSError as error:  # refused, timed out, reset, TLS refused (ssl.SSLError is one), TLS only
+        return _failed(f"no answer from {host_port(*address)} ({error})", EXIT_UNREACHABLE)
     print(f"serving: {serving}, database: {database}, version: {version}")
     return 0 if serving and database else EXIT_UNAVAILABLE
+
+
+def _failed(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

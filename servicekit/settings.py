@@ -241,7 +241,7 @@ def _read(config_file: Path) -> dict[str, str | None]:
             raise SettingsError(f"{where}: {name + ': ' if name else ''}not NAME=value (a quote left open?)")
         if binding.key in names and binding.value is None:
             raise SettingsError(f"{where}: {binding.key} has no value: write {binding.key}=VALUE")
-        if binding.key in names and "\n" in binding.value:  # a quote left open, closed lines later
+        if binding.key and "\n" in original.strip():  # a quote left open, closed lines later: lines swallowed
             raise SettingsError(f"{where}: {binding.key}'s value spans lines (a quote left open?)")
     return dotenv_values(stream=io.StringIO(text))
 

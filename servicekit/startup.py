@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Descriptors a server process needs besides its clients' and its database
 # connections: the listening socket, epoll, logs, metrics, imports.
 RESERVED_DESCRIPTORS = 64
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 USAGE = (
     "usage: python server.py\n"
     "Takes no arguments: settings come from config.env beside it, overridden by the environment\n"
@@ -70,6 +71,9 @@ def run(serve: Callable[[], None], arguments: list[str]) -> int:
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.status
+    except KeyboardInterrupt:  # Ctrl-C before the server serves (then it drains): a migration file ran whole
+        print("error: interrupted while starting", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

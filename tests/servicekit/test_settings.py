@@ -107,6 +107,11 @@ def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
             'THRIFT_HOST="a\nTHRIFT_PORT=1"\n',
             "config.env line 1: THRIFT_HOST's value spans lines (a quote left open?)",
         ),
+        (
+            ServerSettings,
+            'TZ=UTC\nMYSQL_ROOT_PASSWORD="root\nTHRIFT_PORT=1"\n',
+            "config.env line 2: MYSQL_ROOT_PASSWORD's value spans lines (a quote left open?)",
+        ),
     ],
     ids=[
         "bare setting",
@@ -116,6 +121,7 @@ def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
         "no name",
         "a value alone, unclosed: not shown",
         "a quote closed a line later",
+        "another program's variable, a quote closed a line later",
     ],
 )
 def test_a_config_env_line_that_gives_no_value_is_refused_naming_its_line(tmp_path, kind, text, message):
@@ -130,6 +136,15 @@ def test_config_env_may_hold_the_database_containers_variables(tmp_path):
     config = tmp_path / "config.env"  # docker-compose gives the file to the MySQL container too
     config.write_text("THRIFT_WORKERS=2\nMYSQL_ROOT_PASSWORD=root-secret\nTZ=UTC\n")
     assert load(ServerSettings, config, REQUIRED).thrift_workers == 2
+
+
+def test_an_escaped_line_break_in_a_quoted_value_is_no_line_left_open(tmp_path):
+    config = tmp_path / "config.env"
+    config.write_text('THRIFT_WORKERS=2\nMYSQL_PASSWORD="ab\\ncd"\n')  # python-dotenv makes \n a line break
+    assert (
+        load(ServerSettings, config, {k: v for k, v in REQUIRED.items() if k != "MYSQL_PASSWORD"}).mysql_password
+        == "ab\ncd"
+    )
 
 
 def test_a_misspelled_setting_in_the_environment_is_warned_of_by_the_server(start_server):

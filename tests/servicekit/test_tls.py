@@ -128,7 +128,11 @@ def test_the_container_probe_calls_a_tls_server_with_the_client_settings(tls_ser
     probed = run_python("-m", "servicekit.probe", "ping", THRIFT_HOST="localhost", THRIFT_PORT=port, **tls)
     assert (probed.returncode, probed.stdout) == (0, "pong\n")
     plain = run_python("-m", "servicekit.probe", "ping", THRIFT_HOST="localhost", THRIFT_PORT=port)
-    assert (plain.returncode, plain.stderr) == (1, "error: the server refused ping: this server accepts TLS only\n")
+    refused = f"error: no answer from localhost:{port} (this server accepts TLS only)\n"
+    assert (plain.returncode, plain.stderr) == (8, refused)  # as client.py says it
+    missing = run_python("-m", "servicekit.probe", "ping", THRIFT_PORT=port, **{**tls, "CLIENT_TLS_CA": "/nonexistent"})
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: cannot load the TLS files (CLIENT_TLS_*): /nonexistent")
 
 
 def test_a_plain_text_client_is_told_the_server_accepts_tls_only_at_once_instead_of_at_the_deadline(tls_server):
