@@ -28,8 +28,9 @@ from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TT
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
+from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE, VERSION_1
 from servicekit.settings import DEFAULT_MAX_MESSAGE_BYTES
-from servicekit.wire import UNSUPPORTED_CLIENT_TYPE, VERSION_1, element_type, field_type
+from servicekit.wire import element_type, field_type
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0

@@ -18,17 +18,29 @@ import time
 from pathlib import Path
 
 from servicekit.addresses import called_at, host_port
+from servicekit.binary_protocol import (
+    BOOL,
+    CALL,
+    EXCEPTION,
+    FIXED_SIZE,
+    I32,
+    LIST,
+    MAP,
+    REPLY,
+    SET,
+    STOP,
+    STRING,
+    STRUCT,
+    UNSUPPORTED_CLIENT_TYPE,
+    VERSION_1,
+)
 from servicekit.settings import ClientSettings, SettingsError, load
 from servicekit.tls import tls_context
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.env"
 EXIT_USAGE, EXIT_UNEXPECTED, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 2, 1, 7, 8
-VERSION_1, CALL, REPLY, EXCEPTION = 0x80010000, 1, 2, 3
-STOP, BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST = 0, 2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 15
-FIXED_SIZES = {BOOL: 1, BYTE: 1, DOUBLE: 8, I16: 2, I32: 4, I64: 8}
 MAX_REPLY_BYTES = 65536  # a health reply is tens of bytes
 MAX_NESTING = 16  # structs and containers within the result, as the server allows in a request
-UNSUPPORTED_CLIENT_TYPE = 10  # TApplicationException's type for "this server accepts TLS only"
 
 
 class UnexpectedReply(ValueError):
@@ -62,8 +74,8 @@ class _Reader:
     def skip(self, value_type: int, depth: int = 1) -> None:
         if depth > MAX_NESTING:
             raise UnexpectedReply(f"values nested more than {MAX_NESTING} deep")
-        if value_type in FIXED_SIZES:
-            self.take(FIXED_SIZES[value_type])
+        if value_type in FIXED_SIZE:
+            self.take(FIXED_SIZE[value_type])
         elif value_type == STRING:
             self.take(self.number("i"))
         elif value_type == STRUCT:

@@ -64,6 +64,7 @@ from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit import wire
+from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE
 from servicekit.processor import GuardedProcessor
 from servicekit.wire import FRAME_HEADER, FRAMED_BINARY, Codec, Message
 
@@ -94,7 +95,7 @@ BINARY, COMPACT = TCyBinaryProtocolFactory(), TCompactProtocolFactory()
 KEPT_BUFFER_BYTES = 1 << 20  # a worker's buffers grow to its largest message and reply: past this, new ones
 # A TLS port answers a plain-text call with this error, and a plain port a TLS handshake with a fatal
 # handshake_failure alert: either way the client reports a refusal at once, instead of a reset it retries.
-TLS_ONLY = TApplicationException(wire.UNSUPPORTED_CLIENT_TYPE, "this server accepts TLS only")
+TLS_ONLY = TApplicationException(UNSUPPORTED_CLIENT_TYPE, "this server accepts TLS only")
 HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28))  # type, version, length; fatal, 40
 # How long a staying worker waits for its connection's next request (see _stay): SO_RCVTIMEO, a struct timeval.
 # The kernel rounds it up to its clock tick: waits of 7-12 ms where HZ=250.

@@ -14,13 +14,29 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
-STOP, BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST = 0, 2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 15
+from servicekit.binary_protocol import (
+    BOOL,
+    BYTE,
+    CALL,
+    DOUBLE,
+    FIXED_SIZE,
+    I16,
+    I32,
+    I64,
+    LIST,
+    MAP,
+    ONE_WAY,
+    SET,
+    STOP,
+    STRING,
+    STRUCT,
+    VERSION_1,
+)
+
 BINARY = 18  # thriftpy2's type for `binary` in an IDL; a string on the wire
-FIXED_SIZE = {BOOL: 1, BYTE: 1, DOUBLE: 8, I16: 2, I32: 4, I64: 8}
 # The fewest bytes a value of each type takes in the binary protocol: what a
 # container's element count is multiplied by before any element is read.
 SMALLEST = {**FIXED_SIZE, STRING: 4, STRUCT: 1, MAP: 5, SET: 5, LIST: 5}
-VERSION_1 = 0x80010000
 COMPACT_ID, COMPACT_VERSION = 0x82, 1
 # Compact type codes and the types they carry (true and false are both bool).
 COMPACT_TYPES = {
@@ -34,14 +50,10 @@ TYPE_NAMES = {
 FRAME_HEADER = struct.Struct("!i")
 I32_AT = struct.Struct("!i").unpack_from
 I16_AT = struct.Struct("!h").unpack_from
-CALL, ONE_WAY = 1, 4  # the message types of a call and of a one-way call
 CALL_HEADER = struct.Struct("!Ii")  # a binary message's version and type, and its name's length
 FIELD_HEADER = struct.Struct("!Bh")  # a binary field's type and id
 # A spec lookup: the thrift_spec of a method's arguments, None for a method the service lacks.
 SpecOf = Callable[[str], dict | None]
-# The TApplicationException type for a client the server will not talk to (Apache Thrift's name: thriftpy2
-# names types 0-7 only): a TLS port answers a plain-text call with it.
-UNSUPPORTED_CLIENT_TYPE = 10
 TEXT = frozenset(b"\t\n\r" + bytes(range(0x20, 0x7F)))  # printable ASCII and the white space of text protocols
 HEADER_TRANSPORT = b"\x0f\xff"  # the magic after the length of fbthrift's and Apache's header transport
 TLS_HANDSHAKE = b"\x16\x03"  # how a TLS handshake record begins (its type, then its version's major)

@@ -17,9 +17,9 @@ from helpers.mysql import sql
 from helpers.pki import make_pki
 from helpers.processes import run_python
 from helpers.wire import call_bytes, framed
+from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE
 from servicekit.client import ServerUnreachable, TLSRefused, new_request_id
 from servicekit.tls import tls_context
-from servicekit.wire import UNSUPPORTED_CLIENT_TYPE
 from tools.throwaway_db import wait_for
 
 
