@@ -335,11 +335,16 @@ def main(argv: list[str]) -> int:
         return 2
     config_env, readme = Path(argv[1]), Path(argv[2])
     try:
+        current = _read(config_env)  # what the server would refuse is refused here, not rewritten
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
         table = updated_readme(readme.read_text())
     except (OSError, SettingsError) as error:
         print(f"error: {readme}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 1
-    config_env.write_text(render_config_env(dotenv_values(config_env)))
+    config_env.write_text(render_config_env(current))
     readme.write_text(table)
     return 0
 

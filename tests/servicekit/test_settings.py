@@ -219,3 +219,22 @@ def test_updating_a_readme_without_both_table_markers_changes_nothing_and_says_s
     assert result.stderr == f"error: {readme_md}: the README needs {markers}\n"
     assert readme_md.read_text() == readme
     assert config_env.read_text() == "THRIFT_PORT=7000\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "refusal"),
+    [
+        ("THRIFT_PORT", "config.env line 2: THRIFT_PORT has no value: write THRIFT_PORT=VALUE"),
+        ("MYSQL_PASSWORD='secret", "config.env line 2: MYSQL_PASSWORD: not NAME=value (a quote left open?)"),
+    ],
+    ids=["bare name", "open quote"],
+)
+def test_updating_refuses_a_config_env_the_server_would_refuse_and_leaves_it_as_it_was(tmp_path, line, refusal):
+    config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
+    config_env.write_text(f"SERVICE_NAME=things\n{line}\n")
+    readme = f"# Notes\n\n{TABLE_START}\n| old |\n{TABLE_END}\n"
+    readme_md.write_text(readme)
+    result = run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md))
+    assert (result.returncode, result.stderr) == (1, f"error: {refusal}\n")
+    assert config_env.read_text() == f"SERVICE_NAME=things\n{line}\n"
+    assert readme_md.read_text() == readme
