@@ -28,6 +28,7 @@ from dbutils.pooled_db import PooledDB
 from servicekit import migrate as migrations
 from servicekit import mysql, startup
 from servicekit.errors import DatabaseUnavailable, DuplicateKey
+from servicekit.exit_statuses import EXIT_INTERRUPTED
 from servicekit.settings import ServerSettings, SettingsError, load
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -237,7 +238,7 @@ def main(argv: list[str]) -> int:
         return error.status
     except KeyboardInterrupt:  # after the file that was running, which migrations run whole
         print("error: interrupted", file=sys.stderr)
-        return startup.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     print("applied: " + ", ".join(names) if names else "schema is up to date")
     return 0
 

@@ -36,14 +36,21 @@ from servicekit.client import (
     reason,
 )
 from servicekit.errors import REQUEST_ID, REQUEST_ID_FORM
+from servicekit.exit_statuses import (
+    EXIT_CONFLICT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OTHER_DECLARED,
+    EXIT_TERMINATED,
+    EXIT_UNAVAILABLE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from servicekit.settings import ClientSettings, SettingsError, load, misspelled
 from servicekit.tls import tls_context
 from servicekit.wire import element_type, field_type
 
-EXIT_INTERNAL, EXIT_USAGE, EXIT_INVALID, EXIT_CONFLICT, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 1, 2, 3, 5, 7, 8
-EXIT_OTHER_DECLARED = 9  # an exception the IDL declares that exit_statuses gives no status of its own
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
 

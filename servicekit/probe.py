@@ -34,11 +34,11 @@ from servicekit.binary_protocol import (
     UNSUPPORTED_CLIENT_TYPE,
     VERSION_1,
 )
+from servicekit.exit_statuses import EXIT_INTERNAL, EXIT_UNAVAILABLE, EXIT_UNREACHABLE, EXIT_USAGE
 from servicekit.settings import ClientSettings, SettingsError, load
 from servicekit.tls import tls_context
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.env"
-EXIT_USAGE, EXIT_UNEXPECTED, EXIT_UNAVAILABLE, EXIT_UNREACHABLE = 2, 1, 7, 8
 MAX_REPLY_BYTES = 65536  # a health reply is tens of bytes
 MAX_NESTING = 16  # structs and containers within the result, as the server allows in a request
 
@@ -226,7 +226,7 @@ def main(arguments: list[str]) -> int:
             return 0
         serving, database, version = health_status(reply_result(message, "health", STRUCT))
     except UnexpectedReply as error:
-        return _failed(str(error), EXIT_UNEXPECTED)
+        return _failed(str(error), EXIT_INTERNAL)
     except UnicodeError:  # a host name the resolver cannot encode (a label over 63 characters)
         return _failed(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}", EXIT_USAGE)
     except OSError as error:  # refused, timed out, reset, TLS refused (ssl.SSLError is one), TLS only

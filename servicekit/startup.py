@@ -27,6 +27,7 @@ import MySQLdb
 
 from servicekit.addresses import host_port
 from servicekit.errors import ContractError, DatabaseUnavailable
+from servicekit.exit_statuses import EXIT_INTERRUPTED
 from servicekit.migrate import MigrationError
 from servicekit.prefork import serve_in_processes
 from servicekit.processor import GuardedProcessor
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 # Descriptors a server process needs besides its clients' and its database
 # connections: the listening socket, epoll, logs, metrics, imports.
 RESERVED_DESCRIPTORS = 64
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 USAGE = (
     "usage: python server.py\n"
     "Takes no arguments: settings come from config.env beside it, overridden by the environment\n"
