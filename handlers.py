@@ -28,7 +28,7 @@ Conflict = ledger_thrift.base.Conflict
 
 VERSION = "1.1.0"
 MAX_AMOUNT = 10**15
-MAX_BALANCE = 2**63 - 1
+MAX_BALANCE = MAX_ID = 2**63 - 1  # a signed BIGINT column's largest value
 MAX_OWNER_LENGTH = 200
 MAX_PAGE_SIZE = 1000
 LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters, line and paragraph separators
@@ -193,7 +193,7 @@ class LedgerHandler:
     def list_transfers(self, account_id: int, limit: int, cursor: str) -> ledger_thrift.TransferPage:
         _check_limit(limit)
         _check_account_ids(account_id)
-        before_id = decode_cursor(cursor, "transfers", account_id) or MAX_BALANCE
+        before_id = decode_cursor(cursor, "transfers", account_id) or MAX_ID  # the first page: the newest
         if not db.read("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
             raise NotFound(message=f"account {account_id} does not exist")
         # One index range per direction, merged: keyset pagination that stays
