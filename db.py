@@ -58,7 +58,7 @@ def _ping(connection: MySQLdb.Connection) -> None:
     """DBUtils' liveness check at checkout; raising means "reconnect".
 
     DBUtils' own check calls ping(False), which mysqlclient 2.3 deprecates:
-    under `-W error` that warning made every checkout reconnect silently. And
+    under `-W error` that warning would make every checkout reconnect silently. And
     a round trip per checkout doubles the database work of a read, so a
     connection is checked at most once per PING_INTERVAL_SECONDS. One lost in
     between fails its statement: DBUtils reconnects and repeats a read, and a
@@ -87,8 +87,8 @@ def init_pool(settings: ServerSettings, hooks: mysql.PoolHooks | None = None) ->
         **_connect_arguments,
     }
     if settings.db_pool == "persistent":
-        # threading.local (in C) over DBUtils' pure-Python default: a
-        # checkout is ~15% of a read's CPU otherwise. DBUtils avoids it only
+        # threading.local (in C) over DBUtils' pure-Python default, which
+        # makes every checkout cost more (docs/performance.md). DBUtils avoids it only
         # for mod_wsgi, which clears it between requests; our workers do not.
         _pool = PersistentDB(closeable=False, threadlocal=threading.local, **common)
     else:

@@ -139,7 +139,7 @@ class Outage:
     def attempt(self) -> AbstractContextManager:
         """Around each use of a pooled connection; DatabaseUnavailable at once
         if the database is down and another call is trying it."""
-        # Every request passes here: while the database answers, a shared no-op costs a sixth of a generator.
+        # Every request passes here: while the database answers, a shared no-op, not a new generator.
         return self._gate() if self.down else _NO_GATE
 
     @contextmanager

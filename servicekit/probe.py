@@ -1,7 +1,7 @@
 """Container probes: `python -m servicekit.probe ping|health [--timeout S]`, as client.py's commands answer.
 
 Docker and Kubernetes run a probe every few seconds. client.py loads thriftpy2
-and parses the IDL first (about 0.25 s of CPU each time); this speaks framed
+and parses the IDL first, which costs CPU each time; this speaks framed
 binary Thrift itself for the two calls every service on the kit answers, with
 client.py's settings (config.env beside the service, then the environment) and
 exit statuses: 0 answered (health: serving and database up), 7 not serving or
