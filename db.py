@@ -226,8 +226,9 @@ def migrate(settings: ServerSettings) -> list[str]:
 def main(argv: list[str]) -> int:
     """`python db.py migrate`: one line on stdout, or one on stderr and status 1 or 2."""
     if argv != ["migrate"]:
-        print("usage: python db.py migrate", file=sys.stderr)
-        return 2
+        asked = argv in (["-h"], ["--help"])  # as server.py answers it (startup.run)
+        print("usage: python db.py migrate", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     try:
         names = startup.migrate(sys.modules[__name__], load(ServerSettings, CONFIG_FILE))  # this module
     except SettingsError as error:

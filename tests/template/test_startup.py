@@ -92,3 +92,11 @@ def test_help_says_where_settings_come_from():
     result = run_python("server.py", "--help")
     assert result.returncode == 0
     assert "THRIFT_PORT=9091 python server.py" in result.stdout
+
+
+@pytest.mark.parametrize(("arguments", "status"), [(["--help"], 0), (["migrate", "now"], 2)])
+def test_db_py_answers_help_and_refuses_other_arguments(arguments, status, fresh_database):
+    result = run_python("db.py", *arguments, **fresh_database)
+    assert result.returncode == status
+    assert (result.stdout if status == 0 else result.stderr) == "usage: python db.py migrate\n"
+    assert sql(fresh_database, "SHOW TABLES") == []
