@@ -3,6 +3,7 @@
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from counters import CountersClient, counters_thrift
@@ -11,6 +12,7 @@ from helpers.processes import ServerProcess
 from servicekit.client import ServerUnreachable, new_request_id
 
 SCRIPT = "tests/servicekit/counters.py"
+MID_LOAD_ACKNOWLEDGED = 20  # adds acknowledged before run_adds' mid_load: the load is under way
 
 
 def counters_process(env: dict[str, str], log_path: Path, **options) -> ServerProcess:
@@ -19,13 +21,20 @@ def counters_process(env: dict[str, str], log_path: Path, **options) -> ServerPr
 
 
 def run_adds(
-    client: CountersClient, names: list[str], seconds: float, threads: int = 8, stop: threading.Event | None = None
+    client: CountersClient,
+    names: list[str],
+    seconds: float,
+    threads: int = 8,
+    stop: threading.Event | None = None,
+    mid_load: Callable[[], None] | None = None,
 ) -> dict:
     """Random adds from several threads for `seconds` (or until `stop` is set): what was
-    acknowledged (request id, name, amount) and what failed how."""
+    acknowledged (request id, name, amount) and what failed how. `mid_load` (a crash, a restart)
+    runs in its own thread once MID_LOAD_ACKNOWLEDGED adds are acknowledged."""
     outcome = {"acknowledged": [], "errors": [], "slowest_failure": 0.0}
     stop_at = time.monotonic() + seconds
     stop = stop or threading.Event()
+    loaded = threading.Event()
 
     def loop(seed: int) -> None:
         rng = random.Random(seed)
@@ -35,16 +44,21 @@ def run_adds(
             try:
                 client.add(name, amount, request_id)
                 outcome["acknowledged"].append((request_id, name, amount))
+                if len(outcome["acknowledged"]) >= MID_LOAD_ACKNOWLEDGED:
+                    loaded.set()
             except (counters_thrift.base.Unavailable, ServerUnreachable) as error:
                 outcome["errors"].append(type(error).__name__)
                 outcome["slowest_failure"] = max(outcome["slowest_failure"], time.monotonic() - started)
 
     workers = [threading.Thread(target=loop, args=(seed,)) for seed in range(threads)]
+    if mid_load:
+        workers.append(threading.Thread(target=lambda: loaded.wait(seconds) and mid_load()))
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(seconds + 120)
         assert not worker.is_alive(), "a call hung"
+    assert loaded.is_set() or not mid_load, f"fewer than {MID_LOAD_ACKNOWLEDGED} adds acknowledged in {seconds} s"
     return outcome
 
 

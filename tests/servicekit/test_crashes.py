@@ -1,7 +1,6 @@
 """Crashes and stops under load: kill -9, SIGTERM, restarts. Nothing half-applied, nothing lost, nothing twice."""
 
 import signal
-import threading
 import time
 
 from counters_testing import assert_applied_once, assert_consistent, run_adds
@@ -13,14 +12,10 @@ def test_kill_9_mid_load_loses_no_acknowledged_write_and_duplicates_none(start_s
     with server.client(pool_size=8, retries=30, deadline=60) as client:
 
         def kill_and_restart() -> None:
-            time.sleep(1)
             server.stop(signal.SIGKILL)
             start_server(port=server.port)
 
-        killer = threading.Thread(target=kill_and_restart)
-        killer.start()
-        outcome = run_adds(client, names, seconds=3)
-        killer.join()
+        outcome = run_adds(client, names, seconds=3, mid_load=kill_and_restart)
         assert outcome["errors"] == []
         assert len(outcome["acknowledged"]) > 50
         for name in names:
@@ -36,15 +31,11 @@ def test_the_only_server_killed_and_back_3_s_later_fails_no_call_in_flight(start
     with server.client(pool_size=8) as client:  # the defaults: retry until the 30 s deadline
 
         def kill_and_restart_3_s_later() -> None:
-            time.sleep(1)
             server.stop(signal.SIGKILL)
-            time.sleep(3)
+            time.sleep(3)  # the outage the test is about
             start_server(port=server.port)
 
-        restarter = threading.Thread(target=kill_and_restart_3_s_later)
-        restarter.start()
-        outcome = run_adds(client, names, seconds=6)
-        restarter.join()
+        outcome = run_adds(client, names, seconds=6, mid_load=kill_and_restart_3_s_later)
     assert outcome["errors"] == []
     assert_applied_once(database, outcome["acknowledged"])
 
@@ -54,13 +45,9 @@ def test_sigterm_under_load_commits_or_rolls_back_whole_and_never_hangs(start_se
     with server.client(pool_size=8, retries=0, timeout=10) as client:
 
         def stop_server() -> None:
-            time.sleep(1)
             server.process.send_signal(signal.SIGTERM)
 
-        stopper = threading.Thread(target=stop_server)
-        stopper.start()
-        outcome = run_adds(client, [f"sigterm-{n}" for n in range(6)], seconds=3)
-        stopper.join()
+        outcome = run_adds(client, [f"sigterm-{n}" for n in range(6)], seconds=3, mid_load=stop_server)
     assert server.process.wait(15) == 0
     assert outcome["acknowledged"] and outcome["errors"]  # the stop really happened mid-load
     assert_applied_once(database, outcome["acknowledged"])

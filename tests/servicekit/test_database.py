@@ -92,15 +92,11 @@ def test_the_database_stopped_mid_load_gives_unavailable_then_recovers(start_ser
     with server.client(pool_size=8, retries=2, deadline=4, timeout=5) as client:
 
         def restart_database() -> None:
-            time.sleep(1)
             own_database.stop()
-            time.sleep(2)
+            time.sleep(2)  # the outage the test is about
             own_database.start()
 
-        restarter = threading.Thread(target=restart_database)
-        restarter.start()
-        during = run_adds(client, names, seconds=5)
-        restarter.join()
+        during = run_adds(client, names, seconds=5, mid_load=restart_database)
         wait_for(lambda: client.health().database, 10, "the service to reconnect")
         after = run_adds(client, names, seconds=1)
     assert "Unavailable" in during["errors"] or "ServerUnreachable" in during["errors"]
