@@ -10,7 +10,7 @@ own connection:
 Workloads get_account, transfer and a 90/10 mix at 1, 4, 16 and 64 clients;
 then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
 
-    python -m tools.bench            # about seven minutes, on a throwaway MariaDB
+    python -m tools.bench            # everything, on a throwaway MariaDB
     python -m tools.bench --help     # fewer workloads, shorter runs, your own database
 
 Servers compared run side by side and their rounds alternate. Prints a table
