@@ -89,11 +89,6 @@ def test_list_accounts_pages_to_the_end_in_id_order(client):
     assert pages == -(-len(seen) // 3)
 
 
-def test_last_page_has_empty_cursor(client):
-    page = client.list_accounts(limit=1000, cursor="")
-    assert page.next_cursor == ""
-
-
 @pytest.mark.parametrize("limit", [0, -1, 1001])
 def test_list_accounts_limit_out_of_range(client, limit):
     with pytest.raises(InvalidArgument) as error:
