@@ -492,7 +492,10 @@ class _CompactWalk(_Walk):
         if not self.present(at, name_length):
             return False
         self.name = self.text(at, name_length)
-        self.seqid = sequence[0] - (sequence[0] >> 31 << 32)  # an i32 written as an unsigned varint
+        # An i32 written as an unsigned varint (Java's and Go's clients send one of 2**31 or more once their
+        # count wraps): kept unsigned, as thriftpy2 reads it and as its compact protocol can write it back
+        # (its write_varint never ends on a negative number, growing a list until memory runs out).
+        self.seqid = sequence[0]
         self.one_way = buffer[1] >> 5 == ONE_WAY
         self.position = at + name_length
         self.stack.append([STRUCT_FRAME, 1, self.spec_of(self.name), self.arguments, 0])

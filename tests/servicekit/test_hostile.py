@@ -387,3 +387,30 @@ def test_a_connection_epoll_cannot_watch_is_closed_and_accepting_resumes(databas
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("codec", [codec for codec in CODECS if codec.compact], ids=str)
+def test_a_compact_call_off_the_idl_with_a_sequence_id_past_2_31_is_answered_and_the_connection_stays(
+    database, tmp_path, codec
+):
+    # Java's and Go's compact clients write their i32 sequence id as an unsigned varint: past 2**31 calls it
+    # is 5 bytes. Its PROTOCOL_ERROR reply must carry it back, not loop in thriftpy2's write_varint on a
+    # negative number until memory runs out (a limit on the server's address space ends such a run fast).
+    limited = (
+        "import os, resource, sys; "
+        "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20)); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    command = [sys.executable, "-c", limited, sys.executable, "-W", "error", SCRIPT]
+    server = counters_process(database, tmp_path / "server.log", command=command)
+    try:
+        seqid = 2**32 - 1  # -1 as an i32
+        wrong_type = bytes([0x82, 0x21]) + varint(seqid) + varint(3) + b"get" + b"\x16\x02\x00"  # get(1: i64)
+        ping = call_bytes(Counters, "ping", compact=True)
+        reply, _ = exchange(server.port, on_the_wire(wrong_type, codec) + on_the_wire(ping, codec))
+        assert application_error(reply, codec).message == "argument 'name' of get is i64, but the IDL declares string"
+        exception_header = bytes([0x82, 0x61]) + varint(seqid)  # an exception, under the sequence id as sent
+        assert reply[4 if codec.framed else 0 :].startswith(exception_header)
+        assert b"pong" in reply  # and the next call on the connection is answered
+        assert "MemoryError" not in server.log() and "Traceback" not in server.log()
+    finally:
+        server.stop()
