@@ -48,6 +48,24 @@ _outages = mysql.Outage()
 # The MySQL connections the pool holds: each joins at its first checkout and
 # leaves when DBUtils drops it (closed, replaced, or its thread ended).
 _pooled_connections: weakref.WeakSet = weakref.WeakSet()
+# Per thread: why the pool's last attempt to connect failed. DBUtils swallows the error when it reconnects a
+# lost connection (at checkout, or after a failed statement) and hands back the dead one, whose next statement
+# says only "Server has gone away": the reason (wrong password, too many connections) would never be logged.
+_connect_failure = threading.local()
+
+
+def _connect(*args, **kwargs) -> MySQLdb.Connection:
+    """MySQLdb.connect for the pool, keeping in _connect_failure the reason it failed."""
+    try:
+        connection = MySQLdb.connect(*args, **kwargs)
+    except MySQLdb.Error as error:
+        _connect_failure.error = error
+        raise
+    _connect_failure.error = None
+    return connection
+
+
+_connect.dbapi = MySQLdb  # DBUtils takes the module's threadsafety and exceptions from it
 
 
 def _is_lost_connection(error: BaseException) -> bool:
@@ -70,7 +88,11 @@ def _ping(connection: MySQLdb.Connection) -> None:
         _pooled_connections.add(connection)
         _hooks.connection_opened()
     if now - (checked_at or 0.0) >= PING_INTERVAL_SECONDS:
-        connection.ping()
+        try:
+            connection.ping()
+        except MySQLdb.Error:
+            connection.lost = True  # DBUtils now reconnects; if it cannot, it hands back this connection
+            raise
         connection.checked_at = now
 
 
@@ -80,7 +102,7 @@ def init_pool(settings: ServerSettings, hooks: mysql.PoolHooks | None = None) ->
     _hooks = hooks or mysql.PoolHooks()
     _connect_arguments = mysql.connect_arguments(settings)
     common = {
-        "creator": MySQLdb,
+        "creator": _connect,
         "ping": (1, _ping),
         "failures": (MySQLdb.OperationalError, MySQLdb.InterfaceError),
         "isfatal": _is_lost_connection,
@@ -126,8 +148,11 @@ def _connection() -> Iterator:
     if _pool is None:
         raise RuntimeError("db.init_pool() has not been called")
     with _outages.attempt():
+        _connect_failure.error = None
         try:
             connection = _pool.connection()
+            if getattr(connection.dbapi_connection, "lost", False):  # its check failed, and so did the reconnect
+                raise _connect_failure.error or MySQLdb.OperationalError(2006, "the connection was lost")
         except MySQLdb.Error as error:  # whatever the reason, no connection: retry later
             _hooks.error(mysql.error_code(error))
             _outages.failed(f"cannot connect: {error.args[-1]}")
@@ -136,7 +161,9 @@ def _connection() -> Iterator:
             yield connection
         except MySQLdb.Error as error:
             if mysql.error_code(error) in mysql.UNAVAILABLE:
-                _outages.failed(f"error {mysql.error_code(error)}: {error.args[-1]}")
+                reconnect = _connect_failure.error  # DBUtils tried a new connection, in vain: say why
+                why = f"; reconnecting: {reconnect.args[-1]}" if reconnect is not None else ""
+                _outages.failed(f"error {mysql.error_code(error)}: {error.args[-1]}{why}")
             else:  # a deadlock, a duplicate key, bad SQL: it answered
                 _outages.answered()
             raise

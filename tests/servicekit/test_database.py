@@ -63,6 +63,26 @@ def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_agai
     assert re.search(r" WARNING \S+ \[\d+\] the database refused a statement: error 1290: ", server.log())
 
 
+def test_credentials_refused_after_a_restart_are_logged_as_the_reason(start_server, own_database):
+    # The restart loses the pool's sessions; DBUtils' reconnect is refused (a password rotated meanwhile) and
+    # swallowed: the log must say so, not the lost session's "Server has gone away", or nobody knows what to mend.
+    sql(own_database.env, "CREATE USER 'service'@'%' IDENTIFIED BY 'service-pw'")
+    sql(own_database.env, f"GRANT ALL ON `{own_database.env['MYSQL_DATABASE']}`.* TO 'service'@'%'")
+    server = start_server(**{**own_database.env, "MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"})
+    with server.client(retries=0) as client:
+        client.add("rotated", 1)
+        own_database.stop()
+        own_database.start()
+        sql(own_database.env, "ALTER USER 'service'@'%' IDENTIFIED BY 'rotated-pw'")
+        for _ in range(3):  # whichever worker takes each call
+            with pytest.raises(Unavailable):
+                client.get("rotated")
+        wait_for(lambda: "database unavailable" in server.log(), 5, "the outage line")
+        assert re.search(r" WARNING \S+ \[\d+\] database unavailable: .*Access denied for user 'service'", server.log())
+        sql(own_database.env, "ALTER USER 'service'@'%' IDENTIFIED BY 'service-pw'")
+        wait_for(lambda: _answers(client, "rotated"), 10, "the service to connect again")
+
+
 def test_an_outage_logs_one_warning_then_one_info_when_the_database_answers(start_server, own_database):
     server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="2")
     with server.client(retries=0) as client:
