@@ -228,7 +228,7 @@ def run_transaction(work: Callable[..., T]) -> T:
 
 
 def _run_once(connection, work: Callable[..., T]) -> T:
-    connection.begin()
+    _begin(connection)
     cursor = connection.cursor()
     try:
         result = work(cursor)
@@ -243,6 +243,23 @@ def _run_once(connection, work: Callable[..., T]) -> T:
     finally:
         with suppress(MySQLdb.Error):
             cursor.close()
+
+
+def _begin(connection) -> None:
+    """BEGIN, on a new session if the database closed this one since it was last checked (a KILL, a restart, a
+    proxy's idle limit; db.py pings at most once per PING_INTERVAL_SECONDS): nothing of the transaction was
+    sent, so nothing can have been applied, and the write need not fail, nor the database be logged down."""
+    try:
+        connection.begin()
+    except MySQLdb.Error as error:
+        if not _is_lost_connection(error):
+            raise
+        _connect_failure.error = None
+        with suppress(MySQLdb.Error):
+            connection.rollback()  # DBUtils replaces a lost connection here, if it can connect
+        if _connect_failure.error is not None:  # it could not: the outage is real, and this says why
+            raise
+        connection.begin()
 
 
 def migrate(settings: ServerSettings) -> list[str]:

@@ -83,6 +83,20 @@ def test_credentials_refused_after_a_restart_are_logged_as_the_reason(start_serv
         wait_for(lambda: _answers(client, "rotated"), 10, "the service to connect again")
 
 
+def test_a_write_on_a_session_the_database_killed_is_applied_on_a_new_one(start_server, own_database):
+    # KILL CONNECTION (an operator, a proxy's idle limit, a restart) within the second the pool does not ping a
+    # session in: the write's BEGIN finds it gone, before anything of the transaction was sent.
+    database = own_database.env
+    server = start_server(**database, THRIFT_WORKERS="1")  # one pooled session, which every call uses
+    with server.client(retries=0) as client:
+        client.add("killed", 1)
+        query = "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID != CONNECTION_ID()"
+        for (session,) in sql(database, query, (database["MYSQL_DATABASE"],)):
+            sql(database, f"KILL CONNECTION {session}")
+        assert client.add("killed", 1).total == 2  # no Unavailable for a stock client that does not retry
+    assert "database unavailable" not in server.log()
+
+
 def test_an_outage_logs_one_warning_then_one_info_when_the_database_answers(start_server, own_database):
     server = start_server(**own_database.env, MYSQL_CONNECT_TIMEOUT="2")
     with server.client(retries=0) as client:
