@@ -32,7 +32,7 @@ RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
 REFUSED_FOR_NOW = frozenset({1290, 1836, 1036, 1317})
 DUPLICATE_KEY = 1062  # a write duplicated a unique key: the request conflicts with the data
 HEALTH_CHECK_TIMEOUT_SECONDS = 2
-IDLE_SESSION_READ_TIMEOUTS = 6  # a session idle this many MYSQL_READ_TIMEOUTs is closed by the database: 60 s
+IDLE_SESSION_READ_TIMEOUTS = 6  # a session idle this many MYSQL_READ_TIMEOUTs is closed by the database
 OUTAGE_REPORT_SECONDS = 10.0
 _NO_GATE = nullcontext()  # reusable: it keeps no state
 

@@ -129,9 +129,9 @@ class ServerSettings(CommonSettings):
         meaning="That user's password; never logged. Change it before running anywhere but a laptop.", secret=True
     )
     mysql_database: str = setting(meaning="Database name.")
-    mysql_connect_timeout: int = setting(5, "Seconds to connect to the database.", low=1, high=3600)
+    mysql_connect_timeout: int = setting(3, "Seconds to connect to the database.", low=1, high=3600)
     mysql_read_timeout: int = setting(
-        10,
+        5,
         "Seconds to wait for a query's result. Lock waits get half of it, shared by a transaction's re-runs "
         "(1 s each at least; a migration's too); a session idle for six times it is closed by the database.",
         low=1,

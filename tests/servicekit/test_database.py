@@ -162,6 +162,25 @@ def test_a_hung_database_holds_one_worker_so_ping_stays_answered(start_server, o
         wait_for(lambda: _answers(liveness, "hung"), 20, "the database to answer")
 
 
+def test_with_the_defaults_a_write_to_a_hung_database_is_unavailable_within_the_clients_timeout(
+    start_server, own_database
+):
+    # The server's worst case, MYSQL_READ_TIMEOUT to find the pooled session hung and then MYSQL_CONNECT_TIMEOUT
+    # to find a new one cannot connect (5 + 3 s), is within the client's timeout (10 s): the client hears
+    # Unavailable, so it knows nothing was applied, rather than "no reply, the write may have been applied".
+    server = start_server(**own_database.env)
+    with server.client(retries=0) as client:
+        client.add("hung write", 1)
+        time.sleep(db.PING_INTERVAL_SECONDS + 0.1)  # the next checkout pings the session first: the worst case
+        os.kill(own_database.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(Unavailable):
+                client.add("hung write", 1)
+        finally:
+            os.kill(own_database.process.pid, signal.SIGCONT)
+        wait_for(lambda: _answers(client, "hung write"), 20, "the database to answer, the write not applied")
+
+
 def keep_reading(client, stop: threading.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(Unavailable, ServerUnreachable):
@@ -177,7 +196,7 @@ def _pings(client) -> bool:
 
 
 def test_lock_wait_timeouts_are_retried_then_unavailable(start_server, own_database):
-    # With the defaults: MySQL's own lock wait (50 s) would outlast the read timeout (10 s) and the client's (10 s);
+    # With the defaults: MySQL's own lock wait (50 s) would outlast the read timeout (5 s) and the client's (10 s);
     # the server's sessions share half the read timeout among a transaction's 4 attempts.
     server = start_server(**own_database.env, LOG_CLIENT_ERRORS_PER_10S="2")
     with server.client(retries=0) as client:
