@@ -1,10 +1,8 @@
 """Client of the Ledger service: a typed library other services import, and a command line.
 
-Library: `LedgerClient("host:port,host:port")` has one typed method per RPC
-on the kit's PooledClient (servicekit/client.py): a bounded pool of
-connections safe to share between threads, retries with the same
-request_id, failover between servers. Command line: `python client.py --help`.
-Imports no MySQL code: requirements-client.txt is enough to run it.
+`LedgerClient("host:port,host:port")` has one typed method per RPC on the kit's PooledClient (servicekit/client.py),
+where every request starts. Command line: `python client.py --help`. Imports no MySQL code:
+requirements-client.txt is enough to run it.
 """
 
 import sys

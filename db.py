@@ -1,14 +1,7 @@
 """The MySQL layer: one module-level DBUtils pool, reads, transactions, migrations.
 
-Handlers call `read()` for autocommit queries and `run_transaction()` for
-every write. A database outage raises `DatabaseUnavailable`, which the
-server sends as `Unavailable` (safe to retry) whatever the method.
-
-Why PersistentDB by default: the server runs a fixed set of worker threads,
-so one steady connection per worker is exactly enough; there is no pool lock
-to contend and a worker never waits for a connection. `DB_POOL=pooled`
-switches to PooledDB (a shared, bounded pool of `DB_POOL_SIZE`), which suits
-thread counts that change.
+Handlers call `read()` for autocommit queries and `run_transaction()` for every write. A database outage raises
+`DatabaseUnavailable`, which the server sends as `Unavailable` (safe to retry) whatever the method.
 """
 
 import logging
@@ -97,7 +90,14 @@ def _ping(connection: MySQLdb.Connection) -> None:
 
 
 def init_pool(settings: ServerSettings, hooks: mysql.PoolHooks | None = None) -> None:
-    """Create the module-level pool. Call once per process, before serving."""
+    """Create the module-level pool. Call once per process, before serving.
+
+    Why PersistentDB by default: the server runs a fixed set of worker
+    threads, so one steady connection per worker is exactly enough; there is
+    no pool lock to contend and a worker never waits for a connection.
+    `DB_POOL=pooled` switches to PooledDB (a shared, bounded pool of
+    `DB_POOL_SIZE`), which suits thread counts that change.
+    """
     global _pool, _deadlock_retries, _hooks, _connect_arguments
     _hooks = hooks or mysql.PoolHooks()
     _connect_arguments = mysql.connect_arguments(settings)

@@ -1,10 +1,8 @@
 """Business rules of the Ledger service: one method per RPC in service.thrift.
 
-The server's worker threads call these methods with decoded arguments; each
-validates its input, then reads with `db.read()` or writes through
-`writes.apply()` (once per request_id, inside `db.run_transaction()`).
-Raised Thrift exceptions travel to the client as the errors declared in the
-IDL; a database outage becomes `Unavailable` in the kit, for every method.
+The server's worker threads call these methods with decoded arguments; each validates its input, then reads with
+`db.read()` or writes through `writes.apply()` (once per request_id, inside `db.run_transaction()`). Raised Thrift
+exceptions reach the client as the errors the IDL declares; a database outage becomes `Unavailable`.
 """
 
 import time

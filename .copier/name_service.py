@@ -1,12 +1,7 @@
 """copier's task: name a copy of the template after its service, with a fresh password.
 
-`copy NAME` (in the new copy): SERVICE_NAME, MYSQL_USER and MYSQL_DATABASE in
-config.env become NAME and MYSQL_PASSWORD a random one; the word `ledger` (the
-template's own name) becomes NAME in the deployment files, and in the README's
-commands and names of the deployment (not in the example's `ledger_thrift`
-and `ledger_helpers`, which stay until you replace the example). `update NAME`
-(after `copier update`): only the deployment files the update brought in (a
-new manifest still says `ledger`); your own files and config.env stay yours.
+`copy NAME` (in the new copy) names config.env, the deployment files and the README after NAME. `update NAME`
+(after `copier update`) names only the deployment files the update brought in; your own files stay yours.
 """
 
 import re
@@ -23,6 +18,7 @@ NAMED_IN_README = re.compile(rf"(?<!template's name, `)\b{TEMPLATE_NAME}(?=\b|_)
 
 
 def name_config(name: str) -> None:
+    """SERVICE_NAME, MYSQL_USER and MYSQL_DATABASE in config.env become `name`; MYSQL_PASSWORD a random one."""
     values = {
         "SERVICE_NAME": name,
         "MYSQL_USER": name,
@@ -37,11 +33,16 @@ def name_config(name: str) -> None:
 
 
 def name_deployment(name: str, files: list[str]) -> None:
+    """The word `ledger` (the template's own name) becomes `name` in `files`."""
     for path in map(Path, files):
         path.write_text(re.sub(rf"\b{TEMPLATE_NAME}\b", name, path.read_text()))
 
 
 def name_readme(name: str) -> None:
+    """`ledger` becomes `name` in the README's commands and names of the deployment.
+
+    Not in the example's `ledger_thrift` and `ledger_helpers`, which stay until you replace the example.
+    """
     readme = Path("README.md")
     readme.write_text(NAMED_IN_README.sub(name, readme.read_text()))
 

@@ -1,11 +1,7 @@
 """Where a PooledClient's connections can go: every address behind its servers, kept current.
 
-A server given by name stands for every IPv4 and IPv6 address the name
-resolves to (one per ready pod behind a Kubernetes headless Service). The
-client (client.py) asks for them before each call and spreads its pool over
-them. Names are resolved again in a background thread, so a call waits on
-DNS only the first time; an address a connection or a call timed out on is
-marked down until a call to it returns.
+A server given by name stands for every address it resolves to (one per ready pod behind a Kubernetes headless
+Service). The client (client.py) asks AddressBook for them before each call and spreads its pool over them.
 """
 
 import ipaddress
@@ -62,9 +58,12 @@ def _is_ip(host: str) -> bool:
 class AddressBook:
     """The addresses behind `servers` ([(host, port)]), names resolved again every `resolve_every` seconds.
 
-    changed(addresses) is called, from the resolving thread, when a
-    resolution changes them. A name that fails to resolve, or resolves to
-    nothing, keeps its previous addresses: a DNS hiccup retires nothing.
+    Names are resolved again in a background thread, so a call waits on DNS
+    only the first time; an address a connection or a call timed out on is
+    marked down until a call to it returns. changed(addresses) is called,
+    from the resolving thread, when a resolution changes them. A name that
+    fails to resolve, or resolves to nothing, keeps its previous addresses:
+    a DNS hiccup retires nothing.
     """
 
     def __init__(

@@ -1,10 +1,8 @@
 """The command line of a service's client.py: global options, one subcommand per RPC, exit statuses.
 
-A service declares its subcommands (`CommandLine.command`) and how to show
-its results; this module parses and checks every argument before a byte is
-sent (a bad one is one line on stderr and status 2), calls the typed
-client, prints a table or `--json`, and turns each error into one line and
-its own exit status.
+A service declares its subcommands (`CommandLine.command`) and how to show its results; this module checks every
+argument before a byte is sent (a bad one is one line on stderr and status 2), calls the typed client, prints a
+table or `--json`, and turns each error into one line and its own exit status.
 """
 
 import argparse

@@ -1,11 +1,8 @@
 """PooledClient: a thread-safe, pooled, retrying, failing-over client of any service on the kit.
 
-A service's typed client (its client.py) subclasses it with one method per
-RPC, each a `self.call("method", ...)`. Connections speak framed binary
-Thrift, optionally over TLS, and are spread over every address of the
-servers (addresses.py); connection failures, timeouts and the exceptions
-named safe to retry are retried with the same arguments (so the same
-request_id: applied once).
+Where every request starts: a service's typed client (its client.py) subclasses it with one method per RPC, each
+a `self.call("method", ...)`. Connections speak framed binary Thrift, optionally over TLS, to every address of the
+servers (addresses.py); failures safe to retry are retried with the same request_id, so a write applies once.
 """
 
 import enum

@@ -1,10 +1,8 @@
 """Errors the kit raises inside a request, each sent as an exception of base.thrift.
 
-Handlers and db.py raise these; GuardedProcessor (processor.py) is the one
-place that turns each into the service's own class of the exception named by
-`thrift_name`, which every method declares (the processor checks at start).
-The form of a request_id is here too: the command line (cli.py), which
-imports no MySQL code, refuses any other before sending it.
+Handlers and db.py raise these; GuardedProcessor (processor.py) turns each into the service's own class of the
+exception named by `thrift_name`, which every method declares. The form of a request_id is here too, so that
+cli.py (which imports no MySQL code) refuses any other before sending it.
 """
 
 import re

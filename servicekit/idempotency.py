@@ -1,14 +1,7 @@
 """Idempotent writes: a request_id applies its write once; a repeat returns what it wrote, as it is now.
 
-Every write RPC takes a client-chosen `request_id` (the kit treats a method
-with an argument of that name as a write). Handlers wrap the write:
-
-    writes = IdempotentWrites(db.run_transaction)
-    return writes.apply("add_item", request_id, (name, quantity), apply, load)
-
-so a client may retry any write whose reply it did not receive. The record
-lives in `write_requests` (the kit's migration 001), in the same transaction
-as the write itself: both commit, or neither does.
+Handlers wrap every write RPC in `IdempotentWrites.apply()`, inside db.py's transaction, so a client may retry
+any write whose reply it did not receive.
 """
 
 import hashlib
@@ -51,7 +44,17 @@ def _plain(value: object) -> object:
 
 
 class IdempotentWrites:
-    """Applies writes once per request_id, inside `run_transaction(work)` (db.py's)."""
+    """Applies writes once per request_id, inside `run_transaction(work)` (db.py's).
+
+    Every write RPC takes a client-chosen `request_id` (the kit treats a
+    method with an argument of that name as a write). Handlers wrap the write:
+
+        writes = IdempotentWrites(db.run_transaction)
+        return writes.apply("add_item", request_id, (name, quantity), apply, load)
+
+    The record lives in `write_requests` (the kit's migration 001), in the
+    same transaction as the write itself: both commit, or neither does.
+    """
 
     def __init__(self, run_transaction: Callable[[Callable[[Any], T]], T]) -> None:
         self._run_transaction = run_transaction

@@ -1,10 +1,8 @@
-"""MySQL knowledge shared by db.py's pool and the migrations: error numbers,
-connection arguments, the health check's query, and the outage: its log,
-and one call at a time trying a database that is down.
+"""MySQL knowledge shared by db.py's pool and the migrations: error numbers, connection arguments, outages.
 
-Which error numbers mean "the connection is gone", "the database cannot
-serve now" and "run the transaction again" decides what a client sees:
-`Unavailable` (retry), a re-run inside the service, or INTERNAL_ERROR.
+Which error numbers mean "the connection is gone", "the database cannot serve now" and "run the transaction
+again" decides what a client sees: `Unavailable` (retry), a re-run inside the service, or INTERNAL_ERROR. The
+health check's query, the outage's log, and one call at a time trying a database that is down are here too.
 """
 
 import logging

@@ -1,12 +1,8 @@
-"""Logs and Prometheus metrics: what operators see of a running server.
+"""Logs and Prometheus metrics: what operators see of a running server and each request it answers.
 
-startup.py configures logging here (LOG_FORMAT=text or json) and, with
-METRICS_PORT set, serves these metrics; SERVICE_NAME names both (logger
-`catalog.requests`, metric `catalog_requests_total` for SERVICE_NAME=catalog).
-The engine and db.py never import this module: startup.py hands them the
-callbacks below. With several server processes, prometheus-client adds their
-numbers up; that mode must be chosen (PROMETHEUS_MULTIPROC_DIR) before this
-module is first imported.
+startup.py configures logging here (LOG_FORMAT=text or json) and, with METRICS_PORT set, serves the metrics, both
+named after SERVICE_NAME; the engine and db.py never import this module (startup.py hands them its callbacks).
+With several server processes, PROMETHEUS_MULTIPROC_DIR must be set before this module is first imported.
 """
 
 import json
@@ -125,6 +121,7 @@ class _BudgetedHandler(logging.StreamHandler):
 
 
 def configure_logging(service_name: str, level: str, log_format: str, client_errors_per_window: int) -> None:
+    """Log as LOG_FORMAT says, under the service's name (logger `catalog.requests` for SERVICE_NAME=catalog)."""
     handler = _BudgetedHandler(client_errors_per_window)
     handler.addFilter(_ServiceLoggerNames(service_name))
     if log_format == "json":
@@ -135,7 +132,10 @@ def configure_logging(service_name: str, level: str, log_format: str, client_err
 
 
 class Metrics:
-    """The service's Prometheus metrics, each named `<service_name>_...`."""
+    """The service's Prometheus metrics, each named `<service_name>_...` (`catalog_requests_total`, say).
+
+    With several server processes (PROMETHEUS_MULTIPROC_DIR set), prometheus-client adds up their numbers.
+    """
 
     def __init__(self, service_name: str) -> None:
         def name(suffix: str) -> str:

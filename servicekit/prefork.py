@@ -1,10 +1,8 @@
-"""The pre-fork supervisor: several server processes on one listening socket.
+"""The pre-fork supervisor: several server processes on one listening socket, past the GIL's limit on one.
 
-One process is limited by the GIL. `serve_in_processes()` forks copies of a
-listening TThreadPoolServer; the kernel spreads new connections over them.
-Each child opens its own database pool (connections must not cross a fork).
-SIGTERM or SIGINT to the parent drains every child; a child that dies
-otherwise is replaced; a child whose parent dies drains and exits.
+`serve_in_processes()` forks copies of a listening TThreadPoolServer; the kernel spreads new connections over
+them. Each child opens its own database pool (connections must not cross a fork). SIGTERM or SIGINT to the parent
+drains every child; a child that dies otherwise is replaced; a child whose parent dies drains and exits.
 """
 
 import logging

@@ -1,12 +1,8 @@
 """Container probes: `python -m servicekit.probe ping|health [--timeout S]`, as client.py's commands answer.
 
-Docker and Kubernetes run a probe every few seconds. client.py loads thriftpy2
-and parses the IDL first, which costs CPU each time; this speaks framed
-binary Thrift itself for the two calls every service on the kit answers, with
-client.py's settings (config.env beside the service, then the environment) and
-exit statuses: 0 answered (health: serving and database up), 7 not serving or
-database down, 8 no answer (a TLS server's "TLS only" too), 1 an answer that is
-no reply of this call, 2 a bad argument or setting.
+Docker and Kubernetes run a probe every few seconds, and client.py loads thriftpy2 and parses the IDL first each
+time; this speaks framed binary Thrift itself for the two calls every service on the kit answers, with client.py's
+settings and exit statuses.
 """
 
 import argparse
@@ -209,6 +205,12 @@ def client_tls(settings: ClientSettings) -> ssl.SSLContext | None:
 
 
 def main(arguments: list[str]) -> int:
+    """Probe with client.py's settings (config.env beside the service, then the environment); the exit status.
+
+    0 answered (health: serving and database up), 7 not serving or database
+    down, 8 no answer (a TLS server's "TLS only" too), 1 an answer that is no
+    reply of this call, 2 a bad argument or setting.
+    """
     options = parsed(arguments)  # exits 2 with a usage line if they are wrong
     try:
         settings = load(ClientSettings, CONFIG_FILE)

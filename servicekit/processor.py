@@ -1,19 +1,7 @@
 """GuardedProcessor: one decoded request to one handler call and back; errors mapped here.
 
-The engine (thread_pool_server.py) hands it a whole, checked message. It
-answers ping and health itself, calls the service's handler for the rest,
-and is the one place errors are mapped: a KitError (a database outage, a bad
-or reused request_id) becomes the exception of that name in base.thrift; an
-exception the method does not declare, or a result of a type the IDL does
-not allow, becomes INTERNAL_ERROR with one logged traceback, and the
-connection stays usable. A TMultiplexedProtocol client's "Ledger:ping" is
-served as ping; a one-way call is dropped (the kit serves none). A reply
-sent to the server is a malformed message, for the engine to close the
-connection; a string argument that is not UTF-8 (thriftpy2 would hand the
-handler bytes) is off the contract (wire.OffContract), which the engine
-answers with PROTOCOL_ERROR.
-`check_contract()` finds at start-up what would otherwise reach a client as
-INTERNAL_ERROR.
+The engine (thread_pool_server.py) hands it a whole, checked message; it calls the service's handler and writes
+the reply or error. `check_contract()` finds at start-up what would otherwise reach a client as INTERNAL_ERROR.
 """
 
 import logging
@@ -150,7 +138,20 @@ class _BaseHandler:
 
 
 class GuardedProcessor(TProcessor):
-    """A TProcessor for `service` that calls `handler` and maps every error; see the module docstring."""
+    """A TProcessor for `service` that calls `handler` and maps every error.
+
+    It answers ping and health itself, calls the service's handler for the
+    rest, and is the one place errors are mapped: a KitError (a database
+    outage, a bad or reused request_id) becomes the exception of that name in
+    base.thrift; an exception the method does not declare, or a result of a
+    type the IDL does not allow, becomes INTERNAL_ERROR with one logged
+    traceback, and the connection stays usable. A TMultiplexedProtocol
+    client's "Ledger:ping" is served as ping; a one-way call is dropped (the
+    kit serves none). A reply sent to the server is a malformed message, for
+    the engine to close the connection; a string argument that is not UTF-8
+    (thriftpy2 would hand the handler bytes) is off the contract
+    (wire.OffContract), which the engine answers with PROTOCOL_ERROR.
+    """
 
     def __init__(
         self,

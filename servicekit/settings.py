@@ -1,10 +1,8 @@
 """Every setting of a service, declared once: name, type, default, meaning, limits.
 
-`load()` merges the service's config.env (python-dotenv) with the process
-environment and validates each value into a frozen dataclass; nothing else
-reads the environment. `python -m servicekit.settings update config.env README.md`
-rewrites config.env's comments and the README's settings table from these
-declarations, keeping config.env's values; a test checks both are current.
+`load()` merges config.env with the process environment and validates each value into a frozen dataclass, for
+server.py and client.py at start; nothing else reads the environment. `python -m servicekit.settings update
+config.env README.md` rewrites config.env's comments and the README's settings table from these declarations.
 """
 
 import difflib

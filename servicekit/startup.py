@@ -1,11 +1,8 @@
 """The steps a service's server.py runs, in order, each failing with one clear line.
 
-load_settings -> observe -> build_server -> migrate -> serve: whatever can be
-refused without the database (the IDL against the handler, TLS files, taken
-ports) is, before migrations change the schema. A step that cannot go on
-raises StartupError (message and exit status); run() prints it. `database` is
-the service's db.py module: init_pool(), close_pool(), database_answers(),
-pooled_connections().
+load_settings -> observe -> build_server -> migrate -> serve: whatever can be refused without the database (the IDL
+against the handler, TLS files, taken ports) is, before migrations change the schema. A step that cannot go on
+raises StartupError (message and exit status); run() prints it. `database` is the service's db.py module.
 """
 
 import atexit

@@ -1,49 +1,7 @@
-"""TThreadPoolServer: a fixed pool of worker threads sharing one epoll set.
+"""TThreadPoolServer: the engine, where every request enters the server and its reply leaves.
 
-thriftpy2 ships only a single-threaded and a thread-per-connection server.
-Here every open connection sits in one epoll set, edge-triggered, and each
-worker thread waits on that set itself: the kernel gives each event to one
-waiting worker, which reads what has arrived and answers every whole message
-in it from memory; an event for a connection another worker is serving is
-left to that worker. No thread hands a request to another (each hand-off is
-a thread switch and a wait for the GIL), yet an idle connection costs a file
-descriptor, never a worker, and no worker ever waits on a client: a partial
-message is kept (up to max_buffered_bytes for all connections together: past
-it, the connection that adds more is closed), and a reply the client is slow
-to take is kept too and sent when the socket is writable (EPOLLOUT); until
-it is, no more requests are read from that connection.
-
-Each connection speaks the Thrift its first bytes show (wire.detect):
-framed or unframed, strict binary or compact, and is answered the same way
-for its whole life. Workers check every message before thriftpy2 decodes
-it: a call of a known shape (wire.known_calls, what stock clients send for
-numbers-only arguments) in one step, any other by walking it (wire.walk),
-which checks every declared length and is how an unframed message's end is
-found. Each worker decodes into and encodes from its own reused buffers.
-New connections and TLS handshakes (step by step, never blocking) are
-handled the same way; a TLS port answers a plain-text call with TLS_ONLY
-and a plain port a TLS handshake with an alert, before the connection
-closes. A whole call the IDL does not allow (wire.OffContract) gets
-PROTOCOL_ERROR saying why, and the connection stays; one too long, or
-whose end is not known, is told so before the connection closes. While
-no more connections are active than there are workers, the worker that
-answered a plain connection stays on it while another worker waits on the
-set (or did within the last 20 ms): it waits in recv() for the next request
-as a thread-per-connection server would, and gives the connection back when
-the client goes quiet, no other worker has waited for 20 ms, or more
-connections become active (_stay). A drain closes idle connections at once.
-
-The thread that calls `serve()` keeps house once a second: it closes
-connections idle past the idle timeout, or stuck in a partial message or an
-untaken reply past the read timeout, and reports counts. Past
-max_connections, new connections are closed at once; out of file
-descriptors or epoll watches, accepting pauses until the next round.
-`close()` stops accepting and reading; `serve()` then lets running requests
-finish (up to the drain timeout), closes every connection and returns. epoll
-makes this engine Linux-only (as in the Docker image).
-
-One process is limited by the GIL; prefork.py forks several copies that
-accept from the same listening socket, each with its own workers and pool.
+It accepts connections, checks each message (wire.py), runs it through GuardedProcessor (processor.py) on one
+of a fixed pool of worker threads, and writes the reply back. Why it is built this way: the class docstring.
 """
 
 import logging
@@ -167,7 +125,53 @@ class _Worker:
 
 
 class TThreadPoolServer(TServer):
-    """Serves Thrift (framed or not, binary or compact) with `workers` threads; see module docstring."""
+    """Serves Thrift (framed or not, binary or compact) with `workers` threads sharing one epoll set.
+
+    thriftpy2 ships only a single-threaded and a thread-per-connection server.
+    Here every open connection sits in one epoll set, edge-triggered, and each
+    worker thread waits on that set itself: the kernel gives each event to one
+    waiting worker, which reads what has arrived and answers every whole message
+    in it from memory; an event for a connection another worker is serving is
+    left to that worker. No thread hands a request to another (each hand-off is
+    a thread switch and a wait for the GIL), yet an idle connection costs a file
+    descriptor, never a worker, and no worker ever waits on a client: a partial
+    message is kept (up to max_buffered_bytes for all connections together: past
+    it, the connection that adds more is closed), and a reply the client is slow
+    to take is kept too and sent when the socket is writable (EPOLLOUT); until
+    it is, no more requests are read from that connection.
+
+    Each connection speaks the Thrift its first bytes show (wire.detect):
+    framed or unframed, strict binary or compact, and is answered the same way
+    for its whole life. Workers check every message before thriftpy2 decodes
+    it: a call of a known shape (wire.known_calls, what stock clients send for
+    numbers-only arguments) in one step, any other by walking it (wire.walk),
+    which checks every declared length and is how an unframed message's end is
+    found. Each worker decodes into and encodes from its own reused buffers.
+    New connections and TLS handshakes (step by step, never blocking) are
+    handled the same way; a TLS port answers a plain-text call with TLS_ONLY
+    and a plain port a TLS handshake with an alert, before the connection
+    closes. A whole call the IDL does not allow (wire.OffContract) gets
+    PROTOCOL_ERROR saying why, and the connection stays; one too long, or
+    whose end is not known, is told so before the connection closes. While
+    no more connections are active than there are workers, the worker that
+    answered a plain connection stays on it while another worker waits on the
+    set (or did within STAY_WITHOUT_WAITER_SECONDS): it waits in recv() for the
+    next request as a thread-per-connection server would, and gives the
+    connection back when the client goes quiet, no other worker has waited for
+    that long, or more connections become active (_stay). A drain closes idle connections at once.
+
+    The thread that calls `serve()` keeps house once a second: it closes
+    connections idle past the idle timeout, or stuck in a partial message or an
+    untaken reply past the read timeout, and reports counts. Past
+    max_connections, new connections are closed at once; out of file
+    descriptors or epoll watches, accepting pauses until the next round.
+    `close()` stops accepting and reading; `serve()` then lets running requests
+    finish (up to the drain timeout), closes every connection and returns. epoll
+    makes this engine Linux-only (as in the Docker image).
+
+    One process is limited by the GIL; prefork.py forks several copies that
+    accept from the same listening socket, each with its own workers and pool.
+    """
 
     def __init__(
         self,

@@ -1,12 +1,8 @@
 """Wire checks: which Thrift a connection speaks, and each message's shape before thriftpy2 decodes it.
 
-The engine calls `detect()` on a connection's first bytes (framed or not,
-strict binary or compact), then checks every message before a decoder sees
-it: thriftpy2 allocates whatever a message declares, so every declared
-length and container size must fit in the bytes the message may occupy and
-nesting is limited. `known_calls()` matches in one step the calls whose
-every length the IDL fixes; `walk()` checks any other and finds where an
-unframed message ends.
+The engine calls `detect()` on a connection's first bytes, then checks every message here: thriftpy2 allocates
+whatever a message declares, so every declared length and container size must fit in the bytes the message may
+occupy, and nesting is limited. `known_calls()` matches fixed-length calls in one step; `walk()` checks any other.
 """
 
 import re

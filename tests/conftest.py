@@ -1,10 +1,8 @@
 """Fixtures both parts of the suite share: the database server and the fuzzing budget.
 
-The database server is the one named by MYSQL_HOST (and the other MYSQL_*
-variables) when the caller sets it; otherwise a throwaway MariaDB/MySQL
-server is started from the installed binaries in a temporary directory.
-Each part of the suite creates its own database on it. No other setting
-the caller's environment holds reaches the code under test.
+The database server is MYSQL_HOST's (with the other MYSQL_* variables) when the caller sets it; otherwise a
+throwaway MariaDB/MySQL server started from the installed binaries. Each part of the suite creates its own
+database on it. No other setting the caller's environment holds reaches the code under test.
 """
 
 import os

@@ -1,23 +1,7 @@
 """Benchmark the Ledger server against what a user would otherwise pick.
 
-One run on one machine, side by side, each client a separate process with its
-own connection:
-  project      server.py: TThreadPoolServer and the PersistentDB pool;
-  make_server  thriftpy2's thread-per-connection server, same handlers and pool;
-  per_request  server.py's engine, but a new MySQL connection for every request;
-  direct       the same handlers (the same SQL) run inside the client processes
-               straight through mysqlclient: the database's own limit.
-Workloads get_account, transfer and a 90/10 mix at 1, 4, 16 and 64 clients;
-then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
-
-    python -m tools.bench            # everything, on a throwaway MariaDB
-    python -m tools.bench --help     # fewer workloads, shorter runs, your own database
-
-Servers compared run side by side and their rounds alternate. Prints a table
-(calls per second and the server's CPU time per call, each the median round;
-p50 and p99 latency over all calls; the server's peak RSS) and the ratios
-(CPU per call also paired: the median of each round's ratio), writes
-bench-results.json and bench-results.png.
+Drives the whole request path (client processes, server, MySQL) for each variant side by side and prints a table
+and the ratios between them; `python -m tools.bench --help` lists the variants, workloads and options.
 """
 
 import argparse
@@ -54,6 +38,23 @@ VARIANTS = ("project", "make_server", "per_request", "direct")
 WORKLOADS = ("get_account", "transfer", "mix")
 ACCOUNTS = 200
 RATIOS_SHOWN = ("p99_ratio", "cpu_ratio", "paired_cpu_ratio")  # besides throughput, which is always measured
+HELP_DETAILS = """\
+On one machine, each client a separate process with its own connection:
+  project      server.py: TThreadPoolServer and the PersistentDB pool;
+  make_server  thriftpy2's thread-per-connection server, same handlers and pool;
+  per_request  server.py's engine, but a new MySQL connection for every request;
+  direct       the same handlers (the same SQL) run inside the client processes
+               straight through mysqlclient: the database's own limit.
+Workloads get_account, transfer and a 90/10 mix at 1, 4, 16 and 64 clients;
+then 16 readers while 1,000 idle connections are open; then THRIFT_PROCESSES=2.
+By default all of it, on a throwaway MariaDB.
+
+Servers compared run side by side and their rounds alternate. Prints a table
+(calls per second and the server's CPU time per call, each the median round;
+p50 and p99 latency over all calls; the server's peak RSS) and the ratios
+(CPU per call also paired: the median of each round's ratio), writes
+bench-results.json and bench-results.png.
+"""
 
 
 @dataclass
@@ -530,7 +531,11 @@ def plot(runs: list[Run], path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=HELP_DETAILS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each configuration")
     parser.add_argument("--concurrency", default="1,4,16,64", help="client process counts")

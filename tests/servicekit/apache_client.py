@@ -1,10 +1,8 @@
 """A client of the Counters test service written with Apache Thrift's own Python library, as its users write one.
 
-Run as `python -P apache_client.py PORT TRANSPORT PROTOCOL NAME SERVICE` with
-the Apache compiler's code for counters.thrift on PYTHONPATH (`thrift -r
---gen py`); a SERVICE name (not "") calls through TMultiplexedProtocol. On
-one connection it calls ping, add (a write), get (a read) and get of a
-missing counter (a declared error), and prints what came back as JSON.
+Run as `python -P apache_client.py PORT TRANSPORT PROTOCOL NAME SERVICE` with the Apache compiler's code for
+counters.thrift on PYTHONPATH (`thrift -r --gen py`); a SERVICE name (not "") calls through TMultiplexedProtocol.
+On one connection it calls ping, add, get and get of a missing counter, and prints what came back as JSON.
 """
 
 import json

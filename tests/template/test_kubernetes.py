@@ -1,11 +1,9 @@
 """The Kubernetes manifests (k8s/), checked without a cluster.
 
-Every resource kustomization.yaml lists must validate strictly against the
-Kubernetes schemas kubernetes-validate ships (offline), and what the
-manifests promise must hold: settings that match config.env, a grace period
-that outlasts the drain, a locked-down container sized to its CPU limit, and
-probes that, run here against a real server, tell a lost database from a
-draining server.
+Every resource kustomization.yaml lists must validate strictly against kubernetes-validate's schemas (offline),
+and what the manifests promise must hold: settings that match config.env, a grace period that outlasts the drain,
+a locked-down container sized to its CPU limit, and probes (run here against a real server) that tell a lost
+database from a draining server.
 """
 
 import re
