@@ -530,7 +530,8 @@ def plot(runs: list[Run], path: Path) -> None:
     figure.savefig(path)
 
 
-def main() -> int:
+def parse_options() -> argparse.Namespace:
+    """The command line's options, the comma-separated lists split."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=HELP_DETAILS,
@@ -547,16 +548,14 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "bench-results.png")
     parser.add_argument("--serve", choices=("make_server", "per_request"), help=argparse.SUPPRESS)
     options = parser.parse_args()
-    if options.serve:
-        serve(options.serve)
-        return 0
     options.concurrency = [int(c) for c in options.concurrency.split(",")]
     options.workloads = options.workloads.split(",")
     options.variants = options.variants.split(",")
-    with benchmark_database(options.configured_database) as env:
-        runs = run_all(options, env)
-    compared = ratios(runs)
-    print_report(runs, compared)
+    return options
+
+
+def write_results(options: argparse.Namespace, runs: list[Run], compared: list[dict]) -> None:
+    """The runs and their ratios as JSON at --output, and their plot at --plot."""
     machine = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     options.output.write_text(
         json.dumps(
@@ -572,6 +571,18 @@ def main() -> int:
         )
     )
     plot(runs, options.plot)
+
+
+def main() -> int:
+    options = parse_options()
+    if options.serve:
+        serve(options.serve)
+        return 0
+    with benchmark_database(options.configured_database) as env:
+        runs = run_all(options, env)
+    compared = ratios(runs)
+    print_report(runs, compared)
+    write_results(options, runs, compared)
     print(f"\nwrote {options.output} and {options.plot}")
     return 0
 
