@@ -2,7 +2,7 @@
 
 Where every request starts: a service's typed client (its client.py) subclasses it with one method per RPC, each
 a `self.call("method", ...)`. Connections speak framed binary Thrift, optionally over TLS, to every address of the
-servers (addresses.py); failures safe to retry are retried with the same request_id, so a write applies once.
+servers (addresses.py); connection failures, timeouts and Unavailable are retried with the same request_id.
 """
 
 import enum
@@ -258,12 +258,11 @@ class PooledClient:
         addresses get connections as the pool evens out; connections to
         addresses that are gone close, idle ones at once, busy ones when
         their call returns. IP addresses are used as they are.
-    retry_on: exceptions safe to retry besides base.thrift's Unavailable.
     deadline: seconds a call may take in all, retries included. Connection
-        failures, timeouts and `retry_on` are retried with the same arguments
-        (so a write's request_id: applied once), pausing 50 ms doubling up to
-        1 s with jitter, until the deadline, or `retries` times if it is
-        given. Other service errors are raised at once, and so are
+        failures, timeouts and base.thrift's Unavailable are retried with
+        the same arguments (so a write's request_id: applied once), pausing
+        50 ms doubling up to 1 s with jitter, until the deadline, or
+        `retries` times if it is given. Other service errors are raised at once, and so are
         TLSRefused and UnexpectedReply once every address answered so.
     timeout / connect_timeout: seconds per attempt / per connection attempt
         (never past the deadline; an attempt that another may follow on an
@@ -291,7 +290,6 @@ class PooledClient:
         service: type,
         servers: str,
         *,
-        retry_on: tuple[type[Exception], ...] = (),
         deadline: float = 30.0,
         retries: int | None = None,
         timeout: float = 10.0,
@@ -306,7 +304,7 @@ class PooledClient:
     ) -> None:
         _check_options(deadline, retries, timeout, connect_timeout, pool_size, acquire_timeout, max_idle)
         self.service = service
-        self.retry_on = (base_module(service).Unavailable, *retry_on)
+        self._unavailable = base_module(service).Unavailable
         self.deadline = deadline
         self.retries = retries
         self.timeout = timeout
@@ -364,7 +362,7 @@ class PooledClient:
         for attempt in itertools.count():
             try:
                 return self._call_once(method, args, give_up_at, self.retries is None or attempt < self.retries)
-            except (ServerUnreachable, *self.retry_on) as error:
+            except (ServerUnreachable, self._unavailable) as error:
                 sent = sent or getattr(error, "sent", True)  # a server's Unavailable: it had the request
                 if refused := getattr(error, "refused_by", None):
                     refused_by |= refused
