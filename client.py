@@ -8,6 +8,7 @@ requirements-client.txt is enough to run it.
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import thriftpy2
 
@@ -25,7 +26,7 @@ EPOCH = datetime(1970, 1, 1)  # in UTC; naive, so that isoformat() adds no offse
 class LedgerClient(PooledClient):
     """A thread-safe, pooled, retrying client of the Ledger service (options: see PooledClient)."""
 
-    def __init__(self, servers: str, **options) -> None:
+    def __init__(self, servers: str, **options: Any) -> None:
         super().__init__(ledger_thrift.Ledger, servers, **options)
 
     def create_account(self, owner: str, request_id: str | None = None) -> Account:

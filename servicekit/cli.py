@@ -17,7 +17,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from thriftpy2.thrift import TApplicationException, TException, TType
 
@@ -251,7 +251,7 @@ def _items_field(page: object) -> str:
     return next(name for _, name, *_ in page.thrift_spec.values() if isinstance(getattr(page, name), list))
 
 
-def every_page(call: Callable, options: dict):
+def every_page(call: Callable[..., Any], options: dict[str, object]) -> Any:
     """Follow next_cursor to the last page; return one page holding every item."""
     page = call(**options)
     field = _items_field(page)

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any, Self
 
 from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.protocol.cybin import ProtocolError
@@ -326,7 +327,7 @@ class PooledClient:
         self._available = threading.Condition()
         self._turn = random.randrange(1 << 16)  # where the round starts: one-shot clients spread too
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -345,11 +346,11 @@ class PooledClient:
         """Returns "pong" when the server answers."""
         return self.call("ping")
 
-    def health(self):
+    def health(self) -> Any:  # the service's own base.Health class (base.py)
         """base.Health: whether the server is serving (not draining) and its database answers."""
         return self.call("health")
 
-    def call(self, method: str, *args: object):
+    def call(self, method: str, *args: object) -> Any:  # what `method` returns, of the service's IDL
         """Call `method` with `args`, retrying what is safe to retry; see the class docstring."""
         if method not in self._argument_specs:
             raise ValueError(f"{self.service.__name__} has no method {method!r}")

@@ -12,6 +12,7 @@ from operator import attrgetter
 from time import perf_counter
 from typing import Protocol
 
+from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
 from thriftpy2.thrift import TApplicationException, TException, TMessageType, TProcessor, TType
 
 from servicekit.base import BASE_METHODS, base_module
@@ -26,6 +27,7 @@ WITHOUT_TEXT = {TType.BOOL, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.D
 logger = logging.getLogger(__name__)
 UNKNOWN_METHOD = {"client_error": "calls of unknown methods"}  # any client can cause it: logging caps the lines
 ONE_WAY = {"client_error": "one-way calls"}
+ThriftProtocol = TCyBinaryProtocol | TCompactProtocol  # what the engine decodes requests and encodes replies with
 
 
 def _unexpected(method: str, error: BaseException) -> dict:
@@ -185,12 +187,12 @@ class GuardedProcessor(TProcessor):
             for name in service.thrift_services
         }
 
-    def send_exception(self, oprot, api: str, exc: TApplicationException, seqid: int) -> None:
+    def send_exception(self, oprot: ThriftProtocol, api: str, exc: TApplicationException, seqid: int) -> None:
         """TProcessor's, repeating at most MAX_ECHOED_NAME characters of the method name: a client that sent
         64 KiB of one, and does not read, would have the kernel hold them again."""
         super().send_exception(oprot, api[:MAX_ECHOED_NAME], exc, seqid)
 
-    def process(self, iprot, oprot, peer: str = "") -> None:
+    def process(self, iprot: ThriftProtocol, oprot: ThriftProtocol, peer: str = "") -> None:
         """Read one call from `iprot`, run it, write the reply (or error) to `oprot`; `peer` is for the logs."""
         name, message_type, seqid = iprot.read_message_begin()
         method = self._methods.get(name)
@@ -213,7 +215,7 @@ class GuardedProcessor(TProcessor):
             self.observe(name, peer, outcome, seconds, request_id)
 
     def _uncommon(
-        self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str
+        self, iprot: ThriftProtocol, oprot: ThriftProtocol, name: str | bytes, message_type: int, seqid: int, peer: str
     ) -> tuple[str | bytes, _Method | None]:
         """A message that is not a call of a method by its name: the name and method to serve it as, or the
         method None once it is dealt with here. Raises MalformedMessage for a reply sent to the server."""
@@ -237,7 +239,9 @@ class GuardedProcessor(TProcessor):
             return name[len(self._multiplexed) :]
         return name
 
-    def _skip(self, iprot, oprot, name: str | bytes, message_type: int, seqid: int, peer: str) -> None:
+    def _skip(
+        self, iprot: ThriftProtocol, oprot: ThriftProtocol, name: str | bytes, message_type: int, seqid: int, peer: str
+    ) -> None:
         """Read past a call no method answers: a call of a method the IDL does not declare gets UNKNOWN_METHOD; a
         one-way call (the kit serves none) is dropped, as its client reads no reply. The connection stays in step."""
         if isinstance(name, bytes):  # not UTF-8, so thriftpy2 left it undecoded: text for logs and metrics
@@ -257,7 +261,7 @@ class GuardedProcessor(TProcessor):
         if self.observe:
             self.observe(name, peer, outcome, 0.0, None)
 
-    def _answer(self, method: _Method, name: str, arguments: object, oprot, seqid: int) -> str:
+    def _answer(self, method: _Method, name: str, arguments: object, oprot: ThriftProtocol, seqid: int) -> str:
         """Call the handler and write its result or declared error: the outcome, for the logs and metrics.
 
         (No oneway methods: they cannot declare base.Unavailable, which check_contract requires.)

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from multiprocessing import queues, synchronize
 from pathlib import Path
 
 import MySQLdb
@@ -78,7 +80,7 @@ class NewConnectionPerRequest:
     def __init__(self, settings: ServerSettings) -> None:
         self.arguments = mysql.connect_arguments(settings)
 
-    def connection(self):
+    def connection(self) -> steady_db.SteadyDBConnection:
         return steady_db.connect(MySQLdb, closeable=True, **self.arguments)
 
 
@@ -88,7 +90,7 @@ class PlainHandler(LedgerHandler):
     def ping(self) -> str:
         return "pong"
 
-    def health(self):
+    def health(self) -> ledger_thrift.base.Health:
         return ledger_thrift.base.Health(serving=True, database=db.database_answers(), version=VERSION)
 
 
@@ -176,7 +178,16 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
-def client_process(port, settings, workload, accounts, seconds, ready, start, results) -> None:
+def client_process(
+    port: int | None,
+    settings: ServerSettings,
+    workload: str,
+    accounts: list[int],
+    seconds: float,
+    ready: synchronize.Semaphore,
+    start: synchronize.Event,
+    results: queues.Queue,
+) -> None:
     """One benchmark client: calls in a loop for `seconds`, reports latencies."""
     if port is None:  # direct: the handlers in this process, no Thrift
         db.init_pool(settings)
@@ -203,7 +214,7 @@ def client_process(port, settings, workload, accounts, seconds, ready, start, re
     results.put(latencies)
 
 
-def hold_idle(port: int, count: int, ready, stop) -> None:
+def hold_idle(port: int, count: int, ready: synchronize.Event, stop: synchronize.Event) -> None:
     """Hold `count` open connections, each used once, until `stop` is set."""
     clients = [LedgerClient(f"127.0.0.1:{port}", pool_size=1) for _ in range(count)]
     for client in clients:
@@ -221,7 +232,14 @@ class Measurement:
     machine_cpu_seconds: float  # used by every process, clients and database included
 
 
-def measure(server, settings, workload: str, clients: int, seconds: float, accounts: list[int]) -> Measurement:
+def measure(
+    server: ServerProcess | None,
+    settings: ServerSettings,
+    workload: str,
+    clients: int,
+    seconds: float,
+    accounts: list[int],
+) -> Measurement:
     """Run `clients` client processes at once for `seconds` against `server` (None: direct)."""
     port = server.port if server else None
     context = multiprocessing.get_context("fork")
@@ -290,7 +308,7 @@ def summarize(
 
 
 @contextmanager
-def benchmark_database(configured: bool):
+def benchmark_database(configured: bool) -> Iterator[dict[str, str]]:
     """MYSQL_* variables of the database to use: config.env's, or a throwaway server."""
     if configured:
         settings = load(ServerSettings, db.CONFIG_FILE)
@@ -344,7 +362,13 @@ class Session:
         for server in servers.values():
             self.measure(server, "mix", 16, min(self.options.seconds, 1.0))
 
-    def compare(self, servers: dict[str, ServerProcess | None], workload: str, clients: int, notes=None) -> None:
+    def compare(
+        self,
+        servers: dict[str, ServerProcess | None],
+        workload: str,
+        clients: int,
+        notes: dict[str, str] | None = None,
+    ) -> None:
         """Measure the servers in turn, options.rounds times each (the machine's
         speed drifts over minutes, so rounds alternate, and every other round
         runs them in reverse order: no server is always measured first); one
@@ -373,7 +397,7 @@ class Session:
 
 
 @contextmanager
-def started(servers: dict[str, ServerProcess | None]):
+def started(servers: dict[str, ServerProcess | None]) -> Iterator[dict[str, ServerProcess | None]]:
     """The servers, stopped at the end whatever happens."""
     try:
         yield servers
