@@ -249,10 +249,13 @@ class GuardedProcessor(TProcessor):
         iprot.skip(TType.STRUCT)
         iprot.read_message_end()
         if message_type == TMessageType.ONEWAY:
-            logger.warning("one-way call of %r dropped: %s answers every call", name, self._service, extra=ONE_WAY)
+            logger.warning(
+                "one-way call from %s of %r dropped: %s answers every call", peer, name, self._service, extra=ONE_WAY
+            )
             outcome = "one_way_dropped"
         else:
-            logger.warning("unknown method %r", name, extra=UNKNOWN_METHOD)
+            # The peer before the client's name: a long line is cut at its end.
+            logger.warning("call from %s of unknown method %r", peer, name, extra=UNKNOWN_METHOD)
             unknown = f"unknown method {name[:MAX_ECHOED_NAME]!r} of {self._service}"
             self.send_exception(
                 oprot, name, TApplicationException(TApplicationException.UNKNOWN_METHOD, unknown), seqid

@@ -7,6 +7,7 @@ through TMultiplexedProtocol.
 """
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -154,8 +155,8 @@ ONE_WAY_IDL = "service Counters { string ping(), oneway void add_later(1: string
 @pytest.mark.parametrize(
     ("call", "warning"),
     [
-        (("add_later", "x"), "one-way call of 'add_later' dropped: Counters answers every call"),
-        (("get", 5), "refusing a call from 127.0.0.1:"),  # get's name is a string: off the IDL, and one-way
+        (("add_later", "x"), r"one-way call from 127\.0\.0\.1:\d+ of 'add_later' dropped: Counters answers every call"),
+        (("get", 5), r"refusing a call from 127\.0\.0\.1:\d+: "),  # get's name is a string: off the IDL, and one-way
     ],
     ids=["unknown", "off the IDL"],
 )
@@ -175,7 +176,7 @@ def test_a_one_way_call_is_dropped_with_a_warning_and_the_connection_stays_in_st
         assert client.ping() == "pong"  # no reply of the one-way call's left to read first
     finally:
         client.close()
-    assert warning in server.log()[log_start:]
+    assert re.search(warning, server.log()[log_start:])
 
 
 @pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
