@@ -24,7 +24,7 @@ from thriftpy2.transport import TCyMemoryBuffer
 from servicekit import wire
 from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE
 from servicekit.processor import GuardedProcessor
-from servicekit.wire import FRAME_HEADER, FRAMED_BINARY, Codec, Message
+from servicekit.wire import EMPTY_FRAME, FRAME_HEADER, FRAMED_BINARY, Codec, Message
 
 logger = logging.getLogger(__name__)
 RECV_SIZE = 65536
@@ -620,6 +620,8 @@ class TThreadPoolServer(TServer):
         connection.codec = codec
         refusal = None
         if codec.framed:
+            while received.startswith(EMPTY_FRAME):  # Apache's TFramedTransport sends one when flushed with nothing
+                del received[: FRAME_HEADER.size]  # written, and Apache's servers skip it
             if len(received) < FRAME_HEADER.size:
                 return None
             end = FRAME_HEADER.size + wire.frame_size(received, self.max_message_bytes)

@@ -44,6 +44,7 @@ TYPE_NAMES = {
     STRUCT: "struct", MAP: "map", SET: "set", LIST: "list", BINARY: "binary",
 }  # fmt: skip
 FRAME_HEADER = struct.Struct("!i")
+EMPTY_FRAME = FRAME_HEADER.pack(0)  # a frame with no message, which a framed client may flush
 I32_AT = struct.Struct("!i").unpack_from
 I16_AT = struct.Struct("!h").unpack_from
 CALL_HEADER = struct.Struct("!Ii")  # a binary message's version and type, and its name's length
