@@ -41,10 +41,16 @@ _outages = mysql.Outage()
 # The MySQL connections the pool holds: each joins at its first checkout and
 # leaves when DBUtils drops it (closed, replaced, or its thread ended).
 _pooled_connections: weakref.WeakSet = weakref.WeakSet()
+
+
 # Per thread: why the pool's last attempt to connect failed. DBUtils swallows the error when it reconnects a
 # lost connection (at checkout, or after a failed statement) and hands back the dead one, whose next statement
 # says only "Server has gone away": the reason (wrong password, too many connections) would never be logged.
-_connect_failure = threading.local()
+class _ConnectFailure(threading.local):
+    error: MySQLdb.Error | None = None  # each thread's until its first connect: a PooledDB thread may never make one
+
+
+_connect_failure = _ConnectFailure()
 
 
 def _connect(*args, **kwargs) -> MySQLdb.Connection:
@@ -73,7 +79,7 @@ def _ping(connection: MySQLdb.Connection) -> None:
     a round trip per checkout doubles the database work of a read, so a
     connection is checked at most once per PING_INTERVAL_SECONDS. One lost in
     between fails its statement: DBUtils reconnects and repeats a read, and a
-    write reports Unavailable for the client to retry with its request_id.
+    write begins again on a new connection (_begin).
     """
     now = time.monotonic()
     checked_at = getattr(connection, "checked_at", None)
@@ -81,11 +87,7 @@ def _ping(connection: MySQLdb.Connection) -> None:
         _pooled_connections.add(connection)
         _hooks.connection_opened()
     if now - (checked_at or 0.0) >= PING_INTERVAL_SECONDS:
-        try:
-            connection.ping()
-        except MySQLdb.Error:
-            connection.lost = True  # DBUtils now reconnects; if it cannot, it hands back this connection
-            raise
+        connection.ping()
         connection.checked_at = now
 
 
@@ -151,8 +153,8 @@ def _connection() -> Iterator:
         _connect_failure.error = None
         try:
             connection = _pool.connection()
-            if getattr(connection.dbapi_connection, "lost", False):  # its check failed, and so did the reconnect
-                raise _connect_failure.error or MySQLdb.OperationalError(2006, "the connection was lost")
+            if _connect_failure.error:  # its check failed, and so did the reconnect: DBUtils handed back the dead one
+                raise _connect_failure.error
         except MySQLdb.Error as error:  # whatever the reason, no connection: retry later
             _hooks.error(mysql.error_code(error))
             _outages.failed(f"cannot connect: {error.args[-1]}")
