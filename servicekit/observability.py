@@ -157,7 +157,8 @@ class Metrics:
         self.closed_connections = Counter(
             name("connections_closed_total"),
             "Connections the server closed, by reason: malformed_message, connection_error, tls_handshake_failed, "
-            "read_timeout, idle_timeout, over_buffered_bytes, over_max_connections, internal_error.",
+            "read_timeout, idle_timeout, over_buffered_bytes, over_max_message_bytes, over_max_connections, "
+            "internal_error.",
             ["reason"],
         )
         self.db_connections_opened = Counter(name("db_connections_opened_total"), "MySQL connections the pool opened.")

@@ -34,6 +34,7 @@ WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure 
 CONNECTION_ERROR = {"client_error": "connection errors"}
 MALFORMED_MESSAGE = {"client_error": "malformed messages"}
 OFF_CONTRACT = {"client_error": "calls off the IDL"}
+TOO_LONG = {"client_error": "calls over THRIFT_MAX_MESSAGE_BYTES"}
 FAILED_HANDSHAKE = {"client_error": "failed TLS handshakes"}
 TIMED_OUT = {"client_error": "connections closed at the read timeout"}
 OVER_BUDGET = {"client_error": "connections closed over the buffered bytes"}
@@ -531,6 +532,10 @@ class TThreadPoolServer(TServer):
         if isinstance(error, OSError):  # the client left mid-reply, or reset the connection
             logger.info("closing %s: %s", connection.peer, error, extra=CONNECTION_ERROR)
             self._forget(connection, because="connection_error")
+        elif isinstance(error, wire.TooLong):  # well formed, only longer than this server takes: not "malformed"
+            logger.warning("closing %s: %s", connection.peer, error, extra=TOO_LONG)
+            self._say_before_closing(connection, self._refusal(connection.codec, error))
+            self._forget(connection, because="over_max_message_bytes")
         else:
             logger.warning(
                 "closing %s: malformed message (%s: %s)",

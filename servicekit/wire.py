@@ -77,6 +77,11 @@ class OffContract(MalformedMessage):
         self.call = call
 
 
+class TooLong(OffContract):
+    """A call longer than the server's THRIFT_MAX_MESSAGE_BYTES: its client is told, then the connection is closed
+    (the rest of its bytes are not read)."""
+
+
 class TLSToPlainPort(MalformedMessage):
     """The bytes begin a TLS handshake, sent to a port that serves plain TCP."""
 
@@ -167,7 +172,7 @@ def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
         return size
     if size > 0 and (call := _framed_call(buffer, max_message_bytes)):
         over = f"a request of {size} bytes, over the server's maximum of {max_message_bytes} (THRIFT_MAX_MESSAGE_BYTES)"
-        raise OffContract(over, call)
+        raise TooLong(over, call)
     raise MalformedMessage(f"frame of {size} bytes (maximum {max_message_bytes})")
 
 
@@ -339,7 +344,7 @@ class _Walk:
         if self.whole or self.name is None:  # a frame's contents, or a header that cannot be one: not a size
             return MalformedMessage(why or f"message longer than {self.limit} bytes")
         over = f"a request longer than the server's maximum of {self.limit} bytes (THRIFT_MAX_MESSAGE_BYTES)"
-        return OffContract(f"{over}: {why}" if why else over, self.call)
+        return TooLong(f"{over}: {why}" if why else over, self.call)
 
     def deeper(self, depth: int) -> int:
         if depth >= self.max_depth:

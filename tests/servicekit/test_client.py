@@ -215,6 +215,8 @@ def test_a_request_over_the_servers_limit_sent_anyway_is_refused_by_it_at_once(s
     assert error.value.type == TApplicationException.PROTOCOL_ERROR
     over = r"a request of 70\d\d\d bytes, over the server's maximum of 65536 \(THRIFT_MAX_MESSAGE_BYTES\)"
     assert re.fullmatch(over, error.value.message), error.value.message
+    # Logged as what it is, not as a malformed message: a client whose limit is higher than the server's.
+    assert re.search(rf" WARNING \S+ \[\d+\] closing 127\.0\.0\.1:\d+: {over}\n", server.log())
 
 
 @pytest.mark.parametrize(

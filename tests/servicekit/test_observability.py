@@ -142,8 +142,15 @@ def test_connections_the_server_closes_are_counted_by_reason_whatever_the_log_le
         assert partial.recv(1) == idle.recv(1) == b""  # closed at the read and idle timeouts
     for _ in range(2):
         assert exchange(server.port, b"\x13\x37\x13\x37")[0] == b""  # garbage
+    assert exchange(server.port, framed(message_header(b"ping") + b"\x00" * 70_000))[0]  # answered, then closed
 
-    expected = {"over_max_connections": 1, "read_timeout": 1, "idle_timeout": 1, "malformed_message": 2}
+    expected = {
+        "over_max_connections": 1,
+        "read_timeout": 1,
+        "idle_timeout": 1,
+        "malformed_message": 2,
+        "over_max_message_bytes": 1,
+    }
 
     def counted() -> dict[str, float]:
         samples = scrape(metrics_port)
