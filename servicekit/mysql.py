@@ -32,6 +32,9 @@ DUPLICATE_KEY = 1062  # a write duplicated a unique key: the request conflicts w
 HEALTH_CHECK_TIMEOUT_SECONDS = 2
 IDLE_SESSION_READ_TIMEOUTS = 6  # a session idle this many MYSQL_READ_TIMEOUTs is closed by the database
 OUTAGE_REPORT_SECONDS = 10.0
+# Each outage's start and end: a database some sessions reach and others cannot (a password rotated while
+# sessions were open) starts and ends one with nearly every call, so the lines are capped as a client's are.
+OUTAGE_CHANGES = {"client_error": "database outages begun or ended"}
 _NO_GATE = nullcontext()  # reusable: it keeps no state
 
 logger = logging.getLogger(__name__)
@@ -159,7 +162,7 @@ class Outage:
             if not self.down:
                 self.down, self._since, self._failures = True, now, 1
                 self._next_report = now + OUTAGE_REPORT_SECONDS
-                logger.warning("database unavailable: %s", reason)
+                logger.warning("database unavailable: %s", reason, extra=OUTAGE_CHANGES)
             elif now >= self._next_report:
                 self._next_report = now + OUTAGE_REPORT_SECONDS
                 logger.warning(
@@ -179,4 +182,5 @@ class Outage:
                     "database answers again after %.1f s; %d calls failed meanwhile",
                     time.monotonic() - self._since,
                     self._failures,
+                    extra=OUTAGE_CHANGES,
                 )

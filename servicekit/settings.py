@@ -165,7 +165,8 @@ class ServerSettings(CommonSettings):
         50,
         "Lines logged in 10 s, per server process, for each kind of line a client or a failing database can "
         "repeat (malformed messages, calls the IDL lacks or does not allow, failed TLS handshakes, timeouts, "
-        "statements refused, an unexpected error's traceback); more are counted and summed up in one line.",
+        "statements refused, a database outage's start and end, an unexpected error's traceback); more are "
+        "counted and summed up in one line.",
         low=1,
         high=1_000_000,
     )

@@ -17,6 +17,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
 from helpers.mysql import sql
+from helpers.processes import run_python
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
 from servicekit.observability import MAX_SCRAPES, SCRAPE_TIMEOUT_SECONDS, RequestObserver
@@ -345,3 +346,22 @@ def test_client_errors_past_the_budget_are_summed_up_in_one_line(start_server):
         r" the last: closing 127\.0\.0\.1:\d+: malformed message \(MalformedMessage: frame of",
         log,
     )
+
+
+FLAPPING = """
+from servicekit import mysql, observability
+observability.configure_logging("counters", "INFO", "text", 4)
+outage = mysql.Outage()
+for _ in range(50):  # sessions that reach the database and sessions that cannot, in turn
+    outage.failed("cannot connect: Access denied")
+    outage.answered()
+"""
+
+
+def test_a_database_that_fails_every_other_call_logs_a_few_lines_and_a_count_not_one_pair_per_call():
+    result = run_python("-c", FLAPPING)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5, result.stderr  # 4 lines, then the count when the process exits
+    assert "database unavailable: cannot connect: Access denied" in lines[0]
+    assert "database answers again" in lines[1]
+    assert "96 more database outages begun or ended not logged (LOG_CLIENT_ERRORS_PER_10S)" in lines[4]
