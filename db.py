@@ -153,8 +153,12 @@ def _connection() -> Iterator:
         _connect_failure.error = None
         try:
             connection = _pool.connection()
-            if _connect_failure.error:  # its check failed, and so did the reconnect: DBUtils handed back the dead one
-                raise _connect_failure.error
+            if failure := _connect_failure.error:  # its check failed, and so did the reconnect: it is the dead one
+                # Given back, unused: PooledDB counts it checked out until then, and the error kept for this
+                # thread (its traceback holds this frame) would keep it from its finalizer until the next call.
+                _connect_failure.error = None
+                connection.close()
+                raise failure
         except MySQLdb.Error as error:  # whatever the reason, no connection: retry later
             _hooks.error(mysql.error_code(error))
             _outages.failed(f"cannot connect: {error.args[-1]}")

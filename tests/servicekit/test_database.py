@@ -19,7 +19,7 @@ from helpers.mysql import connect_kwargs, sql, statement_waits
 from helpers.processes import PROJECT_ENV, ROOT, run_python
 from servicekit import migrate, mysql
 from servicekit.client import ServerUnreachable
-from servicekit.errors import RequestIdReused
+from servicekit.errors import DatabaseUnavailable, RequestIdReused
 from servicekit.idempotency import IdempotentWrites
 from servicekit.settings import ServerSettings, load
 from tools.throwaway_db import wait_for
@@ -490,3 +490,31 @@ def test_a_write_that_returns_no_id_the_record_holds_is_named_and_rolled_back(th
     with pytest.raises(error, match=message):
         writes.apply("add_item", "unrecordable", (), insert, lambda cursor, key: key)
     assert sql(database, "SELECT COUNT(*) FROM things") == [(0,)]
+
+
+def test_a_checkout_refused_for_a_failed_reconnect_gives_its_pooled_connection_back(database_server):
+    # DB_POOL=pooled with one connection: a checkout whose reconnect fails (the session killed, the password
+    # rotated) is refused, and must hand its connection back, or every other thread waits for it forever.
+    database = database_server.database("kit_refused_checkout")
+    sql(database, "CREATE USER 'refused_checkout'@'%' IDENTIFIED BY 'first-pw'")
+    sql(database, f"GRANT ALL ON `{database['MYSQL_DATABASE']}`.* TO 'refused_checkout'@'%'")
+    pooled = {"MYSQL_USER": "refused_checkout", "MYSQL_PASSWORD": "first-pw", "DB_POOL": "pooled", "DB_POOL_SIZE": "1"}
+    db.init_pool(load(ServerSettings, db.CONFIG_FILE, {**database, **pooled, "SERVICE_NAME": "things"}))
+    try:
+        assert db.read("SELECT 1") == [(1,)]
+        sessions = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'refused_checkout'"
+        for (session,) in sql(database, sessions):
+            sql(database, f"KILL CONNECTION {session}")
+        sql(database, "ALTER USER 'refused_checkout'@'%' IDENTIFIED BY 'rotated-pw'")
+        time.sleep(db.PING_INTERVAL_SECONDS + 0.1)  # the checkout pings the killed session, and cannot reconnect
+        with pytest.raises(DatabaseUnavailable, match="Access denied"):
+            db.read("SELECT 1")
+        sql(database, "ALTER USER 'refused_checkout'@'%' IDENTIFIED BY 'first-pw'")
+        read_elsewhere: list = []  # by another worker, while this one stays idle, as a worker does between calls
+        other = threading.Thread(target=lambda: read_elsewhere.append(db.read("SELECT 2")), daemon=True)
+        other.start()
+        other.join(10)
+        assert read_elsewhere == [[(2,)]], "the refused checkout kept the pool's only connection"
+    finally:
+        db.close_pool()
+        sql(database, "DROP USER 'refused_checkout'@'%'")
