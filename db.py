@@ -120,7 +120,10 @@ def init_pool(settings: ServerSettings, hooks: mysql.PoolHooks | None = None) ->
             maxconnections=settings.db_pool_size,
             maxcached=settings.db_pool_size,
             blocking=True,
-            reset=True,
+            # Not a ROLLBACK at every return (True): autocommit is on and every transaction begins with begin(),
+            # which DBUtils rolls back if still open. A ROLLBACK on a lost connection reconnects first, which
+            # on a hung database takes MYSQL_CONNECT_TIMEOUT once more, past the client's timeout.
+            reset=False,
             **common,
         )
     _deadlock_retries = settings.db_deadlock_retries
@@ -240,11 +243,14 @@ def _run_once(connection, work: Callable[..., T]) -> T:
         result = work(cursor)
         connection.commit()
         return result
-    except BaseException:
+    except BaseException as error:
         # A lost connection cannot roll back; the server discards the
         # transaction when the connection drops, so nothing half-applies.
-        with suppress(MySQLdb.Error):
-            connection.rollback()
+        # Once DBUtils failed to reconnect it, a rollback would only try again
+        # (MYSQL_CONNECT_TIMEOUT more on a hung database, past the client's timeout).
+        if not (_is_lost_connection(error) and _connect_failure.error is not None):
+            with suppress(MySQLdb.Error):
+                connection.rollback()
         raise
     finally:
         with suppress(MySQLdb.Error):

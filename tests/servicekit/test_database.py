@@ -181,6 +181,35 @@ def test_with_the_defaults_a_write_to_a_hung_database_is_unavailable_within_the_
         wait_for(lambda: _answers(client, "hung write"), 20, "the database to answer, the write not applied")
 
 
+@pytest.mark.parametrize("pool", ["persistent", "pooled"])
+def test_with_the_defaults_a_write_whose_database_hangs_mid_transaction_is_unavailable_within_the_clients_timeout(
+    own_database, pool
+):
+    # The statement waits MYSQL_READ_TIMEOUT, DBUtils' reconnect MYSQL_CONNECT_TIMEOUT (5 + 3 s); no second and
+    # third reconnect (the rollback of a transaction the lost session took with it, PooledDB's reset of the
+    # connection given back) may take the answer past the client's 10 s.
+    database = own_database.env
+    sql(database, "CREATE TABLE hung (id INT PRIMARY KEY, total INT)")
+    sql(database, "INSERT INTO hung VALUES (1, 0)")
+    db.init_pool(load(ServerSettings, db.CONFIG_FILE, {**database, "SERVICE_NAME": "things", "DB_POOL": pool}))
+
+    def add_then_hang(cursor) -> None:
+        cursor.execute("UPDATE hung SET total = total + 1 WHERE id = 1")
+        os.kill(own_database.process.pid, signal.SIGSTOP)
+        cursor.execute("SELECT total FROM hung WHERE id = 1")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            db.run_transaction(add_then_hang)
+        took = time.monotonic() - started
+    finally:
+        os.kill(own_database.process.pid, signal.SIGCONT)
+        db.close_pool()
+    assert took < 10
+    assert sql(database, "SELECT total FROM hung") == [(0,)]
+
+
 def keep_reading(client, stop: threading.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(Unavailable, ServerUnreachable):
