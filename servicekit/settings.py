@@ -335,6 +335,8 @@ def main(argv: list[str]) -> int:
     config_env, readme = Path(argv[1]), Path(argv[2])
     try:
         current = _read(config_env)  # what the server would refuse is refused here, not rewritten
+        if misspellings := misspelled(current):  # rewriting would drop the line, and its value with it
+            raise SettingsError(f"{config_env.name}: {misspellings[0]}")
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -226,8 +226,9 @@ def test_updating_a_readme_without_both_table_markers_changes_nothing_and_says_s
     [
         ("THRIFT_PORT", "config.env line 2: THRIFT_PORT has no value: write THRIFT_PORT=VALUE"),
         ("MYSQL_PASSWORD='secret", "config.env line 2: MYSQL_PASSWORD: not NAME=value (a quote left open?)"),
+        ("MYSQL_READ_TIMEOT=20", "config.env: MYSQL_READ_TIMEOT is not a setting: did you mean MYSQL_READ_TIMEOUT?"),
     ],
-    ids=["bare name", "open quote"],
+    ids=["bare name", "open quote", "misspelled name"],
 )
 def test_updating_refuses_a_config_env_the_server_would_refuse_and_leaves_it_as_it_was(tmp_path, line, refusal):
     config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
