@@ -45,6 +45,7 @@ TYPE_NAMES = {
 }  # fmt: skip
 FRAME_HEADER = struct.Struct("!i")
 EMPTY_FRAME = FRAME_HEADER.pack(0)  # a frame with no message, which a framed client may flush
+EMPTY_FRAMES = re.compile(b"(?:" + re.escape(EMPTY_FRAME) + b")*")  # any run of them, found in one C call
 I32_AT = struct.Struct("!i").unpack_from
 I16_AT = struct.Struct("!h").unpack_from
 CALL_HEADER = struct.Struct("!Ii")  # a binary message's version and type, and its name's length

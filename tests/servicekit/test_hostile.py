@@ -30,7 +30,7 @@ from helpers.wire import (
     unread_bytes,
     varint,
 )
-from servicekit.wire import Codec
+from servicekit.wire import EMPTY_FRAME, Codec
 from tools.throwaway_db import wait_for
 
 Counters = counters_thrift.Counters
@@ -414,3 +414,12 @@ def test_a_compact_call_off_the_idl_with_a_sequence_id_past_2_31_is_answered_and
         assert "MemoryError" not in server.log() and "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("codec", [codec for codec in CODECS if codec.framed], ids=str)
+def test_empty_frames_before_the_first_call_are_skipped_as_between_calls(server, codec):
+    # Apache's TFramedTransport sends an empty frame when flushed with nothing written, which code may do before
+    # its first call as well as between calls; Apache's servers skip it wherever it comes.
+    ping = on_the_wire(call_bytes(Counters, "ping", compact=codec.compact), codec)
+    reply, _ = exchange(server.port, EMPTY_FRAME + ping + EMPTY_FRAME * 3 + ping)
+    assert reply.count(b"pong") == 2
