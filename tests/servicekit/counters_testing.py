@@ -50,15 +50,25 @@ def run_adds(
                 outcome["errors"].append(type(error).__name__)
                 outcome["slowest_failure"] = max(outcome["slowest_failure"], time.monotonic() - started)
 
+    struck: list[float] = []  # when mid_load began: it must strike while the load runs, or the test tests nothing
+
+    def strike() -> None:
+        if loaded.wait(max(0.0, stop_at - time.monotonic())):
+            struck.append(time.monotonic())
+            mid_load()
+
     workers = [threading.Thread(target=loop, args=(seed,)) for seed in range(threads)]
     if mid_load:
-        workers.append(threading.Thread(target=lambda: loaded.wait(seconds) and mid_load()))
+        workers.append(threading.Thread(target=strike))
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(seconds + 120)
         assert not worker.is_alive(), "a call hung"
-    assert loaded.is_set() or not mid_load, f"fewer than {MID_LOAD_ACKNOWLEDGED} adds acknowledged in {seconds} s"
+    if mid_load:
+        latest = stop_at - seconds / 2  # half the load still to come
+        assert struck, f"fewer than {MID_LOAD_ACKNOWLEDGED} adds acknowledged in {seconds} s: mid_load never ran"
+        assert struck[0] <= latest, f"mid_load began {struck[0] - latest:.2f} s after the load's first half"
     return outcome
 
 
