@@ -305,6 +305,10 @@ def render_config_env(current: Mapping[str, str | None]) -> str:
         lines += textwrap.wrap(meaning, 79, initial_indent="# ", subsequent_indent="# ")
         default = "" if declaration.default is MISSING else _shown(declaration.default)
         lines.append(f"{name}={current.get(name, default) or ''}")
+    names = {declaration.name.upper() for declaration in declared()}
+    if others := [name for name in current if name not in names]:  # TZ, say, which compose gives every container
+        lines += ["", "# Not settings of this service: kept for the other programs that read this file."]
+        lines += [f"{name}={current[name] or ''}" for name in others]
     return "\n".join(lines) + "\n"
 
 

@@ -239,3 +239,18 @@ def test_updating_refuses_a_config_env_the_server_would_refuse_and_leaves_it_as_
     assert (result.returncode, result.stderr) == (1, f"error: {refusal}\n")
     assert config_env.read_text() == f"SERVICE_NAME=things\n{line}\n"
     assert readme_md.read_text() == readme
+
+
+def test_updating_keeps_the_variables_that_are_not_settings(tmp_path):
+    config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
+    config_env.write_text("TZ=Europe/Paris\nSERVICE_NAME=things\nMYSQL_ROOT_PASSWORD=root-secret\n")
+    readme_md.write_text(f"# Notes\n\n{TABLE_START}\n| old |\n{TABLE_END}\n")
+    result = run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md))
+    assert (result.returncode, result.stderr) == (0, "")
+    values = dotenv_values(config_env)
+    assert (values["TZ"], values["SERVICE_NAME"], values["MYSQL_ROOT_PASSWORD"]) == (
+        "Europe/Paris",
+        "things",
+        "root-secret",
+    )
+    assert list(values)[-2:] == ["TZ", "MYSQL_ROOT_PASSWORD"]  # after the settings, in their order
