@@ -21,6 +21,7 @@ from helpers.processes import run_python
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
 from servicekit.observability import MAX_SCRAPES, SCRAPE_TIMEOUT_SECONDS, RequestObserver
+from servicekit.wire import FRAME_HEADER
 from tools.throwaway_db import free_port, wait_for
 
 base = counters_thrift.base
@@ -143,7 +144,9 @@ def test_connections_the_server_closes_are_counted_by_reason_whatever_the_log_le
         assert partial.recv(1) == idle.recv(1) == b""  # closed at the read and idle timeouts
     for _ in range(2):
         assert exchange(server.port, b"\x13\x37\x13\x37")[0] == b""  # garbage
-    assert exchange(server.port, framed(message_header(b"ping") + b"\x00" * 70_000))[0]  # answered, then closed
+    # A call declaring 70,000 bytes: answered from its header, then closed (the rest is not sent, so no reset
+    # can overtake the reply).
+    assert exchange(server.port, FRAME_HEADER.pack(70_000) + message_header(b"ping"))[0]
 
     expected = {
         "over_max_connections": 1,
