@@ -44,11 +44,16 @@ def test_a_database_outage_is_unavailable_then_recovers(start_server, own_databa
         assert retrying.get("outage").total == 101
 
 
-def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_again(start_server, own_database):
-    # read_only binds users without SUPER, as a service's own user is
+def _as_the_services_own_user(start_server, own_database):
+    """A server that connects as a user of its own, not root: read_only and a password rotation bind it."""
     sql(own_database.env, "CREATE USER 'service'@'%' IDENTIFIED BY 'service-pw'")
     sql(own_database.env, f"GRANT ALL ON `{own_database.env['MYSQL_DATABASE']}`.* TO 'service'@'%'")
-    server = start_server(**{**own_database.env, "MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"})
+    return start_server(**{**own_database.env, "MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"})
+
+
+def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_again(start_server, own_database):
+    # read_only binds users without SUPER, as a service's own user is
+    server = _as_the_services_own_user(start_server, own_database)
     with server.client(deadline=2) as client:
         client.add("read-only", 1)
         sql(own_database.env, "SET GLOBAL read_only = 1")  # as while a primary is switched over
@@ -67,9 +72,7 @@ def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_agai
 def test_credentials_refused_after_a_restart_are_logged_as_the_reason(start_server, own_database):
     # The restart loses the pool's sessions; DBUtils' reconnect is refused (a password rotated meanwhile) and
     # swallowed: the log must say so, not the lost session's "Server has gone away", or nobody knows what to mend.
-    sql(own_database.env, "CREATE USER 'service'@'%' IDENTIFIED BY 'service-pw'")
-    sql(own_database.env, f"GRANT ALL ON `{own_database.env['MYSQL_DATABASE']}`.* TO 'service'@'%'")
-    server = start_server(**{**own_database.env, "MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"})
+    server = _as_the_services_own_user(start_server, own_database)
     with server.client(retries=0) as client:
         client.add("rotated", 1)
         own_database.stop()
