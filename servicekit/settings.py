@@ -286,8 +286,13 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def render_config_env(current: Mapping[str, str | None]) -> str:
-    """config.env from the declarations: each setting's meaning, then NAME=value (kept from `current`)."""
+def render_config_env(current: Mapping[str, str | None], written: Mapping[str, str] | None = None) -> str:
+    """config.env from the declarations: each setting's meaning, then NAME=value (kept from `current`).
+
+    `written`: each variable's line as the file had it (see _written), kept as it is rather than made again
+    from its value, which would lose its quotes, expand its ${references} and give a bare NAME a value.
+    """
+    written = written or {}
     lines = [
         "# Settings of this service, its client and docker-compose: the values are",
         "# yours to change; any variable set in the process environment overrides",
@@ -304,12 +309,21 @@ def render_config_env(current: Mapping[str, str | None]) -> str:
         meaning = declaration.metadata["meaning"].replace("`", "")
         lines += textwrap.wrap(meaning, 79, initial_indent="# ", subsequent_indent="# ")
         default = "" if declaration.default is MISSING else _shown(declaration.default)
-        lines.append(f"{name}={current.get(name, default) or ''}")
+        lines.append(written.get(name) or f"{name}={current.get(name, default) or ''}")
     names = {declaration.name.upper() for declaration in declared()}
     if others := [name for name in current if name not in names]:  # TZ, say, which compose gives every container
         lines += ["", "# Not settings of this service: kept for the other programs that read this file."]
-        lines += [f"{name}={current[name] or ''}" for name in others]
+        lines += [written.get(name) or f"{name}={current[name] or ''}" for name in others]
     return "\n".join(lines) + "\n"
+
+
+def _written(config_file: Path) -> dict[str, str]:
+    """Each variable's line in `config_file` as written: quotes, ${references}, `export` and a bare NAME kept."""
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    return {binding.key: binding.original.string.strip() for binding in parse_stream(io.StringIO(text)) if binding.key}
 
 
 def render_table() -> str:
@@ -349,7 +363,7 @@ def main(argv: list[str]) -> int:
     except (OSError, SettingsError) as error:
         print(f"error: {readme}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 1
-    config_env.write_text(render_config_env(current))
+    config_env.write_text(render_config_env(current, _written(config_env)))
     readme.write_text(table)
     return 0
 

@@ -241,6 +241,22 @@ def test_updating_refuses_a_config_env_the_server_would_refuse_and_leaves_it_as_
     assert readme_md.read_text() == readme
 
 
+def test_updating_keeps_each_variable_as_written(tmp_path):
+    # Rewritten from their values, a quoted " #" would start a comment, a reference would be expanded from
+    # the environment of whoever ran the update (a secret written into the file), a bare name would become empty.
+    config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
+    written = ['MYSQL_PASSWORD="correct horse #1"', "MYSQL_USER=${DB_USER}", "TZ", "MYSQL_ROOT_PASSWORD='${ROOT}'"]
+    config_env.write_text("SERVICE_NAME=things\n" + "\n".join(written) + "\n")
+    readme_md.write_text(f"# Notes\n\n{TABLE_START}\n| old |\n{TABLE_END}\n")
+    result = run_python(
+        "-m", "servicekit.settings", "update", str(config_env), str(readme_md), DB_USER="leaked", ROOT="leaked"
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = config_env.read_text().splitlines()
+    assert all(line in lines for line in written), [line for line in lines if "leaked" in line or "horse" in line]
+    assert dotenv_values(config_env, interpolate=False)["MYSQL_PASSWORD"] == "correct horse #1"
+
+
 def test_updating_keeps_the_variables_that_are_not_settings(tmp_path):
     config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
     config_env.write_text("TZ=Europe/Paris\nSERVICE_NAME=things\nMYSQL_ROOT_PASSWORD=root-secret\n")
