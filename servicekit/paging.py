@@ -2,8 +2,8 @@
 
 A list RPC returns `next_cursor` ("" on the last page) and takes it back as
 `cursor`. The cursor names the list it belongs to (`kind`, and `scope`, such
-as the id whose items are listed), so one list's cursor is refused by
-another; a forged or damaged one is BadCursor (InvalidArgument).
+as the id whose items are listed), so one list's cursor, or a damaged one, is
+BadCursor (InvalidArgument); unsigned, a well-formed forgery moves only the page's start.
 """
 
 import base64

@@ -41,7 +41,7 @@ RESERVED_DESCRIPTORS = 64
 USAGE = (
     "usage: python server.py\n"
     "Takes no arguments: settings come from config.env beside it, overridden by the environment\n"
-    "(THRIFT_PORT=9091 python server.py); the README's Settings table lists them."
+    "(THRIFT_PORT=9091 python server.py); the settings table under Configuration in the README lists them."
 )
 
 
