@@ -632,7 +632,9 @@ class TThreadPoolServer(TServer):
         if codec.framed:
             if len(received) < FRAME_HEADER.size:
                 return None
-            end = FRAME_HEADER.size + wire.frame_size(received, self.max_message_bytes)
+            if (size := wire.frame_size(received, self.max_message_bytes)) is None:
+                return None
+            end = FRAME_HEADER.size + size
             if len(received) < end:
                 return None
             data = received[FRAME_HEADER.size : end]

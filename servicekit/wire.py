@@ -128,7 +128,10 @@ def detect(start: bytes | bytearray, max_message_bytes: int) -> Codec | None:
     if (codec := _framed_codec(start)) and I32_AT(start)[0] > 0:
         return codec  # its length is checked with the message (frame_size)
     try:
-        frame_size(start, max_message_bytes)  # no message follows yet, or not Thrift: refuses a length none can have
+        # No message follows yet, or not Thrift: refuses a length none can have. A length over the maximum
+        # alone, the first thing a connection sends, is not waited on: garbage reads as one.
+        if frame_size(start, max_message_bytes) is None:
+            raise MalformedMessage(f"frame of {I32_AT(start)[0]} bytes (maximum {max_message_bytes})")
     except MalformedMessage as error:
         raise MalformedMessage(_other_protocol(start) or str(error)) from None
     if len(start) == FRAME_HEADER.size:
@@ -165,26 +168,27 @@ def _other_protocol(start: bytes | bytearray, framed: bool = False) -> str | Non
     return None
 
 
-def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int:
-    """The length a frame header declares, refused unless 1..max_message_bytes: a call too long whose
-    header is there is OffContract (its client is told, as one whose limit is higher than the server's)."""
+def frame_size(buffer: bytes | bytearray, max_message_bytes: int) -> int | None:
+    """The length a frame header declares, refused unless 1..max_message_bytes. Past it, a call whose header
+    came is TooLong (its client is told, as one whose limit is higher than the server's); None while the
+    bytes after the length may yet be such a header, so the refusal does not depend on how they arrive
+    (on a connection already framed: see detect for its first bytes)."""
     (size,) = FRAME_HEADER.unpack_from(buffer)
     if 0 < size <= max_message_bytes:
         return size
-    if size > 0 and (call := _framed_call(buffer, max_message_bytes)):
-        over = f"a request of {size} bytes, over the server's maximum of {max_message_bytes} (THRIFT_MAX_MESSAGE_BYTES)"
-        raise TooLong(over, call)
-    raise MalformedMessage(f"frame of {size} bytes (maximum {max_message_bytes})")
-
-
-def _framed_call(buffer: bytes | bytearray, max_message_bytes: int) -> Call | None:
-    """The call a frame header is followed by, if its header is there."""
-    if (codec := _framed_codec(buffer)) is None:
+    if size > 0 and len(buffer) == FRAME_HEADER.size:
         return None
+    refused = MalformedMessage(f"frame of {size} bytes (maximum {max_message_bytes})")
+    if size <= 0 or (codec := _framed_codec(buffer)) is None:
+        raise refused
     try:
-        return call_header(buffer, codec, max_message_bytes)
-    except MalformedMessage:
+        call = call_header(buffer, codec, max_message_bytes)
+    except MalformedMessage:  # what follows cannot be a call's header
+        raise refused from None
+    if call is None:
         return None
+    over = f"a request of {size} bytes, over the server's maximum of {max_message_bytes} (THRIFT_MAX_MESSAGE_BYTES)"
+    raise TooLong(over, call)
 
 
 def walk(buffer: bytes | bytearray, limit: int | None, compact: bool, spec_of: SpecOf, max_depth: int = 16) -> "_Walk":

@@ -423,3 +423,18 @@ def test_empty_frames_before_the_first_call_are_skipped_as_between_calls(server,
     ping = on_the_wire(call_bytes(Counters, "ping", compact=codec.compact), codec)
     reply, _ = exchange(server.port, EMPTY_FRAME + ping + EMPTY_FRAME * 3 + ping)
     assert reply.count(b"pong") == 2
+
+
+@pytest.mark.parametrize("codec", [codec for codec in CODECS if codec.framed], ids=str)
+def test_a_call_over_the_maximum_whose_length_arrives_alone_is_still_told_why(server, codec):
+    # However the network splits it: a frame length over THRIFT_MAX_MESSAGE_BYTES read before its call's header
+    # waits for the header, so the client hears PROTOCOL_ERROR, not a bare close counted as malformed.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(on_the_wire(call_bytes(Counters, "ping", compact=codec.compact), codec))
+        assert b"pong" in sock.recv(65536)  # the connection's codec is known
+        sock.sendall(struct.pack("!i", 70_000))
+        time.sleep(0.2)  # a slow network: the server reads the length alone
+        sock.sendall(message_header(b"ping", codec.compact))
+        reply = sock.recv(65536)
+    error = application_error(reply, codec)
+    assert error.message == "a request of 70000 bytes, over the server's maximum of 65536 (THRIFT_MAX_MESSAGE_BYTES)"
