@@ -148,7 +148,7 @@ class GuardedProcessor(TProcessor):
     base.thrift; an exception the method does not declare, or a result of a
     type the IDL does not allow, becomes INTERNAL_ERROR with one logged
     traceback, and the connection stays usable. A TMultiplexedProtocol
-    client's "Ledger:ping" is served as ping; a one-way call is dropped (the
+    client's "Notes:ping" is served as ping; a one-way call is dropped (the
     kit serves none). A reply sent to the server is a malformed message, for
     the engine to close the connection; a string argument that is not UTF-8
     (thriftpy2 would hand the handler bytes) is off the contract
@@ -230,7 +230,7 @@ class GuardedProcessor(TProcessor):
 
     def method_name(self, name: str | bytes) -> str | bytes:
         """The method a call named `name` is for, the name its reply carries: `ping` for TMultiplexedProtocol's
-        "Ledger:ping" (as Apache's TMultiplexedProcessor answers), when the IDL has that method; else `name`."""
+        "Notes:ping" (as Apache's TMultiplexedProcessor answers), when the IDL has that method; else `name`."""
         if (
             isinstance(name, str)
             and name.startswith(self._multiplexed)
@@ -325,6 +325,6 @@ class GuardedProcessor(TProcessor):
 
     @property
     def call_specs(self) -> dict[str, dict]:
-        """argument_specs, also by each name as a TMultiplexedProtocol client sends it ("Ledger:ping")."""
+        """argument_specs, also by each name as a TMultiplexedProtocol client sends it ("Notes:ping")."""
         specs = self.argument_specs
         return specs | {self._multiplexed + name: spec for name, spec in specs.items()}
