@@ -81,6 +81,9 @@ def message_header(name: bytes, compact: bool = False, message_type: int = TMess
     return struct.pack("!iI", -2147418112 | message_type, len(name)) + name + struct.pack("!i", 1)
 
 
+RESET = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN)  # how a server's close with bytes unread shows
+
+
 def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
     """Send raw bytes and half-close; everything the server sends back, and our address.
 
@@ -92,10 +95,14 @@ def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
         try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
+        except OSError as error:  # the reset stopped the send; the reply came before it, and is still there to read
+            if error.errno not in RESET:
+                raise
+        try:
             while chunk := sock.recv(65536):
                 received += chunk
         except OSError as error:
-            if error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+            if error.errno not in RESET:
                 raise
         return received, peer
 
