@@ -283,6 +283,7 @@ class CommandLine:
     ) -> None:
         base = base_module(service)
         self.client_class = client_class
+        self.service = service
         self.health = base.Health
         self.service_name = service.__name__
         self.config_file = config_file
@@ -406,7 +407,7 @@ class CommandLine:
             client.deadline = give_up_at - time.monotonic()  # --all makes several calls: one --timeout for all
             if client.deadline <= 0:
                 raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)", sent=False)  # this call's
-            return getattr(client, method)(**arguments)
+            return self._fitting(method, servers, getattr(client, method)(**arguments))
 
         try:
             with client:
@@ -445,6 +446,17 @@ class CommandLine:
             message = f"{type(error).__name__}: {reason(error)}{unsure if status == EXIT_UNAVAILABLE else ''}"
         _to_stderr(f"error: {message}")
         return status
+
+    def _fitting(self, method: str, servers: str, result: object) -> object:
+        """`result`, unless it does not fit the IDL: UnexpectedReply. thriftpy2 hands over a string that is not
+        UTF-8 as bytes, which neither a table nor JSON can show (a server of another service, or not on the kit)."""
+        success = getattr(self.service, method + "_result").thrift_spec.get(0)
+        try:
+            if success:  # None for a void method
+                check_value(f"{method}()'s reply", *field_type(success), result)
+        except (TypeError, ValueError) as error:
+            raise UnexpectedReply(f"{servers} ({error})", set()) from None
+        return result
 
     def _shown(self, result: object, as_json: bool) -> str:
         if as_json:  # escaped to ASCII where stdout is not UTF-8: still valid JSON

@@ -18,8 +18,9 @@ import time
 import pytest
 from thriftpy2.thrift import TApplicationException
 
+from counters import counters_thrift
 from helpers.processes import PROJECT_ENV, ROOT, run_python
-from helpers.wire import FixedReplyServer, SilentServer, exception_reply
+from helpers.wire import FixedReplyServer, SilentServer, exception_reply, framed, reply_bytes
 from servicekit.client import new_request_id
 from tools.throwaway_db import free_port, wait_for
 
@@ -240,6 +241,23 @@ def test_a_server_of_something_else_is_one_line_and_status_1():
         f"error: no Counters reply from 127.0.0.1:{other.port} (TProtocolException: a reply that starts "
         "b'HTTP/1.1 400', not framed binary Thrift): is it a Counters server? check --servers; "
         "the add may have been applied: repeat it with --request-id=r-1 to apply it at most once\n"
+    )
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)], ids=["table", "json"])
+def test_a_reply_whose_string_is_not_utf_8_is_one_line_and_status_1(json_flag):
+    addition = counters_thrift.Addition(id=1, name="NAME", amount=5, total=5, request_id="r-2")
+    reply = reply_bytes(counters_thrift.Counters, "add", addition).replace(b"NAME", b"N\xffME")
+    other = FixedReplyServer(framed(reply))
+    try:
+        result = cli(other.port, *json_flag, "add", "x", "5", "--request-id", "r-2")
+    finally:
+        other.close()
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: no Counters reply from 127.0.0.1:{other.port} (add()'s reply.name has the wrong type: bytes): "
+        "is it a Counters server? check --servers; "
+        "the add may have been applied: repeat it with --request-id=r-2 to apply it at most once\n"
     )
 
 
