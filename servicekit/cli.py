@@ -247,18 +247,21 @@ def as_dict(value: object) -> object:
 
 
 def _items_field(page: object) -> str:
-    """The name of a page struct's list field (the other is next_cursor)."""
-    return next(name for _, name, *_ in page.thrift_spec.values() if isinstance(getattr(page, name), list))
+    """The name of a page struct's list field (the other is next_cursor), as the IDL declares it."""
+    return next(name for kind, name, *_ in page.thrift_spec.values() if kind == TType.LIST)
 
 
 def every_page(call: Callable[..., Any], options: dict[str, object]) -> Any:
-    """Follow next_cursor to the last page; return one page holding every item."""
+    """Follow next_cursor to the last page; return one page holding every item.
+
+    A page whose list is unset (a server that leaves out an empty one) holds no items.
+    """
     page = call(**options)
     field = _items_field(page)
-    items = getattr(page, field)
+    items = getattr(page, field) or []
     while page.next_cursor:
         page = call(**{**options, "cursor": page.next_cursor})
-        items += getattr(page, field)
+        items += getattr(page, field) or []
     setattr(page, field, items)
     page.next_cursor = ""
     return page

@@ -261,6 +261,18 @@ def test_a_reply_whose_string_is_not_utf_8_is_one_line_and_status_1(json_flag):
     )
 
 
+def test_all_takes_a_page_that_leaves_its_list_out_for_an_empty_one():
+    other = FixedReplyServer(
+        framed(reply_bytes(counters_thrift.Counters, "list_counters", counters_thrift.CounterPage(next_cursor="")))
+    )
+    try:
+        result = cli(other.port, "--json", "list-counters", "--all")
+    finally:
+        other.close()
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == {"counters": [], "next_cursor": ""}
+
+
 def test_a_call_the_server_refuses_as_off_its_idl_says_so_and_nothing_of_having_been_applied():
     why = "argument 'amount' of add is i32, but the IDL declares i64"
     refusal = TApplicationException(TApplicationException.PROTOCOL_ERROR, why)
