@@ -68,11 +68,12 @@ def _or_new(request_id: str | None) -> str:
     return new_request_id() if request_id is None else request_id
 
 
-def _time(milliseconds: int) -> str:
-    """A time in UTC, or the raw milliseconds when they fall outside years 1..9999: one odd row, not a crash."""
+def _time(milliseconds: int | None) -> str:
+    """A time in UTC, or the raw milliseconds when they fall outside years 1..9999, or None when the server left
+    the field out: one odd row, not a crash."""
     try:
         return (EPOCH + timedelta(milliseconds=milliseconds)).isoformat(" ", "seconds")
-    except OverflowError:
+    except (OverflowError, TypeError):
         return str(milliseconds)
 
 
@@ -98,7 +99,8 @@ def show(result: object) -> str:
         return _accounts([result])
     if isinstance(result, Transfer):
         return _transfers([result])
-    rows = _accounts(result.accounts) if isinstance(result, AccountPage) else _transfers(result.transfers)
+    # A list the server left out is None: no rows.
+    rows = _accounts(result.accounts or []) if isinstance(result, AccountPage) else _transfers(result.transfers or [])
     return rows + (f"\nnext cursor: {result.next_cursor}" if result.next_cursor else "")
 
 
