@@ -405,17 +405,26 @@ class CommandLine:
             _to_stderr(f"error: cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}")
             return EXIT_USAGE
         give_up_at = time.monotonic() + timeout
+        pages = 0  # read by --all so far
 
         def call(**arguments: object) -> object:
+            nonlocal pages
             client.deadline = give_up_at - time.monotonic()  # --all makes several calls: one --timeout for all
-            if client.deadline <= 0:
-                raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)", sent=False)  # this call's
-            return self._fitting(method, servers, getattr(client, method)(**arguments))
+            if client.deadline <= 0:  # this call's
+                raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)", sent=False, cut_short=True)
+            result = self._fitting(method, servers, getattr(client, method)(**arguments))
+            pages += 1
+            return result
 
         try:
             with client:
                 result = every_page(call, options) if follow else call(**options)
         except (RequestTooLarge, ServerUnreachable, TException) as error:
+            if pages and getattr(error, "cut_short", False):  # the server answered: the list is longer than the time
+                _to_stderr(
+                    f"error: --timeout {timeout:g} s ran out after {pages} pages (--all): raise it to list them all"
+                )
+                return EXIT_UNREACHABLE
             return self._report(error, unsure)
         if not _print_result(self._shown(result, as_json)):
             return EXIT_INTERNAL

@@ -273,6 +273,21 @@ def test_all_takes_a_page_that_leaves_its_list_out_for_an_empty_one():
     assert json.loads(result.stdout) == {"counters": [], "next_cursor": ""}
 
 
+def test_all_whose_timeout_runs_out_between_pages_says_so_not_that_the_server_is_unreachable():
+    endless = counters_thrift.CounterPage(
+        counters=[counters_thrift.Counter(id=1, name="a", total=1)], next_cursor="more"
+    )
+    other = FixedReplyServer(framed(reply_bytes(counters_thrift.Counters, "list_counters", endless)))
+    try:
+        result = cli(other.port, "--timeout", "0.5", "list-counters", "--all")
+    finally:
+        other.close()
+    assert (result.returncode, result.stdout) == (8, "")
+    assert re.fullmatch(
+        r"error: --timeout 0.5 s ran out after \d+ pages \(--all\): raise it to list them all\n", result.stderr
+    )
+
+
 def test_a_call_the_server_refuses_as_off_its_idl_says_so_and_nothing_of_having_been_applied():
     why = "argument 'amount' of add is i32, but the IDL declares i64"
     refusal = TApplicationException(TApplicationException.PROTOCOL_ERROR, why)
