@@ -259,7 +259,7 @@ class PooledClient:
         addresses get connections as the pool evens out; connections to
         addresses that are gone close, idle ones at once, busy ones when
         their call returns. IP addresses are used as they are.
-    deadline: seconds a call may take in all, retries included. Connection
+    deadline: seconds a call may take in all, retries included (float("inf"): no limit). Connection
         failures, timeouts and base.thrift's Unavailable are retried with
         the same arguments (so a write's request_id: applied once), pausing
         50 ms doubling up to 1 s with jitter, until the deadline, or
@@ -357,7 +357,8 @@ class PooledClient:
         check_arguments(method, self._argument_specs[method], args)
         if self.max_message_bytes is not None:
             self._check_size(method, args)
-        give_up_at = time.monotonic() + self.deadline
+        # A deadline of float("inf") is none; sockets and locks refuse to wait past threading.TIMEOUT_MAX (292 years).
+        give_up_at = time.monotonic() + min(self.deadline, threading.TIMEOUT_MAX)
         sent, refused_by, answer = False, set(), None
         refusals: dict[str, None] = {}  # each address's refusal, in order, once: the error names them all
         for attempt in itertools.count():

@@ -171,6 +171,19 @@ def test_an_option_out_of_its_range_is_refused_naming_it(option, value):
         CountersClient("127.0.0.1:9090", **{option: value})
 
 
+@pytest.mark.parametrize(
+    ("host", "options"),
+    [
+        ("localhost", {"deadline": float("inf")}),  # the resolver is waited for
+        (HOST, {"deadline": float("inf"), "timeout": 1e300, "connect_timeout": 1e300, "acquire_timeout": 1e300}),
+    ],
+    ids=["by name", "every wait"],
+)
+def test_a_client_without_a_deadline_calls_as_any_other(server, host, options):
+    with CountersClient(f"{host}:{server.port}", **options) as client:
+        assert client.ping() == "pong"
+
+
 def test_no_wait_for_a_free_connection_still_leaves_a_new_one_time_to_open(server):
     with server.client(acquire_timeout=0, retries=0) as client:
         assert client.ping() == "pong"
