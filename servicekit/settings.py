@@ -204,7 +204,7 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
     if misspellings := misspelled(in_file):
         raise SettingsError(f"{config_file.name}: {misspellings[0]}")
     values = {**in_file, **(os.environ if environ is None else environ)}
-    parsed = {declaration.name: _parse(declaration, values) for declaration in fields(kind)}
+    parsed = {declaration.name: _parse(declaration, values, config_file) for declaration in fields(kind)}
     for declaration in fields(kind):
         if (needed := declaration.metadata["needs"]) and parsed[declaration.name] and not parsed[needed]:
             name, needed = declaration.name.upper(), needed.upper()
@@ -259,12 +259,14 @@ def misspelled(environ: Mapping[str, str] | None = None) -> list[str]:
     ]
 
 
-def _parse(declaration: Field, values: Mapping[str, str | None]) -> Any:
+def _parse(declaration: Field, values: Mapping[str, str | None], config_file: Path) -> Any:
     name, limits = declaration.name.upper(), declaration.metadata
     raw = values.get(name)
     if raw is None:
         if declaration.default is MISSING:
-            raise SettingsError(f"{name} is not set (add it to config.env)")
+            # Most often the file itself is missing (client.py copied alone): say where it was looked for.
+            missing = "" if config_file.exists() else f"; there is no {config_file}"
+            raise SettingsError(f"{name} is not set (add it to config.env{missing})")
         return declaration.type(declaration.default)
     if declaration.type is str:
         if limits["choices"] and raw not in limits["choices"]:

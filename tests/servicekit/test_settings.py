@@ -69,8 +69,20 @@ def test_a_setting_that_only_works_with_another_is_refused_alone(tmp_path, kind,
 
 
 def test_a_setting_without_a_default_must_be_set(tmp_path):
-    with pytest.raises(SettingsError, match=r"MYSQL_PASSWORD is not set \(add it to config.env\)"):
-        load(ServerSettings, tmp_path / "none.env", {k: v for k, v in REQUIRED.items() if k != "MYSQL_PASSWORD"})
+    config = tmp_path / "config.env"
+    config.write_text("THRIFT_WORKERS=2\n")
+    with pytest.raises(SettingsError, match=r"^MYSQL_PASSWORD is not set \(add it to config.env\)$"):
+        load(ServerSettings, config, {k: v for k, v in REQUIRED.items() if k != "MYSQL_PASSWORD"})
+
+
+def test_a_client_py_without_its_config_env_is_told_where_it_was_looked_for(tmp_path):
+    for name in ("client.py", "service.thrift", "servicekit"):  # all it needs but config.env, the one beside it
+        (tmp_path / name).symlink_to(ROOT / name)
+    result = run_python(str(tmp_path / "client.py"), "ping")
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"error: SERVICE_NAME is not set (add it to config.env; there is no {tmp_path}/config.env)\n"
+    )
 
 
 def test_a_misspelled_setting_in_config_env_is_refused(tmp_path):
