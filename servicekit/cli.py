@@ -50,6 +50,7 @@ from servicekit.tls import tls_context
 from servicekit.wire import element_type, field_type
 
 INT64 = (-(2**63), 2**63 - 1)
+GLOBAL_OPTIONS = ("--servers", "--timeout", "--json")  # of every command, given before it
 INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -213,6 +214,12 @@ class _OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and status 2 (argparse prints the whole usage first)."""
 
     def error(self, message: str) -> NoReturn:
+        # The commonest slip, `client.py get-account 1 --json`: the command's parser leaves --json to the top one,
+        # which takes it only before the command.
+        if message.startswith("unrecognized arguments:") and any(
+            word.partition("=")[0] in GLOBAL_OPTIONS for word in message.split()
+        ):
+            message += f" ({', '.join(GLOBAL_OPTIONS)} go before the command)"
         self.exit(EXIT_USAGE, f"error: {self.prog.split()[-1]}: {message} (see --help)\n")
 
 

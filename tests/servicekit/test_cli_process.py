@@ -158,6 +158,16 @@ def test_every_bad_argument_is_one_line_and_status_2(args):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("option", ["--json", "--timeout 5", "--servers=127.0.0.1:9"])
+def test_a_global_option_after_the_command_is_refused_saying_where_it_goes(option):
+    result = cli(9, "get", "x", *option.split())
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"error: counters_cli.py: unrecognized arguments: {option} "
+        "(--servers, --timeout, --json go before the command) (see --help)\n"
+    )
+
+
 @pytest.mark.parametrize("request_id", ["a b", "x" * 65, "caf\u00e9", " "])
 def test_a_request_id_the_server_would_refuse_is_a_usage_error_and_nothing_is_sent(server, request_id):
     result = cli(server.port, "add", f"bad-id-{new_request_id()}", "5", "--request-id", request_id)
