@@ -303,7 +303,7 @@ class PooledClient:
         resolve: Resolver = resolve_both_families,
         resolve_every: float = 30.0,
     ) -> None:
-        _check_options(deadline, retries, timeout, connect_timeout, pool_size, acquire_timeout, max_idle)
+        _check_options(deadline, retries, timeout, connect_timeout, pool_size, acquire_timeout, max_idle, resolve_every)
         self.service = service
         self._unavailable = base_module(service).Unavailable
         self.deadline = deadline
@@ -602,13 +602,19 @@ def _check_options(
     pool_size: int,
     acquire_timeout: float,
     max_idle: float,
+    resolve_every: float,
 ) -> None:
     """ValueError naming the first of PooledClient's options out of its range: most would make every call
-    wait out its deadline, or retry forever."""
+    wait out its deadline, or retry forever (resolve_every=nan: never resolve again)."""
     for name, value in {"deadline": deadline, "timeout": timeout, "connect_timeout": connect_timeout}.items():
         if not value > 0:
             raise ValueError(f"{name} must be more than 0 seconds, not {value!r}")
-    for name, value in {"acquire_timeout": acquire_timeout, "max_idle": max_idle}.items():  # 0: no waiting, no reuse
+    # 0: no waiting, no reuse, resolved before every call.
+    for name, value in {
+        "acquire_timeout": acquire_timeout,
+        "max_idle": max_idle,
+        "resolve_every": resolve_every,
+    }.items():
         if not value >= 0:
             raise ValueError(f"{name} must be 0 seconds or more, not {value!r}")
     if not (isinstance(pool_size, int) and pool_size >= 1):

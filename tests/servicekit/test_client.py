@@ -164,6 +164,7 @@ def test_a_server_of_something_else_is_one_error_at_once_not_a_traceback_or_a_wa
         ("connect_timeout", 0),
         ("acquire_timeout", -1),
         ("max_idle", -1),
+        ("resolve_every", float("nan")),
     ],
 )
 def test_an_option_out_of_its_range_is_refused_naming_it(option, value):
