@@ -50,8 +50,8 @@ from servicekit.tls import tls_context
 from servicekit.wire import element_type, field_type
 
 INT64 = (-(2**63), 2**63 - 1)
-GLOBAL_OPTIONS = ("--servers", "--timeout", "--json")  # of every command, given before it
 INT32 = (-(2**31), 2**31 - 1)
+GLOBAL_OPTIONS = ("--servers", "--timeout", "--json")  # of every command, given before it
 
 
 def _integer(text: str, low: int, high: int) -> int:
@@ -417,7 +417,7 @@ class CommandLine:
         def call(**arguments: object) -> object:
             nonlocal pages
             client.deadline = give_up_at - time.monotonic()  # --all makes several calls: one --timeout for all
-            if client.deadline <= 0:  # this call's
+            if client.deadline <= 0:  # before this call, which is not sent
                 raise ServerUnreachable(f"{servers} (--timeout {timeout:g} s ran out)", sent=False, cut_short=True)
             result = self._fitting(method, servers, getattr(client, method)(**arguments))
             pages += 1

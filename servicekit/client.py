@@ -259,11 +259,12 @@ class PooledClient:
         addresses get connections as the pool evens out; connections to
         addresses that are gone close, idle ones at once, busy ones when
         their call returns. IP addresses are used as they are.
-    deadline: seconds a call may take in all, retries included (float("inf"): no limit). Connection
-        failures, timeouts and base.thrift's Unavailable are retried with
-        the same arguments (so a write's request_id: applied once), pausing
-        50 ms doubling up to 1 s with jitter, until the deadline, or
-        `retries` times if it is given. Other service errors are raised at once, and so are
+    deadline: seconds a call may take in all, retries included
+        (float("inf"): no limit). Connection failures, timeouts and
+        base.thrift's Unavailable are retried with the same arguments (so
+        a write's request_id: applied once), pausing 50 ms doubling up to
+        1 s with jitter, until the deadline, or `retries` times if it is
+        given. Other service errors are raised at once, and so are
         TLSRefused and UnexpectedReply once every address answered so.
     timeout / connect_timeout: seconds per attempt / per connection attempt
         (never past the deadline; an attempt that another may follow on an
