@@ -322,9 +322,16 @@ class CommandLine:
         method = getattr(self.client_class, name.replace("-", "_"), None)
         if method is None:
             raise TypeError(f"command {name}: {self.client_class.__name__} has no method {name.replace('-', '_')}")
-        missing = [parameter for parameter in wanted if parameter not in inspect.signature(method).parameters]
+        parameters = list(inspect.signature(method).parameters.values())[1:]  # after self
+        missing = [parameter for parameter in wanted if parameter not in [p.name for p in parameters]]
         if missing:
             raise TypeError(f"command {name}: {self.client_class.__name__}.{method.__name__} takes no {missing}")
+        # Else the command would parse its arguments, then fail in the call with a traceback.
+        needed = [
+            p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if unfilled := [parameter for parameter in needed if parameter not in wanted]:
+            raise TypeError(f"command {name}: {self.client_class.__name__}.{method.__name__} needs {unfilled} too")
         self._commands.append((name, help, arguments, write, page))
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:

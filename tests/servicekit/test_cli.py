@@ -6,7 +6,7 @@ import pytest
 import thriftpy2
 
 import counters_cli as counters_cli_module
-from counters import counters_thrift
+from counters import CountersClient, counters_thrift
 from helpers.processes import ROOT
 from servicekit.base import BASE_THRIFT
 from servicekit.cli import CommandLine, string, struct_of
@@ -70,6 +70,16 @@ def test_a_command_that_does_not_fit_its_client_method_is_refused_when_declared(
         counters_cli.command("list", "counters", page=True)
     with pytest.raises(TypeError, match=r"command get: CountersClient.get takes no \['limit', 'cursor'\]"):
         counters_cli.command("get", "one counter", ("name", string), page=True)
+
+
+def test_a_command_that_leaves_out_a_parameter_its_client_method_needs_is_refused_when_declared():
+    # Declared, it would parse its arguments, then fail in the call with a traceback.
+    with pytest.raises(TypeError, match=r"command add: CountersClient.add needs \['amount'\] too"):
+        counters_cli_with({}).command("add", "add to a counter", ("name", string), write=True)
+
+
+def counters_cli_with(exit_statuses: dict) -> CommandLine:
+    return CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", exit_statuses, show=str)
 
 
 def test_a_struct_argument_is_written_as_a_json_object_of_its_fields():
