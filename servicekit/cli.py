@@ -52,6 +52,21 @@ from servicekit.wire import element_type, field_type
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
 GLOBAL_OPTIONS = ("--servers", "--timeout", "--json")  # of every command, given before it
+# What the kit's exit statuses mean. A service's own exceptions take others, up to 125: past it the shell's
+# own (126 cannot run, 127 not found, 128 + a signal's number) begin.
+KIT_EXIT_STATUSES = {
+    0: "ok",
+    EXIT_INTERNAL: "internal error",
+    EXIT_USAGE: "usage",
+    EXIT_INVALID: "InvalidArgument",
+    EXIT_CONFLICT: "Conflict",
+    EXIT_UNAVAILABLE: "Unavailable (or health not ok)",
+    EXIT_UNREACHABLE: "server unreachable",
+    EXIT_OTHER_DECLARED: "another declared error",
+    EXIT_INTERRUPTED: "interrupted",
+    EXIT_TERMINATED: "terminated",
+}
+LAST_SERVICE_EXIT_STATUS = 125
 
 
 def _integer(text: str, low: int, high: int) -> int:
@@ -117,6 +132,16 @@ def _from_json(kind: int, held: object, value: object) -> object:
     if kind == TType.MAP and isinstance(value, dict):
         return {key: _from_json(*element_type(held[1]), item) for key, item in value.items()}
     return value
+
+
+def _check_exit_statuses(exit_statuses: dict[type, int], kit_errors: dict[type, int]) -> None:
+    """ValueError, when client.py starts, for a status a script would read as the kit's (7 as "retry") or 0."""
+    for error, status in exit_statuses.items():
+        if error in kit_errors:
+            raise ValueError(f"{error.__name__} exits {kit_errors[error]}, the kit's status for it: leave it out")
+        if status in KIT_EXIT_STATUSES or not 1 <= status <= LAST_SERVICE_EXIT_STATUS:
+            kit = KIT_EXIT_STATUSES.get(status, "the shell's")
+            raise ValueError(f"{error.__name__} cannot exit {status} ({kit}): give it 4, 6 or 10 to 125")
 
 
 def request_id(text: str) -> str:
@@ -292,17 +317,19 @@ class CommandLine:
         show: Callable[[object], str],
     ) -> None:
         base = base_module(service)
+        kit_errors = {
+            base.InvalidArgument: EXIT_INVALID,
+            base.Conflict: EXIT_CONFLICT,
+            base.Unavailable: EXIT_UNAVAILABLE,
+        }
+        _check_exit_statuses(exit_statuses, kit_errors)
         self.client_class = client_class
         self.service = service
         self.health = base.Health
         self.service_name = service.__name__
         self.config_file = config_file
-        self.exit_statuses = {
-            base.InvalidArgument: EXIT_INVALID,
-            base.Conflict: EXIT_CONFLICT,
-            base.Unavailable: EXIT_UNAVAILABLE,
-            **exit_statuses,
-        }
+        self.service_exit_statuses = exit_statuses
+        self.exit_statuses = {**kit_errors, **exit_statuses}
         self.show = show
         self._commands: list[tuple[str, str, Sequence[tuple[str, Callable]], bool, bool]] = []
         self.command("ping", "check that the server answers")
@@ -335,14 +362,11 @@ class CommandLine:
         self._commands.append((name, help, arguments, write, page))
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
-        statuses = ", ".join(
-            f"{status} {cls.__name__}" for cls, status in sorted(self.exit_statuses.items(), key=lambda i: i[1])
-        )
-        parser = _OneLineParser(
-            description=f"Call the {self.service_name} service.",
-            epilog=f"exit status: 0 ok, 1 internal error, 2 usage, {statuses} (or health not ok), "
-            f"8 server unreachable, 9 another declared error, 130 interrupted, 143 terminated",
-        )
+        meanings = dict(KIT_EXIT_STATUSES)
+        for error, status in self.service_exit_statuses.items():
+            meanings[status] = f"{meanings[status]} or {error.__name__}" if status in meanings else error.__name__
+        statuses = ", ".join(f"{status} {meaning}" for status, meaning in sorted(meanings.items()))
+        parser = _OneLineParser(description=f"Call the {self.service_name} service.", epilog=f"exit status: {statuses}")
         parser.add_argument(
             "--servers",
             type=servers,

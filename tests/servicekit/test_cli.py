@@ -1,6 +1,7 @@
 """The kit's command line, built for the Counters service: errors as one line and an exit status."""
 
 import argparse
+import contextlib
 
 import pytest
 import thriftpy2
@@ -80,6 +81,50 @@ def test_a_command_that_leaves_out_a_parameter_its_client_method_needs_is_refuse
 
 def counters_cli_with(exit_statuses: dict) -> CommandLine:
     return CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", exit_statuses, show=str)
+
+
+@pytest.mark.parametrize(
+    ("status", "meaning"), [(0, "ok"), (7, "Unavailable (or health not ok)"), (9, "another declared error")]
+)
+def test_an_exit_status_of_the_kits_is_refused_for_a_service_error(status, meaning):
+    # A script reading 7 would retry a NotFound; reading 0, take it for success.
+    with pytest.raises(ValueError) as error:
+        counters_cli_with({counters_thrift.NotFound: status})
+    assert str(error.value) == f"NotFound cannot exit {status} ({meaning}): give it 4, 6 or 10 to 125"
+
+
+def test_a_service_error_may_take_4_6_or_10_to_125_and_no_other_status():
+    accepted = []
+    for status in range(256):
+        with contextlib.suppress(ValueError):
+            counters_cli_with({counters_thrift.NotFound: status})
+            accepted.append(status)
+    assert accepted == [4, 6, *range(10, 126)]
+    with pytest.raises(ValueError, match=r"NotFound cannot exit 126 \(the shell's\): give it 4, 6 or 10 to 125"):
+        counters_cli_with({counters_thrift.NotFound: 126})
+
+
+def test_a_kit_error_keeps_its_exit_status():
+    with pytest.raises(ValueError, match="Conflict exits 5, the kit's status for it: leave it out"):
+        counters_cli_with({counters_thrift.base.Conflict: 4})
+
+
+def test_the_help_lists_every_exit_status_in_order(capsys):
+    cli = counters_cli_with({counters_thrift.NotFound: 10})
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.endswith(
+        "exit status: 0 ok, 1 internal error, 2 usage, 3 InvalidArgument, 5 Conflict, 7 Unavailable (or health not"
+        " ok), 8 server unreachable, 9 another declared error, 10 NotFound, 130 interrupted, 143 terminated"
+    )
+
+
+def test_a_service_error_with_a_status_of_its_own_exits_with_it(server, capsys):
+    cli = counters_cli_with({counters_thrift.NotFound: 4})
+    cli.command("get", "one counter", ("name", string))
+    assert cli.main(["--servers", f"127.0.0.1:{server.port}", "get", "never added"]) == 4
+    assert capsys.readouterr().err == "error: NotFound: no counter named 'never added'\n"
 
 
 def test_a_struct_argument_is_written_as_a_json_object_of_its_fields():
