@@ -4,6 +4,7 @@ The engine (thread_pool_server.py) hands it a whole, checked message; it calls t
 the reply or error. `check_contract()` finds at start-up what would otherwise reach a client as INTERNAL_ERROR.
 """
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -110,10 +111,14 @@ def check_contract(service: type, handler: object) -> None:
         if method in BASE_METHODS:
             continue
         declared = _declared(service, method)
-        if not callable(getattr(handler, method, None)):
-            problems.append(f"{type(handler).__name__} has no method {method}")
-        needed = [base.Unavailable]
         arguments = _argument_names(service, method)
+        function = getattr(handler, method, None)
+        if not callable(function):
+            problems.append(f"{type(handler).__name__} has no method {method}")
+        elif not _takes(function, len(arguments)):
+            shown = ", ".join(arguments)
+            problems.append(f"{type(handler).__name__}.{method} does not take the IDL's arguments ({shown})")
+        needed = [base.Unavailable]
         if CURSOR_ARGUMENT in arguments:
             needed.append(base.InvalidArgument)
         if REQUEST_ID_ARGUMENT in arguments:
@@ -123,6 +128,15 @@ def check_contract(service: type, handler: object) -> None:
         problems += [f"{method} does not declare base.{e.__name__}" for e in dict.fromkeys(needed) if e not in declared]
     if problems:
         raise ContractError("; ".join(problems))
+
+
+def _takes(function: Callable, count: int) -> bool:
+    """Whether `function` can be called with `count` positional arguments, as _answer calls it."""
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    return True
 
 
 class _BaseHandler:

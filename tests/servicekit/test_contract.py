@@ -66,6 +66,24 @@ def test_each_broken_rule_is_named(tmp_path, methods, problem):
     assert str(error.value) == problem
 
 
+@pytest.mark.parametrize(
+    "put",
+    [lambda self, key: key, lambda self, key, note, request_id: key, lambda self, key, *, request_id: key],
+    ids=["one-short", "one-more", "keyword-only"],
+)
+def test_a_handler_method_that_cannot_take_the_idls_arguments_is_named(tmp_path, put):
+    # It would start, then answer every call of put with INTERNAL_ERROR.
+    handler = type("Handler", (Handler,), {"put": put})()
+    with pytest.raises(ContractError) as error:
+        check_contract(service(tmp_path, f"{GET},\n{PUT}"), handler)
+    assert str(error.value) == "Handler.put does not take the IDL's arguments (key, request_id)"
+
+
+def test_a_handler_method_may_name_its_parameters_its_own_way_or_take_more_with_defaults(tmp_path):
+    handler = type("Handler", (Handler,), {"put": lambda self, sku, request_id, note="": sku})()
+    check_contract(service(tmp_path, f"{GET},\n{PUT}"), handler)
+
+
 def test_a_write_method_name_must_fit_the_write_record(tmp_path):
     name = "w" * 256
     methods = PUT.replace("put(", f"{name}(")
