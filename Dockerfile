@@ -24,7 +24,7 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
-COPY *.py service.thrift ./
+COPY *.py *.thrift ./
 COPY --from=build /build/config.env ./
 COPY servicekit ./servicekit
 COPY migrations ./migrations

@@ -101,6 +101,32 @@ def test_the_dockerfile_copies_files_that_exist_and_dockerignore_keeps_them():
         assert needed not in ignored
 
 
+def copy_as_the_image_does(context: Path, app: Path) -> None:
+    """Into `app` (the image's /app), what the runtime stage's COPY lines take from the build context."""
+    runtime_stage = DOCKERFILE.split("\nFROM ")[-1]
+    for line in re.findall(r"^COPY (?!--from)(.*)$", runtime_stage, flags=re.M):
+        *sources, destination = line.split()
+        target = app / destination
+        for path in (path for source in sources for path in sorted(context.glob(source))):
+            if path.is_dir():
+                shutil.copytree(path, target)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target / path.name)
+
+
+def test_the_image_holds_what_server_py_imports_an_idl_split_in_two_included(tmp_path):
+    # Thrift services often keep their structs in an IDL of their own beside the service's.
+    context, app = tmp_path / "context", tmp_path / "app"
+    shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(".git", ".venv", "*_cache", ".hypothesis", "tests"))
+    (context / "shared_types.thrift").write_text("struct Unused { 1: i64 id }\n")
+    idl = context / "service.thrift"
+    idl.write_text('include "shared_types.thrift"\n' + idl.read_text())
+    copy_as_the_image_does(context, app)
+    imported = run_python("-c", "import server", cwd=app, PYTHONPATH=str(app))
+    assert imported.returncode == 0, imported.stderr
+
+
 def test_the_image_keeps_config_env_without_its_password(tmp_path):
     runtime_stage = DOCKERFILE.split("\nFROM ")[-1]  # what ships: no layer of it may hold the password
     copies_of_config_env = re.findall(r"^COPY .*config\.env.*$", runtime_stage, flags=re.M)
