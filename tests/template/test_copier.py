@@ -1,5 +1,7 @@
 """`copier copy` starts a new service from this repository: named after it, with a fresh password, running."""
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,15 @@ DEPLOYMENT = [
     "compose.scale.yaml",
     "Dockerfile",
     *(f"k8s/{manifest.name}" for manifest in sorted((ROOT / "k8s").glob("*.yaml"))),
+]
+# Where the README's "Start your own service" puts each block of its Notes service, in the order it shows them.
+NOTES_FILES = [
+    "service.thrift",
+    "migrations/001_notes.sql",
+    "handlers.py",
+    "client.py",
+    "tests/service/conftest.py",
+    "tests/service/test_notes.py",
 ]
 
 
@@ -156,6 +167,40 @@ def test_an_update_brings_the_kit_and_new_deployment_files_named_but_none_of_the
         " M servicekit/paging.py",
         "?? k8s/extra.yaml",
     ]
+
+
+def readme_notes_service() -> dict[str, str]:
+    """The Notes service the README's "Start your own service" shows, file by file."""
+    section = (ROOT / "README.md").read_text().split("\n## Start your own service\n")[1].split("\n## ")[0]
+    blocks = re.findall(r"^```(?:thrift|sql|python)\n(.*?)^```$", section, flags=re.M | re.S)
+    assert len(blocks) == len(NOTES_FILES), "the README's Notes service no longer has one block per file"
+    return dict(zip(NOTES_FILES, blocks, strict=True))
+
+
+def test_the_readmes_notes_service_in_place_of_the_example_passes_its_own_tests(database_server, tmp_path):
+    # What a new user copies first: it must keep working as the kit changes.
+    notes = tmp_path / "notes"
+    copy = [COPIER, "copy", "--quiet", "--trust", "--defaults", "--data", "NAME=notes", ROOT, notes]
+    subprocess.run(copy, check=True, timeout=120)
+    for example in ("migrations", "tests/service"):
+        shutil.rmtree(notes / example)
+    for path, text in readme_notes_service().items():
+        (notes / path).parent.mkdir(parents=True, exist_ok=True)
+        (notes / path).write_text(text)
+    server = notes / "server.py"  # as the README's table says: the import line and the service
+    server.write_text(
+        server.read_text()
+        .replace("VERSION, LedgerHandler, ledger_thrift", "VERSION, NotesHandler, notes_thrift")
+        .replace("ledger_thrift.Ledger, LedgerHandler()", "notes_thrift.Notes, NotesHandler()")
+    )
+    ruff = Path(sys.executable).with_name("ruff")  # make test's lint steps
+    for lint in (["check", "--no-cache", "."], ["format", "--no-cache", "--check", "."]):
+        linted = subprocess.run([ruff, *lint], cwd=notes, capture_output=True, text=True, timeout=60)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+    pytest_run = ["-m", "pytest", "tests/service", "-n", "0", "-q", "-p", "no:cacheprovider"]
+    result = run_python(*pytest_run, cwd=notes, timeout=120, PYTHONPATH=str(notes), **database_server.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
 
 
 def commit(repository: Path, message: str) -> None:
