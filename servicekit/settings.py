@@ -174,6 +174,15 @@ class ServerSettings(CommonSettings):
         0, "Prometheus metrics on http://THRIFT_HOST:METRICS_PORT/metrics; 0 turns them off.", low=0, high=65535
     )
 
+    def __post_init__(self) -> None:
+        # Past THRIFT_MAX_BUFFERED_BYTES the connection that adds bytes is closed: below THRIFT_MAX_MESSAGE_BYTES,
+        # a request the server says it takes would be cut off while it arrives, on an idle server too.
+        if self.thrift_max_buffered_bytes < self.thrift_max_message_bytes:
+            raise SettingsError(
+                f"THRIFT_MAX_BUFFERED_BYTES ({self.thrift_max_buffered_bytes}) is less than THRIFT_MAX_MESSAGE_BYTES "
+                f"({self.thrift_max_message_bytes}): a request that long could never be held; raise the first"
+            )
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClientSettings(CommonSettings):
