@@ -33,7 +33,7 @@ SCRAPE_TIMEOUT_SECONDS = 10.0  # the longest a scrape may hold its connection
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and request fields when present."""
+    """One JSON object per line: time, level, logger, message, pid, and request fields when present."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -41,6 +41,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # as text lines show it: which of THRIFT_PROCESSES wrote the line
         }
         entry.update({field: getattr(record, field) for field in REQUEST_FIELDS if hasattr(record, field)})
         if record.exc_info:

@@ -17,7 +17,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
 from helpers.mysql import sql
-from helpers.processes import run_python
+from helpers.processes import all_children, run_python
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
 from servicekit.observability import MAX_SCRAPES, SCRAPE_TIMEOUT_SECONDS, RequestObserver
@@ -89,7 +89,8 @@ def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_field
 
     lines = [json.loads(line) for line in server.log().splitlines()]
     (add,) = [entry for entry in lines if entry.get("method") == "add" and entry["outcome"] == "ok"]
-    assert set(add) == {"time", "level", "logger", "message", "method", "peer", "duration_ms", "outcome", "request_id"}
+    request_fields = {"method", "peer", "duration_ms", "outcome", "request_id"}
+    assert set(add) == {"time", "level", "logger", "message", "pid", *request_fields}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", add["time"])
     assert (add["level"], add["logger"]) == ("DEBUG", "counters.requests")
     assert (add["method"], add["outcome"], add["request_id"]) == ("add", "ok", request_id)
@@ -111,6 +112,16 @@ def test_metrics_add_up_across_server_processes_and_their_files_go_with_the_serv
     assert list(tmp_path.glob("counters-metrics-*"))  # where the processes' files were
     assert server.stop() == 0
     assert not list(tmp_path.glob("counters-metrics-*"))
+
+
+def test_json_logs_say_which_server_process_wrote_each_line(start_server):
+    # As text lines do ([pid]): with several processes, the same line from two of them is otherwise one line twice.
+    server = start_server(THRIFT_PROCESSES="2", LOG_FORMAT="json")
+    children = all_children(server.process.pid, 2)
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log().splitlines()]
+    assert {entry["pid"] for entry in lines if entry["message"].startswith("draining: ")} == children
+    assert [entry["pid"] for entry in lines if entry["message"] == "stopped"] == [server.process.pid]
 
 
 def test_unknown_method_names_share_one_metric_series(start_server):
