@@ -193,7 +193,8 @@ def connection_limit(settings: ServerSettings) -> int:
     if settings.thrift_max_connections <= allowed:
         return settings.thrift_max_connections
     logger.warning(
-        "THRIFT_MAX_CONNECTIONS=%d is more than %d open files allow: at most %d connections per process",
+        "THRIFT_MAX_CONNECTIONS=%d is more than %d open files allow: at most %d connections per process; "
+        "raise the open-file limit (ulimit -n) for more",
         settings.thrift_max_connections,
         soft,
         allowed,

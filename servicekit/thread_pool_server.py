@@ -850,7 +850,11 @@ class TThreadPoolServer(TServer):
                 closed, self._closed = self._closed, Counter()
             self.report_stats(len(self._connections), sum(worker.busy for worker in self._workers), closed)
         if self._refused and now >= self._next_refusal_warning:
-            logger.warning("refused %d connections: %d open is the maximum", self._refused, self.max_connections)
+            logger.warning(
+                "refused %d connections: %d open is the maximum (THRIFT_MAX_CONNECTIONS)",
+                self._refused,
+                self.max_connections,
+            )
             self._refused = 0
             self._next_refusal_warning = now + WARNING_INTERVAL_SECONDS
         if self._accept_paused and not self._closing:
@@ -896,7 +900,11 @@ class TThreadPoolServer(TServer):
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = sum(thread.is_alive() for thread in threads)
         if unfinished:
-            logger.warning("drain timeout: %d requests still running are abandoned", unfinished)
+            logger.warning(
+                "drain timeout: %d requests still running are abandoned after %gs (THRIFT_DRAIN_TIMEOUT)",
+                unfinished,
+                self.drain_timeout,
+            )
         for connection in list(self._connections.values()):
             connection.sock.close()
         self._epoll.close()

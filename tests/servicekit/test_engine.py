@@ -121,6 +121,7 @@ def test_drain_timeout_bounds_shutdown(start_server, database):
         assert time.monotonic() - started < 5
         caller.join(10)
     assert len(errors) == 1  # a clean error, not a hang
+    assert "drain timeout: 1 requests still running are abandoned after 1s (THRIFT_DRAIN_TIMEOUT)" in server.log()
 
 
 def test_a_stop_asked_for_before_serving_begins_is_not_lost(caplog):

@@ -274,7 +274,8 @@ def test_connections_beyond_the_maximum_are_closed_at_once_with_one_log_line(sta
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as refused:
                 assert refused.recv(1) == b""
         assert all(client.ping() == "pong" for client in kept)
-        wait_for(lambda: "refused 50 connections" in server.log(), 5, "the refusal warning")
+        refusal = "refused 50 connections: 20 open is the maximum (THRIFT_MAX_CONNECTIONS)"  # and what to raise
+        wait_for(lambda: refusal in server.log(), 5, "the refusal warning")
         assert server.log().count("refused") == 1
     finally:
         for client in kept:
@@ -317,7 +318,10 @@ def test_out_of_file_descriptors_the_server_pauses_accepting_and_warns_once(data
             "Max open files            128                  128"
             in Path(f"/proc/{server.process.pid}/limits").read_text()
         )
-        assert "THRIFT_MAX_CONNECTIONS=10000 is more than 128 open files allow" in server.log()
+        assert (
+            "THRIFT_MAX_CONNECTIONS=10000 is more than 128 open files allow: at most 60 connections per process;"
+            " raise the open-file limit (ulimit -n) for more"
+        ) in server.log()
         resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (40, 128))  # now fewer than it allows for
         for _ in range(300):
             flood.append(socket.create_connection(("127.0.0.1", server.port)))
