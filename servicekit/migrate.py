@@ -24,6 +24,7 @@ MAX_VERSION = 2**31 - 1  # the version column is an INT
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
+NO_SUCH_TABLE = 1146
 # What stops a process (docker stop, Ctrl-C) waits while a file runs: MySQL commits each DDL statement at
 # once, so a file cut short between statements, or before its record, would fail every later start.
 HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -84,17 +85,25 @@ def numbered(directory: Path) -> dict[int, Path]:
 
 
 def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
-    """The numbers `table` records as applied; MigrationError if one of `files` has another name than recorded."""
+    """The numbers `table` records as applied (created empty if missing); MigrationError if one of `files` has
+    another name than recorded."""
     # `table` is one of the two constants above, never input: identifiers cannot be parameters.
-    cursor.execute(
-        f"CREATE TABLE IF NOT EXISTS {table} ("
-        " version INT NOT NULL PRIMARY KEY,"
-        " name VARCHAR(255) NOT NULL,"
-        " applied_at_ms BIGINT NOT NULL"
-        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-    )
-    cursor.execute(f"SELECT version, name FROM {table}")  # noqa: S608
-    applied = dict(cursor.fetchall())
+    try:
+        cursor.execute(f"SELECT version, name FROM {table}")  # noqa: S608
+        applied = dict(cursor.fetchall())
+    except MySQLdb.Error as error:
+        # Created only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table
+        # exists, and a server whose user may only read and write must start on a schema migrated by another.
+        if mysql.error_code(error) != NO_SUCH_TABLE:
+            raise
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            " version INT NOT NULL PRIMARY KEY,"
+            " name VARCHAR(255) NOT NULL,"
+            " applied_at_ms BIGINT NOT NULL"
+            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        )
+        applied = {}
     for version, path in files.items():
         if version in applied and applied[version] != path.name:
             raise MigrationError(

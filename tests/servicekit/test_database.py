@@ -313,6 +313,24 @@ def test_migrations_are_recorded_once_each_kit_first(start_server, database_serv
     assert sql(database, "SELECT name FROM schema_migrations") == [("001_counters.sql",)]
 
 
+def test_a_server_whose_user_may_not_create_tables_starts_on_a_schema_another_user_migrated(
+    start_server, database_server
+):
+    # Migrations run by an administrator (db.py migrate), the server as a user that only reads and writes.
+    database = database_server.database("kit_migrated_by_another")
+    assert start_server(**database).stop() == 0
+    user = f"writer_{database_server.run}"
+    sql(database, f"CREATE USER '{user}'@'%' IDENTIFIED BY 'writer-pw'")
+    try:
+        sql(database, f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database['MYSQL_DATABASE']}`.* TO '{user}'@'%'")
+        server = start_server(**{**database, "MYSQL_USER": user, "MYSQL_PASSWORD": "writer-pw"})
+        with server.client() as client:
+            assert client.add("migrated by another", 2).total == 2
+        assert server.stop() == 0
+    finally:
+        sql(database, f"DROP USER '{user}'@'%'")
+
+
 def connect_arguments(database: dict[str, str], **settings: str) -> dict:
     return mysql.connect_arguments(load(ServerSettings, db.CONFIG_FILE, {**database, **settings}))
 
