@@ -10,7 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import MySQLdb
@@ -25,6 +25,9 @@ MAX_VERSION = 2**31 - 1  # the version column is an INT
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
 NO_SUCH_TABLE = 1146
+# applied_at_ms of a file begun but not yet applied whole: what a run killed mid-file (SIGKILL, the database
+# lost) leaves, for the next run to refuse the file rather than run again statements that may have taken effect.
+UNFINISHED = 0
 # What stops a process (docker stop, Ctrl-C) waits while a file runs: MySQL commits each DDL statement at
 # once, so a file cut short between statements, or before its record, would fail every later start.
 HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -39,10 +42,11 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
 
     MySQL commits DDL implicitly, so each file should be one logical change.
     Raises MigrationError before any file runs if a .sql file is not
-    NNN_description.sql, two share a number, or one already applied has
-    another name now, and when the database refuses a statement (the ones
-    before it stay applied); DatabaseUnavailable if another process holds the
-    lock past `lock_timeout` seconds.
+    NNN_description.sql, two share a number, one already applied has
+    another name now, or an earlier run was killed mid-file; and when the
+    database refuses a statement (the ones before it stay applied);
+    DatabaseUnavailable if another process holds the lock past
+    `lock_timeout` seconds.
     """
     kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
     # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
@@ -89,8 +93,8 @@ def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
     another name than recorded."""
     # `table` is one of the two constants above, never input: identifiers cannot be parameters.
     try:
-        cursor.execute(f"SELECT version, name FROM {table}")  # noqa: S608
-        applied = dict(cursor.fetchall())
+        cursor.execute(f"SELECT version, name, applied_at_ms FROM {table}")  # noqa: S608
+        records = cursor.fetchall()
     except MySQLdb.Error as error:
         # Created only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table
         # exists, and a server whose user may only read and write must start on a schema migrated by another.
@@ -103,7 +107,11 @@ def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
             " applied_at_ms BIGINT NOT NULL"
             ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
         )
-        applied = {}
+        records = ()
+    for version, name, applied_at_ms in records:
+        if applied_at_ms == UNFINISHED:
+            raise MigrationError(_cut_short(table, version, name))
+    applied = {version: name for version, name, _ in records}
     for version, path in files.items():
         if version in applied and applied[version] != path.name:
             raise MigrationError(
@@ -146,26 +154,52 @@ def _left(failed: int) -> str:
     return f" ({before} applied: undo that, or take it out of the file, and migrate again)"
 
 
+def _cut_short(table: str, version: int, name: str) -> str:
+    """Why a file an earlier run began and never finished is refused, and the two ways on."""
+    record = f"UPDATE {table} SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = {version}"  # noqa: S608
+    forget = f"DELETE FROM {table} WHERE version = {version}"  # noqa: S608
+    return (
+        f"{name} did not finish when it last ran (the process was killed, or lost the database, mid-file), so any"
+        " of its statements may have taken effect: compare the schema with the file, then finish it by hand and"
+        f" record it ({record}), or undo what it did and forget it ({forget}), and migrate again"
+    )
+
+
 def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]) -> list[str]:
     applied_now = []
     for version, path in files.items():
         if version in applied:
             continue
+        file_statements = statements(path.read_text(encoding="utf-8"))
         with _signals_held():
-            for number, statement in enumerate(statements(path.read_text(encoding="utf-8")), 1):
-                try:
-                    cursor.execute(statement)
-                except MySQLdb.Error as error:
-                    if mysql.error_code(error) in mysql.UNAVAILABLE | mysql.RETRYABLE:
-                        raise  # the database is down, or a lock was held too long: not the file's fault
-                    failure = f"{path.name}, statement {number}: {error.args[-1]}{_left(number)}"
-                    raise MigrationError(failure) from None
             cursor.execute(
                 f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608
-                (version, path.name, int(time.time() * 1000)),
+                (version, path.name, UNFINISHED),
+            )
+            try:
+                _run(cursor, path.name, file_statements)
+            except BaseException:
+                # Alive, this run says what the file left (or that nothing ran): the next may run it afresh.
+                with suppress(MySQLdb.Error):  # unless the database is lost: then the record stays UNFINISHED
+                    cursor.execute(f"DELETE FROM {table} WHERE version = %s", (version,))  # noqa: S608
+                raise
+            cursor.execute(
+                f"UPDATE {table} SET applied_at_ms = %s WHERE version = %s",  # noqa: S608
+                (int(time.time() * 1000), version),
             )
         applied_now.append(path.name)
     return applied_now
+
+
+def _run(cursor, name: str, file_statements: list[str]) -> None:
+    """Run a file's statements in order; MigrationError naming the one the database refused."""
+    for number, statement in enumerate(file_statements, 1):
+        try:
+            cursor.execute(statement)
+        except MySQLdb.Error as error:
+            if mysql.error_code(error) in mysql.UNAVAILABLE | mysql.RETRYABLE:
+                raise  # the database is down, or a lock was held too long: not the file's fault
+            raise MigrationError(f"{name}, statement {number}: {error.args[-1]}{_left(number)}") from None
 
 
 @contextmanager

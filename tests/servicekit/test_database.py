@@ -458,6 +458,42 @@ def test_sigterm_during_a_migration_file_waits_until_the_file_is_applied_and_rec
     assert sql(database, "SELECT name FROM schema_migrations") == [("001_two_tables.sql",)]
 
 
+def test_a_migration_killed_mid_file_is_refused_by_the_next_run_with_the_way_to_go_on(database_server, tmp_path):
+    # SIGKILL (docker stop past its grace period, the OOM killer) cannot be held as SIGTERM is: a file's first
+    # statements stay applied without its record, and running it again could repeat what it did.
+    database = database_server.database("kit_migration_sigkill")
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "001_two_tables.sql").write_text(
+        "CREATE TABLE first (id INT);\nDO SLEEP(30);\nCREATE TABLE second (id INT);\n"
+    )
+    migrating = subprocess.Popen(
+        [sys.executable, "-c", MIGRATE_FROM, str(migrations)], cwd=ROOT, env={**PROJECT_ENV, **database}
+    )
+    try:
+        wait_for(lambda: statement_waits(database, "DO SLEEP"), 30, "the migration's second statement")
+        migrating.kill()
+        assert migrating.wait(30) == -signal.SIGKILL
+    finally:
+        migrating.kill()
+    sleeping = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DO SLEEP%%' AND DB = DATABASE()"
+    for (session,) in sql(database, sleeping):  # the database has not noticed yet that its client is gone
+        sql(database, "KILL %s", (session,))
+    result = run_python("-c", MIGRATE_FROM, str(migrations), **database)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: cannot migrate: 001_two_tables.sql did not finish when it last ran (the process was killed, or lost"
+        " the database, mid-file), so any of its statements may have taken effect: compare the schema with the"
+        " file, then finish it by hand and record it (UPDATE schema_migrations SET applied_at_ms ="
+        " UNIX_TIMESTAMP() * 1000 WHERE version = 1), or undo what it did and forget it (DELETE FROM"
+        " schema_migrations WHERE version = 1), and migrate again\n"
+    )
+    assert sql(database, "SHOW TABLES LIKE 'second'") == []  # nothing more ran
+    sql(database, "CREATE TABLE second (id INT)")  # finished by hand, and recorded, as the line says
+    sql(database, "UPDATE schema_migrations SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = 1")
+    assert run_python("-c", MIGRATE_FROM, str(migrations), **database).stdout == "schema is up to date\n"
+
+
 # `python db.py migrate` with the migrations of the directory given as its argument.
 MIGRATE_FROM = "import sys, pathlib, db; db.MIGRATIONS_DIR = pathlib.Path(sys.argv[1]); sys.exit(db.main(['migrate']))"
 
