@@ -276,7 +276,12 @@ class TThreadPoolServer(TServer):
             # retried elsewhere at once. A worker closes the connection it holds when it lets go
             # (_serve_events, _give_back).
             for connection in list(self._connections.values()):
-                self._close_if_free(connection, because="")
+                if connection.lock.acquire(False):
+                    try:
+                        if not connection.closed:
+                            self._close_draining(connection)
+                    finally:
+                        connection.lock.release()
             running = sum(worker.busy for worker in self._workers)
             logger.info("draining: %d requests running; waiting up to %gs for them", running, self.drain_timeout)
             self._drain(threads)
@@ -388,7 +393,7 @@ class TThreadPoolServer(TServer):
         """Put a staying connection back in the epoll set, which reports it at once if bytes are waiting;
         close it if the server is draining."""
         if self._closing:
-            self._forget(connection)
+            self._close_draining(connection)
             return
         connection.watching_writes = bool(connection.unsent)  # else an idle socket's EPOLLOUT wakes a worker
         try:
@@ -482,7 +487,7 @@ class TThreadPoolServer(TServer):
                     ):
                         self._stay(connection, worker)
                 if self._closing and not connection.closed:  # draining: serve()'s sweep left it to this worker
-                    self._forget(connection)
+                    self._close_draining(connection)
             finally:
                 connection.lock.release()
 
@@ -522,9 +527,15 @@ class TThreadPoolServer(TServer):
             self._close_after(connection, error)
             return False
         if self._closing:
-            self._forget(connection)
+            self._close_draining(connection)
             return False
         return True
+
+    def _close_draining(self, connection: _Connection) -> None:
+        """Close a connection as the server drains, unless its client has not yet taken all of a reply: the
+        drain sends the rest (_send_replies). Holds its lock."""
+        if not connection.unsent:
+            self._forget(connection)
 
     def _close_after(self, connection: _Connection, error: Exception) -> None:
         """Close a connection whose serving raised: a client gone is logged at INFO, a bad message at WARNING
@@ -905,8 +916,38 @@ class TThreadPoolServer(TServer):
                 unfinished,
                 self.drain_timeout,
             )
+        else:  # every worker has stopped: the connections are this thread's alone
+            self._send_replies(deadline)
         for connection in list(self._connections.values()):
             connection.sock.close()
         self._epoll.close()
         self._wake_reader.close()
         self._wake_writer.close()
+
+    def _send_replies(self, deadline: float) -> None:
+        """Send the rest of the replies clients have not yet taken, as their sockets take it, until `deadline`.
+
+        A reply larger than the socket's buffers (a few MB, less over a slow network) is sent as the client
+        reads it: closed with it unsent, a request that finished during the drain would reach its client
+        cut short. A client that never reads holds the drain until `deadline`, and no longer.
+        """
+        replying = {fd: connection for fd, connection in self._connections.items() if connection.unsent}
+        writable = select.poll()
+        for fd in replying:
+            writable.register(fd, select.POLLOUT)
+        while replying and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in writable.poll(left * 1000):
+                connection = replying[fd]
+                try:
+                    self._send_unsent(connection)
+                except OSError:  # the client left: nothing more to send it
+                    connection.unsent = memoryview(b"")
+                if not connection.unsent:
+                    writable.unregister(fd)
+                    del replying[fd]
+        if replying:
+            logger.warning(
+                "drain timeout: %d replies their clients did not take are cut short after %gs (THRIFT_DRAIN_TIMEOUT)",
+                len(replying),
+                self.drain_timeout,
+            )

@@ -124,6 +124,38 @@ def test_drain_timeout_bounds_shutdown(start_server, database):
     assert "drain timeout: 1 requests still running are abandoned after 1s (THRIFT_DRAIN_TIMEOUT)" in server.log()
 
 
+def hold_then_a_large_reply(port: int, database: dict[str, str]) -> socket.socket:
+    """A connection whose hold(1 s) runs, with a call pipelined behind it whose 10 MB reply no socket buffer holds
+    whole: the server sends it as the client reads."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(framed(call_bytes(Counters, "hold", 1.0)) + framed(call_bytes(Counters, "repeat", "x" * 100, 100_000)))
+    wait_for(lambda: statement_waits(database, "SELECT SLEEP"), 10, "the request to be running")
+    return sock
+
+
+def test_a_reply_the_client_takes_as_it_reads_reaches_it_whole_during_the_drain(start_server, database):
+    server = start_server(THRIFT_DRAIN_TIMEOUT="20")
+    with hold_then_a_large_reply(server.port, database) as sock:
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: unread_bytes(sock) > 50_000, 10, "the large reply to begin")
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    assert reply_names(received) == ["hold", "repeat"]
+    assert received.endswith(b"x" * 10_000_000 + b"\0")  # the whole string, then the end of the result: not cut short
+    assert server.process.wait(10) == 0
+
+
+def test_a_client_that_never_reads_its_reply_holds_the_drain_no_longer_than_the_drain_timeout(start_server, database):
+    server = start_server(THRIFT_DRAIN_TIMEOUT="2")
+    with hold_then_a_large_reply(server.port, database):
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=15) == 0
+        assert time.monotonic() - started < 6
+    cut = "drain timeout: 1 replies their clients did not take are cut short after 2s (THRIFT_DRAIN_TIMEOUT)"
+    assert cut in server.log()
+
+
 def test_a_stop_asked_for_before_serving_begins_is_not_lost(caplog):
     """SIGTERM at start-up: close() runs before serve() has made its wake-up socket."""
     handler = CountersHandler()
