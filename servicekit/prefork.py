@@ -16,6 +16,7 @@ from servicekit.thread_pool_server import TThreadPoolServer
 
 logger = logging.getLogger(__name__)
 RESTART_PAUSE_SECONDS = 1.0  # no tight restart loop if children keep failing
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _Supervisor:
@@ -26,15 +27,30 @@ class _Supervisor:
         self.stopping = False
 
     def start_child(self) -> None:
-        pid = os.fork()
+        """Fork a child that serves until SIGTERM, or until this process dies.
+
+        The stop signals wait while the child is forked: one that came before
+        the child's own handlers would run the parent's stop() in it. And the
+        parent's pid is taken before the fork: read after it, a parent already
+        dead would be init's, and the child would never drain.
+        """
+        parent = os.getpid()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
         if pid:
             self.children.add(pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop that came meanwhile reaches this child too
             return
         status = 1
         try:
-            self.server.parent_pid = os.getppid()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            self.server.parent_pid = parent
+            for signum in STOP_SIGNALS:
                 signal.signal(signum, lambda *_: self.server.close())
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # one that came meanwhile closes this server
             self.prepare_child()
             self.server.serve()
             status = 0
@@ -79,7 +95,7 @@ def serve_in_processes(
     supervisor = _Supervisor(server, prepare_child)
     for _ in range(processes):
         supervisor.start_child()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, supervisor.stop)
     children_started()
     while supervisor.children:
