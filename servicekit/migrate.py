@@ -10,7 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import MySQLdb
@@ -26,7 +26,8 @@ KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
 NO_SUCH_TABLE = 1146
 # applied_at_ms of a file begun but not yet applied whole: what a run killed mid-file (SIGKILL, the database
-# lost) leaves, for the next run to refuse the file rather than run again statements that may have taken effect.
+# lost), or one whose statement past the first failed, leaves, for the next run to refuse the file rather than run
+# again statements that may have taken effect (a restart policy runs it again at once, before anyone reads why).
 UNFINISHED = 0
 # What stops a process (docker stop, Ctrl-C) waits while a file runs: MySQL commits each DDL statement at
 # once, so a file cut short between statements, or before its record, would fail every later start.
@@ -34,7 +35,8 @@ HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class MigrationError(Exception):
-    """A migration file is misnamed, shares its number with another, differs from the one applied, or fails."""
+    """A migration file is misnamed, shares its number with another, differs from the one applied, fails, or an
+    earlier run left it unfinished."""
 
 
 def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[str]:
@@ -43,10 +45,10 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
     MySQL commits DDL implicitly, so each file should be one logical change.
     Raises MigrationError before any file runs if a .sql file is not
     NNN_description.sql, two share a number, one already applied has
-    another name now, or an earlier run was killed mid-file; and when the
-    database refuses a statement (the ones before it stay applied);
-    DatabaseUnavailable if another process holds the lock past
-    `lock_timeout` seconds.
+    another name now, or an earlier run left one unfinished; and when the
+    database refuses a statement (the ones before it stay applied, and the
+    file stays recorded as begun); DatabaseUnavailable if another process
+    holds the lock past `lock_timeout` seconds.
     """
     kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
     # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
@@ -146,23 +148,36 @@ def _started(lines: list[str]) -> bool:
     return any(line.strip() and not line.lstrip().startswith(("--", "#")) for line in lines)
 
 
-def _left(failed: int) -> str:
-    """What a failed migration leaves: MySQL commits each DDL statement at once, so the ones before stay."""
+def _left(table: str, version: int, failed: int) -> str:
+    """What a failed migration leaves: MySQL commits each DDL statement at once, so the ones before stay, and the
+    file stays recorded as begun (_run)."""
     if failed == 1:
         return ""
     before = "statement 1 was" if failed == 2 else f"statements 1 to {failed - 1} were"
-    return f" ({before} applied: undo that, or take it out of the file, and migrate again)"
+    return (
+        f" ({before} applied, and the file stays recorded as begun: undo that, or take it out of the file, and"
+        f" forget the record ({_forget(table, version)}); then migrate again)"
+    )
 
 
 def _cut_short(table: str, version: int, name: str) -> str:
     """Why a file an earlier run began and never finished is refused, and the two ways on."""
-    record = f"UPDATE {table} SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = {version}"  # noqa: S608
-    forget = f"DELETE FROM {table} WHERE version = {version}"  # noqa: S608
     return (
-        f"{name} did not finish when it last ran (the process was killed, or lost the database, mid-file), so any"
-        " of its statements may have taken effect: compare the schema with the file, then finish it by hand and"
-        f" record it ({record}), or undo what it did and forget it ({forget}), and migrate again"
+        f"{name} did not finish when it last ran (a statement past its first failed, or the process was killed or"
+        " lost the database mid-file), so any of its statements may have taken effect: compare the schema with the"
+        f" file, then finish it by hand and record it ({_record(table, version)}), or undo what it did and forget it"
+        f" ({_forget(table, version)}), and migrate again"
     )
+
+
+def _record(table: str, version: int) -> str:
+    """The SQL that records a file finished by hand as applied."""
+    return f"UPDATE {table} SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = {version}"  # noqa: S608
+
+
+def _forget(table: str, version: int) -> str:
+    """The SQL that forgets a file, for the next run to run it afresh."""
+    return f"DELETE FROM {table} WHERE version = {version}"  # noqa: S608
 
 
 def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]) -> list[str]:
@@ -176,13 +191,7 @@ def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]
                 f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608
                 (version, path.name, UNFINISHED),
             )
-            try:
-                _run(cursor, path.name, file_statements)
-            except BaseException:
-                # Alive, this run says what the file left (or that nothing ran): the next may run it afresh.
-                with suppress(MySQLdb.Error):  # unless the database is lost: then the record stays UNFINISHED
-                    cursor.execute(f"DELETE FROM {table} WHERE version = %s", (version,))  # noqa: S608
-                raise
+            _run(cursor, table, version, path.name, file_statements)
             cursor.execute(
                 f"UPDATE {table} SET applied_at_ms = %s WHERE version = %s",  # noqa: S608
                 (int(time.time() * 1000), version),
@@ -191,15 +200,26 @@ def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]
     return applied_now
 
 
-def _run(cursor, name: str, file_statements: list[str]) -> None:
-    """Run a file's statements in order; MigrationError naming the one the database refused."""
+def _run(cursor, table: str, version: int, name: str, file_statements: list[str]) -> None:
+    """Run a file's statements in order; MigrationError naming the one the database refused.
+
+    Only a file whose first statement was refused is forgotten: nothing of it took effect, and the next run runs
+    it afresh (after a lock waited for too long, the next start tries again). Past the first, or with the database
+    lost, it stays recorded as begun, for the next run to refuse: run again, it would repeat what took effect.
+    """
     for number, statement in enumerate(file_statements, 1):
         try:
             cursor.execute(statement)
         except MySQLdb.Error as error:
-            if mysql.error_code(error) in mysql.UNAVAILABLE | mysql.RETRYABLE:
-                raise  # the database is down, or a lock was held too long: not the file's fault
-            raise MigrationError(f"{name}, statement {number}: {error.args[-1]}{_left(number)}") from None
+            code = mysql.error_code(error)
+            if code in mysql.UNAVAILABLE:
+                raise  # the database is down, or gone mid-statement: not the file's fault
+            if number == 1:
+                cursor.execute(f"DELETE FROM {table} WHERE version = %s", (version,))  # noqa: S608
+                if code in mysql.RETRYABLE:
+                    raise  # a lock was held too long: not the file's fault
+            left = _left(table, version, number)
+            raise MigrationError(f"{name}, statement {number}: {error.args[-1]}{left}") from None
 
 
 @contextmanager

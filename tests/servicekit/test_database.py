@@ -396,10 +396,51 @@ def test_a_failing_statement_is_named_with_its_file_and_what_it_left_applied(dat
     with pytest.raises(migrate.MigrationError) as refused:
         migrate.apply(connect_arguments(database), tmp_path, 5)
     assert str(refused.value) == (
-        "001_stock.sql, statement 2: Table 'stock' already exists"
-        " (statement 1 was applied: undo that, or take it out of the file, and migrate again)"
+        "001_stock.sql, statement 2: Table 'stock' already exists (statement 1 was applied, and the file stays"
+        " recorded as begun: undo that, or take it out of the file, and forget the record (DELETE FROM"
+        " schema_migrations WHERE version = 1); then migrate again)"
     )
-    assert sql(database, "SELECT name FROM schema_migrations") == []
+    assert sql(database, "SELECT name, applied_at_ms FROM schema_migrations") == [("001_stock.sql", 0)]
+
+
+def test_a_file_that_failed_past_its_first_statement_is_not_run_again_by_the_next_start(database_server, tmp_path):
+    # A restart policy (compose's, a Deployment's) starts the server again at once: a file run again would
+    # repeat the statements before the one that failed.
+    database = database_server.database("kit_migration_failed_mid_file")
+    (tmp_path / "001_stock.sql").write_text(
+        "CREATE TABLE stock (id INT, units INT);\nINSERT INTO stock VALUES (1, 5);\n"
+    )
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    (tmp_path / "002_double.sql").write_text("UPDATE stock SET units = units * 2;\nALTER TABLE nowhere ADD x INT;\n")
+    for _ in range(2):
+        with pytest.raises(migrate.MigrationError):
+            migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert sql(database, "SELECT units FROM stock") == [(10,)]  # doubled once
+    result = run_python("-c", MIGRATE_FROM, str(tmp_path), **database)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("error: cannot migrate: 002_double.sql did not finish when it last ran")
+
+
+def test_a_lock_waited_for_past_a_files_first_statement_leaves_it_to_be_finished_by_hand(database_server, tmp_path):
+    # A lock wait at the first statement is tried again by the next start; past it, that would repeat the first.
+    database = database_server.database("kit_migration_lock_mid_file")
+    (tmp_path / "001_stock.sql").write_text(
+        "CREATE TABLE stock (id INT, units INT);\nINSERT INTO stock VALUES (1, 5);\n"
+    )
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    (tmp_path / "002_double.sql").write_text("UPDATE stock SET units = units * 2;\nALTER TABLE stock ADD x INT;\n")
+    reader = MySQLdb.connect(**connect_kwargs(database))
+    try:
+        reader.cursor().execute("BEGIN")
+        reader.cursor().execute("SELECT id FROM stock")  # holds the table's metadata lock until it ends
+        with pytest.raises(migrate.MigrationError) as refused:
+            migrate.apply(connect_arguments(database), tmp_path, 5)
+    finally:
+        reader.close()
+    assert str(refused.value).startswith("002_double.sql, statement 2: Lock wait timeout exceeded")
+    with pytest.raises(migrate.MigrationError, match=r"002_double\.sql did not finish when it last ran"):
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+    assert sql(database, "SELECT units FROM stock") == [(10,)]  # doubled once
 
 
 def test_a_migration_behind_a_long_transaction_fails_instead_of_queueing_the_tables_queries(database_server, tmp_path):
@@ -482,11 +523,11 @@ def test_a_migration_killed_mid_file_is_refused_by_the_next_run_with_the_way_to_
     result = run_python("-c", MIGRATE_FROM, str(migrations), **database)
     assert result.returncode == 2
     assert result.stderr == (
-        "error: cannot migrate: 001_two_tables.sql did not finish when it last ran (the process was killed, or lost"
-        " the database, mid-file), so any of its statements may have taken effect: compare the schema with the"
-        " file, then finish it by hand and record it (UPDATE schema_migrations SET applied_at_ms ="
-        " UNIX_TIMESTAMP() * 1000 WHERE version = 1), or undo what it did and forget it (DELETE FROM"
-        " schema_migrations WHERE version = 1), and migrate again\n"
+        "error: cannot migrate: 001_two_tables.sql did not finish when it last ran (a statement past its first"
+        " failed, or the process was killed or lost the database mid-file), so any of its statements may have taken"
+        " effect: compare the schema with the file, then finish it by hand and record it (UPDATE schema_migrations"
+        " SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = 1), or undo what it did and forget it (DELETE"
+        " FROM schema_migrations WHERE version = 1), and migrate again\n"
     )
     assert sql(database, "SHOW TABLES LIKE 'second'") == []  # nothing more ran
     sql(database, "CREATE TABLE second (id INT)")  # finished by hand, and recorded, as the line says
