@@ -167,7 +167,8 @@ class TThreadPoolServer(TServer):
     max_connections, new connections are closed at once; out of file
     descriptors or epoll watches, accepting pauses until the next round.
     `close()` stops accepting and reading; `serve()` then lets running requests
-    finish (up to the drain timeout), closes every connection and returns. epoll
+    finish and sends the rest of the replies clients are still reading (up to
+    the drain timeout; one cut short is reset), closes every connection and returns. epoll
     makes this engine Linux-only (as in the Docker image).
 
     One process is limited by the GIL; prefork.py forks several copies that
@@ -919,6 +920,8 @@ class TThreadPoolServer(TServer):
         else:  # every worker has stopped: the connections are this thread's alone
             self._send_replies(deadline)
         for connection in list(self._connections.values()):
+            if connection.unsent:  # cut short: closed plainly, the kernel would go on sending it after this exit
+                connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
             connection.sock.close()
         self._epoll.close()
         self._wake_reader.close()

@@ -148,10 +148,15 @@ def test_a_reply_the_client_takes_as_it_reads_reaches_it_whole_during_the_drain(
 
 def test_a_client_that_never_reads_its_reply_holds_the_drain_no_longer_than_the_drain_timeout(start_server, database):
     server = start_server(THRIFT_DRAIN_TIMEOUT="2")
-    with hold_then_a_large_reply(server.port, database):
+    with hold_then_a_large_reply(server.port, database) as sock:
         started = time.monotonic()
         assert server.stop(signal.SIGTERM, timeout=15) == 0
         assert time.monotonic() - started < 6
+        # Told the reply was cut short, not sent the rest by the kernel after the server exited, then an end of file
+        # a client could take for the end of the reply.
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 20):
+                pass
     cut = "drain timeout: 1 replies their clients did not take are cut short after 2s (THRIFT_DRAIN_TIMEOUT)"
     assert cut in server.log()
 
