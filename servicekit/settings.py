@@ -29,6 +29,9 @@ class SettingsError(Exception):
 
 # A server's THRIFT_MAX_MESSAGE_BYTES unless set: PooledClient assumes it unless told otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 65536
+# The length before a framed message (wire.FRAME_HEADER), held with it until it is whole, and not counted in
+# THRIFT_MAX_MESSAGE_BYTES. (wire.py imports thriftpy2, which the container probe must not load with settings.)
+FRAME_HEADER_BYTES = 4
 # How alike (difflib's ratio) a variable's name must be to a setting's to be
 # taken for a typo: one wrong letter in THRIFT_WORKERS is 0.93;
 # MYSQL_ROOT_PASSWORD (the MySQL image's) against MYSQL_PASSWORD, 0.85.
@@ -175,12 +178,14 @@ class ServerSettings(CommonSettings):
     )
 
     def __post_init__(self) -> None:
-        # Past THRIFT_MAX_BUFFERED_BYTES the connection that adds bytes is closed: below THRIFT_MAX_MESSAGE_BYTES,
-        # a request the server says it takes would be cut off while it arrives, on an idle server too.
-        if self.thrift_max_buffered_bytes < self.thrift_max_message_bytes:
+        # Past THRIFT_MAX_BUFFERED_BYTES the connection that adds bytes is closed: below THRIFT_MAX_MESSAGE_BYTES
+        # and a frame's header, a request the server says it takes would be cut off while it arrives (in more than
+        # one piece), on an idle server too.
+        if self.thrift_max_buffered_bytes < self.thrift_max_message_bytes + FRAME_HEADER_BYTES:
             raise SettingsError(
                 f"THRIFT_MAX_BUFFERED_BYTES ({self.thrift_max_buffered_bytes}) is less than THRIFT_MAX_MESSAGE_BYTES "
-                f"({self.thrift_max_message_bytes}): a request that long could never be held; raise the first"
+                f"({self.thrift_max_message_bytes}) and a frame's {FRAME_HEADER_BYTES}-byte header: a request that "
+                "long could never be held; raise the first"
             )
 
 

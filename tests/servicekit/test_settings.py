@@ -68,18 +68,20 @@ def test_a_setting_that_only_works_with_another_is_refused_alone(tmp_path, kind,
     assert str(error.value) == f"{variable} is set but {needed} is empty: {variable} takes effect only with {needed}"
 
 
-def test_a_buffer_bound_below_the_largest_request_stops_the_server_before_it_cuts_such_a_request_off():
-    # With 64 KiB held at most, a request of 300 kB (allowed by THRIFT_MAX_MESSAGE_BYTES) was closed as it arrived.
+@pytest.mark.parametrize("message_bytes", ["1048576", "65536"], ids=["far below", "equal"])
+def test_a_buffer_bound_below_the_largest_request_stops_the_server_before_it_cuts_such_a_request_off(message_bytes):
+    # With 64 KiB held at most, a request of 300 kB (allowed by THRIFT_MAX_MESSAGE_BYTES) was closed as it arrived;
+    # so was a framed one of exactly 64 KiB, held with its frame's header while its last bytes were on their way.
     result = run_python(
         "tests/servicekit/counters.py",
         SERVICE_NAME="counters",
-        THRIFT_MAX_MESSAGE_BYTES="1048576",
+        THRIFT_MAX_MESSAGE_BYTES=message_bytes,
         THRIFT_MAX_BUFFERED_BYTES="65536",
     )
     assert result.returncode == 2
     assert result.stderr == (
-        "error: THRIFT_MAX_BUFFERED_BYTES (65536) is less than THRIFT_MAX_MESSAGE_BYTES (1048576):"
-        " a request that long could never be held; raise the first\n"
+        f"error: THRIFT_MAX_BUFFERED_BYTES (65536) is less than THRIFT_MAX_MESSAGE_BYTES ({message_bytes}) and a"
+        " frame's 4-byte header: a request that long could never be held; raise the first\n"
     )
 
 
