@@ -131,9 +131,14 @@ def check_contract(service: type, handler: object) -> None:
 
 
 def _takes(function: Callable, count: int) -> bool:
-    """Whether `function` can be called with `count` positional arguments, as _answer calls it."""
+    """Whether `function` can be called with `count` positional arguments, as _answer calls it; True when it has
+    no signature to read (a builtin, or C code such as Cython's without `binding`): its first call will tell."""
     try:
-        inspect.signature(function).bind(*range(count))
+        signature = inspect.signature(function)
+    except ValueError:
+        return True
+    try:
+        signature.bind(*range(count))
     except TypeError:
         return False
     return True

@@ -84,6 +84,12 @@ def test_a_handler_method_may_name_its_parameters_its_own_way_or_take_more_with_
     check_contract(service(tmp_path, f"{GET},\n{PUT}"), handler)
 
 
+def test_a_handler_method_without_a_signature_to_read_is_taken_as_it_is(tmp_path):
+    # A method written in C (a builtin, Cython without binding) has none: refusing it would stop a working server.
+    handler = type("Handler", (Handler,), {"put": staticmethod(max)})()
+    check_contract(service(tmp_path, f"{GET},\n{PUT}"), handler)
+
+
 def test_a_write_method_name_must_fit_the_write_record(tmp_path):
     name = "w" * 256
     methods = PUT.replace("put(", f"{name}(")
