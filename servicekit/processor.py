@@ -105,6 +105,10 @@ def _undecoded(kind: int, held: object, value: object) -> bool:
 
 def check_contract(service: type, handler: object) -> None:
     """Raise ContractError naming every rule `service` or `handler` breaks (see base.thrift)."""
+    if isinstance(handler, type):  # `NotesHandler` for `NotesHandler()`: else each method "does not take" its arguments
+        raise ContractError(
+            f"the handler is the class {handler.__name__}, not one of its objects: pass {handler.__name__}()"
+        )
     base = base_module(service)
     problems = []
     for method in service.thrift_services:

@@ -84,6 +84,13 @@ def test_a_handler_method_may_name_its_parameters_its_own_way_or_take_more_with_
     check_contract(service(tmp_path, f"{GET},\n{PUT}"), handler)
 
 
+def test_a_handler_class_given_for_its_object_is_named_as_such(tmp_path):
+    # server.py's `NotesHandler` for `NotesHandler()`: each method, unbound, would take one argument short.
+    with pytest.raises(ContractError) as error:
+        check_contract(service(tmp_path, f"{GET},\n{PUT}"), Handler)
+    assert str(error.value) == "the handler is the class Handler, not one of its objects: pass Handler()"
+
+
 def test_a_handler_method_without_a_signature_to_read_is_taken_as_it_is(tmp_path):
     # A method written in C (a builtin, Cython without binding) has none: refusing it would stop a working server.
     handler = type("Handler", (Handler,), {"put": staticmethod(max)})()
