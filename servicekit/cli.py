@@ -342,7 +342,8 @@ class CommandLine:
 
         arguments: (name, type) pairs, such as ("item_id", i64); write adds
         --request-id; page adds --limit, --cursor and --all. TypeError, when
-        client.py starts, unless the client method takes those parameters.
+        client.py starts, unless the client method takes those parameters by
+        name, and needs no other.
         """
         wanted = [argument for argument, _ in arguments]
         wanted += ["request_id"] * write + ["limit", "cursor"] * page
@@ -350,6 +351,10 @@ class CommandLine:
         if method is None:
             raise TypeError(f"command {name}: {self.client_class.__name__} has no method {name.replace('-', '_')}")
         parameters = list(inspect.signature(method).parameters.values())[1:]  # after self
+        # The call passes each argument by name: one the method takes only by position fails there, with a traceback.
+        if by_position := [p.name for p in parameters if p.kind == p.POSITIONAL_ONLY and p.default is p.empty]:
+            what = f"{self.client_class.__name__}.{method.__name__}"
+            raise TypeError(f"command {name}: {what} takes {by_position} only by position; the command passes names")
         missing = [parameter for parameter in wanted if parameter not in [p.name for p in parameters]]
         if missing:
             raise TypeError(f"command {name}: {self.client_class.__name__}.{method.__name__} takes no {missing}")

@@ -79,6 +79,18 @@ def test_a_command_that_leaves_out_a_parameter_its_client_method_needs_is_refuse
         counters_cli_with({}).command("add", "add to a counter", ("name", string), write=True)
 
 
+def test_a_command_whose_client_method_takes_its_parameters_only_by_position_is_refused_when_declared():
+    # The command calls the method with each argument by name: declared, it would fail there with a traceback.
+    class PositionalClient(CountersClient):
+        def get(self, name: str, /):
+            return self.call("get", name)
+
+    cli = CommandLine(PositionalClient, counters_thrift.Counters, ROOT / "config.env", {}, show=str)
+    refusal = r"command get: PositionalClient.get takes \['name'\] only by position; the command passes names"
+    with pytest.raises(TypeError, match=refusal):
+        cli.command("get", "one counter", ("name", string))
+
+
 def counters_cli_with(exit_statuses: dict) -> CommandLine:
     return CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", exit_statuses, show=str)
 
