@@ -30,12 +30,18 @@ class _Supervisor:
         """Fork a child that serves until SIGTERM, or until this process dies.
 
         The stop signals wait while the child is forked: one that came before
-        the child's own handlers would run the parent's stop() in it. And the
-        parent's pid is taken before the fork: read after it, a parent already
-        dead would be init's, and the child would never drain.
+        the child's own handlers would run the parent's stop() in it. They wait
+        in this thread only: one another thread takes (the metrics server's)
+        runs stop() here as soon as fork() returns, before the child is
+        counted, so the child is then stopped here. And the parent's pid is
+        taken before the fork: read after it, a parent already dead would be
+        init's, and the child would never drain.
         """
         parent = os.getpid()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        if self.stopping:  # a stop came as this began (its handler runs as the mask changes)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            return
         try:
             pid = os.fork()
         except OSError:
@@ -44,6 +50,8 @@ class _Supervisor:
         if pid:
             self.children.add(pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop that came meanwhile reaches this child too
+            if self.stopping:  # stop() ran before the child was counted, and did not signal it
+                os.kill(pid, signal.SIGTERM)
             return
         status = 1
         try:

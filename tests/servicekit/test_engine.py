@@ -18,7 +18,7 @@ from thriftpy2.transport import TCyFramedTransportFactory, TTransportException
 from counters import CountersHandler, counters_thrift
 from helpers.load import connections_to, run_threads
 from helpers.mysql import connections_opened, statement_waits
-from helpers.processes import all_children, child_pids, run_python
+from helpers.processes import ROOT, all_children, child_pids, run_python
 from helpers.wire import call_bytes, framed, reply_names, unread_bytes
 from servicekit.client import ServerUnreachable
 from servicekit.processor import GuardedProcessor
@@ -321,6 +321,50 @@ def test_several_processes_share_the_port_replace_a_dead_one_and_drain_together(
     survivors = child_pids(parent)
     assert server.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
+
+
+# A pre-fork parent forks a replacement child, and a stop is handled as fork() returns, before the child is counted:
+# as when a SIGTERM comes mid-fork and the metrics server's thread, which does not hold it, takes it. Prints the
+# child's exit status, or "still serving" if nothing stopped it.
+STOP_AS_FORK_RETURNS = """
+import os, sys, time
+from counters import CountersHandler, counters_thrift
+from servicekit import prefork
+from servicekit.processor import GuardedProcessor
+from servicekit.thread_pool_server import TThreadPoolServer
+
+processor = GuardedProcessor(
+    counters_thrift.Counters, CountersHandler(), version="1", is_serving=lambda: True, database_answers=lambda: True
+)
+server = TThreadPoolServer(processor, "127.0.0.1", 0, 2, 60, 10, 5, 65536, 100, 2**20)
+server.listen()
+supervisor = prefork._Supervisor(server, lambda: None)
+fork = os.fork
+
+
+def fork_then_stop():
+    pid = fork()
+    if pid:
+        supervisor.stop()
+    return pid
+
+
+os.fork = fork_then_stop
+supervisor.start_child()
+(child,) = supervisor.children
+give_up_at = time.monotonic() + 10
+while (ended := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < give_up_at:
+    time.sleep(0.05)
+if ended[0] == 0:
+    os.kill(child, 9)
+print(os.waitstatus_to_exitcode(ended[1]) if ended[0] else "still serving")
+"""
+
+
+def test_a_stop_handled_as_a_child_is_forked_stops_that_child_too():
+    # Else the parent waits for it forever: docker stop ends at the grace period's SIGKILL, not the drain.
+    result = run_python("-c", STOP_AS_FORK_RETURNS, PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'servicekit'}")
+    assert (result.stdout, result.returncode) == ("0\n", 0), result.stderr
 
 
 def test_server_processes_exit_when_their_parent_is_killed(start_server):
