@@ -464,9 +464,8 @@ class CommandLine:
                 result = every_page(call, options) if follow else call(**options)
         except (RequestTooLarge, ServerUnreachable, TException) as error:
             if pages and getattr(error, "cut_short", False):  # the server answered: the list is longer than the time
-                _to_stderr(
-                    f"error: --timeout {timeout:g} s ran out after {pages} pages (--all): raise it to list them all"
-                )
+                read = f"{pages} page{'s' * (pages > 1)}"
+                _to_stderr(f"error: --timeout {timeout:g} s ran out after {read} (--all): raise it to list them all")
                 return EXIT_UNREACHABLE
             return self._report(error, unsure)
         if not _print_result(self._shown(result, as_json)):

@@ -113,8 +113,8 @@ class ServerSettings(CommonSettings):
     thrift_max_buffered_bytes: int = setting(
         64 * 2**20,
         "Bytes of unfinished requests one server process holds in all (any client can send part of one and "
-        "wait): past it, the connection that adds more is closed. At least THRIFT_MAX_MESSAGE_BYTES + 4 (a frame's header); keep it "
-        "well under the memory limit.",
+        "wait): past it, the connection that adds more is closed. At least THRIFT_MAX_MESSAGE_BYTES + 4 (a "
+        "frame's header); keep it well under the memory limit.",
         low=2**16,
         high=2**40,
     )
