@@ -403,15 +403,20 @@ def test_a_failing_statement_is_named_with_its_file_and_what_it_left_applied(dat
     assert sql(database, "SELECT name, applied_at_ms FROM schema_migrations") == [("001_stock.sql", 0)]
 
 
-def test_a_file_that_failed_past_its_first_statement_is_not_run_again_by_the_next_start(database_server, tmp_path):
-    # A restart policy (compose's, a Deployment's) starts the server again at once: a file run again would
-    # repeat the statements before the one that failed.
-    database = database_server.database("kit_migration_failed_mid_file")
+def _five_in_stock_then(database: dict[str, str], tmp_path: Path, second_file: str) -> None:
+    """Migrate a stock table of one row of 5 units; then add 002_double.sql, holding `second_file`."""
     (tmp_path / "001_stock.sql").write_text(
         "CREATE TABLE stock (id INT, units INT);\nINSERT INTO stock VALUES (1, 5);\n"
     )
     migrate.apply(connect_arguments(database), tmp_path, 5)
-    (tmp_path / "002_double.sql").write_text("UPDATE stock SET units = units * 2;\nALTER TABLE nowhere ADD x INT;\n")
+    (tmp_path / "002_double.sql").write_text(second_file)
+
+
+def test_a_file_that_failed_past_its_first_statement_is_not_run_again_by_the_next_start(database_server, tmp_path):
+    # A restart policy (compose's, a Deployment's) starts the server again at once: a file run again would
+    # repeat the statements before the one that failed.
+    database = database_server.database("kit_migration_failed_mid_file")
+    _five_in_stock_then(database, tmp_path, "UPDATE stock SET units = units * 2;\nALTER TABLE nowhere ADD x INT;\n")
     for _ in range(2):
         with pytest.raises(migrate.MigrationError):
             migrate.apply(connect_arguments(database), tmp_path, 5)
@@ -424,11 +429,7 @@ def test_a_file_that_failed_past_its_first_statement_is_not_run_again_by_the_nex
 def test_a_lock_waited_for_past_a_files_first_statement_leaves_it_to_be_finished_by_hand(database_server, tmp_path):
     # A lock wait at the first statement is tried again by the next start; past it, that would repeat the first.
     database = database_server.database("kit_migration_lock_mid_file")
-    (tmp_path / "001_stock.sql").write_text(
-        "CREATE TABLE stock (id INT, units INT);\nINSERT INTO stock VALUES (1, 5);\n"
-    )
-    migrate.apply(connect_arguments(database), tmp_path, 5)
-    (tmp_path / "002_double.sql").write_text("UPDATE stock SET units = units * 2;\nALTER TABLE stock ADD x INT;\n")
+    _five_in_stock_then(database, tmp_path, "UPDATE stock SET units = units * 2;\nALTER TABLE stock ADD x INT;\n")
     reader = MySQLdb.connect(**connect_kwargs(database))
     try:
         reader.cursor().execute("BEGIN")
@@ -476,9 +477,8 @@ def test_a_trigger_whose_body_holds_semicolons_runs_between_delimiter_lines(data
     assert sql(database, "SELECT delimiter, doubled FROM stock") == [(None, 42)]
 
 
-def test_sigterm_during_a_migration_file_waits_until_the_file_is_applied_and_recorded(database_server, tmp_path):
-    # MySQL commits each DDL statement at once: a file cut short would fail every later start.
-    database = database_server.database("kit_migration_sigterm")
+def _migrating_asleep_mid_file(database: dict[str, str], tmp_path: Path) -> subprocess.Popen:
+    """db.py migrate running tmp_path/migrations' one file, two tables apart, asleep between them."""
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     (migrations / "001_two_tables.sql").write_text(
@@ -489,9 +489,19 @@ def test_sigterm_during_a_migration_file_waits_until_the_file_is_applied_and_rec
     )
     try:
         wait_for(lambda: statement_waits(database, "DO SLEEP"), 30, "the migration's second statement")
+    except BaseException:
+        migrating.kill()
+        raise
+    return migrating
+
+
+def test_sigterm_during_a_migration_file_waits_until_the_file_is_applied_and_recorded(database_server, tmp_path):
+    # MySQL commits each DDL statement at once: a file cut short would fail every later start.
+    database = database_server.database("kit_migration_sigterm")
+    migrating = _migrating_asleep_mid_file(database, tmp_path)
+    try:
         migrating.send_signal(signal.SIGTERM)
-        sleeping = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DO SLEEP%%' AND DB = DATABASE()"
-        sql(database, "KILL QUERY %s", (sql(database, sleeping)[0][0],))  # SLEEP ends early, and the file goes on
+        sql(database, "KILL QUERY %s", (sql(database, SLEEPING)[0][0],))  # SLEEP ends early, and the file goes on
         assert migrating.wait(30) == -signal.SIGTERM  # stopped by the signal, once the file was whole
     finally:
         migrating.kill()
@@ -503,24 +513,15 @@ def test_a_migration_killed_mid_file_is_refused_by_the_next_run_with_the_way_to_
     # SIGKILL (docker stop past its grace period, the OOM killer) cannot be held as SIGTERM is: a file's first
     # statements stay applied without its record, and running it again could repeat what it did.
     database = database_server.database("kit_migration_sigkill")
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    (migrations / "001_two_tables.sql").write_text(
-        "CREATE TABLE first (id INT);\nDO SLEEP(30);\nCREATE TABLE second (id INT);\n"
-    )
-    migrating = subprocess.Popen(
-        [sys.executable, "-c", MIGRATE_FROM, str(migrations)], cwd=ROOT, env={**PROJECT_ENV, **database}
-    )
+    migrating = _migrating_asleep_mid_file(database, tmp_path)
     try:
-        wait_for(lambda: statement_waits(database, "DO SLEEP"), 30, "the migration's second statement")
         migrating.kill()
         assert migrating.wait(30) == -signal.SIGKILL
     finally:
         migrating.kill()
-    sleeping = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DO SLEEP%%' AND DB = DATABASE()"
-    for (session,) in sql(database, sleeping):  # the database has not noticed yet that its client is gone
+    for (session,) in sql(database, SLEEPING):  # the database has not noticed yet that its client is gone
         sql(database, "KILL %s", (session,))
-    result = run_python("-c", MIGRATE_FROM, str(migrations), **database)
+    result = run_python("-c", MIGRATE_FROM, str(tmp_path / "migrations"), **database)
     assert result.returncode == 2
     assert result.stderr == (
         "error: cannot migrate: 001_two_tables.sql did not finish when it last ran (a statement past its first"
@@ -532,11 +533,12 @@ def test_a_migration_killed_mid_file_is_refused_by_the_next_run_with_the_way_to_
     assert sql(database, "SHOW TABLES LIKE 'second'") == []  # nothing more ran
     sql(database, "CREATE TABLE second (id INT)")  # finished by hand, and recorded, as the line says
     sql(database, "UPDATE schema_migrations SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = 1")
-    assert run_python("-c", MIGRATE_FROM, str(migrations), **database).stdout == "schema is up to date\n"
+    assert run_python("-c", MIGRATE_FROM, str(tmp_path / "migrations"), **database).stdout == "schema is up to date\n"
 
 
 # `python db.py migrate` with the migrations of the directory given as its argument.
 MIGRATE_FROM = "import sys, pathlib, db; db.MIGRATIONS_DIR = pathlib.Path(sys.argv[1]); sys.exit(db.main(['migrate']))"
+SLEEPING = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'DO SLEEP%%' AND DB = DATABASE()"
 
 
 def test_migrate_while_another_process_holds_the_lock_is_one_line_and_status_1(database_server):
