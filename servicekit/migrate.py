@@ -10,7 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import MySQLdb
@@ -69,7 +69,9 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
                 for name in _apply_pending(cursor, files, table, done)
             ]
         finally:
-            cursor.execute("SELECT RELEASE_LOCK(LEFT(CONCAT('migrations:', DATABASE()), 64))")
+            # A lost session has released the lock with it: failing here would hide why the migration stopped.
+            with suppress(MySQLdb.Error):
+                cursor.execute("SELECT RELEASE_LOCK(LEFT(CONCAT('migrations:', DATABASE()), 64))")
     finally:
         connection.close()
 

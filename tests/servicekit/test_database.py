@@ -485,7 +485,11 @@ def _migrating_asleep_mid_file(database: dict[str, str], tmp_path: Path) -> subp
         "CREATE TABLE first (id INT);\nDO SLEEP(30);\nCREATE TABLE second (id INT);\n"
     )
     migrating = subprocess.Popen(
-        [sys.executable, "-c", MIGRATE_FROM, str(migrations)], cwd=ROOT, env={**PROJECT_ENV, **database}
+        [sys.executable, "-c", MIGRATE_FROM, str(migrations)],
+        cwd=ROOT,
+        env={**PROJECT_ENV, **database},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: statement_waits(database, "DO SLEEP"), 30, "the migration's second statement")
@@ -502,7 +506,8 @@ def test_sigterm_during_a_migration_file_waits_until_the_file_is_applied_and_rec
     try:
         migrating.send_signal(signal.SIGTERM)
         sql(database, "KILL QUERY %s", (sql(database, SLEEPING)[0][0],))  # SLEEP ends early, and the file goes on
-        assert migrating.wait(30) == -signal.SIGTERM  # stopped by the signal, once the file was whole
+        migrating.communicate(timeout=30)
+        assert migrating.returncode == -signal.SIGTERM  # stopped by the signal, once the file was whole
     finally:
         migrating.kill()
     assert sql(database, "SHOW TABLES LIKE 'second'") == [("second",)]
@@ -516,7 +521,8 @@ def test_a_migration_killed_mid_file_is_refused_by_the_next_run_with_the_way_to_
     migrating = _migrating_asleep_mid_file(database, tmp_path)
     try:
         migrating.kill()
-        assert migrating.wait(30) == -signal.SIGKILL
+        migrating.communicate(timeout=30)
+        assert migrating.returncode == -signal.SIGKILL
     finally:
         migrating.kill()
     for (session,) in sql(database, SLEEPING):  # the database has not noticed yet that its client is gone
@@ -661,3 +667,18 @@ def test_a_checkout_refused_for_a_failed_reconnect_gives_its_pooled_connection_b
     finally:
         db.close_pool()
         sql(database, "DROP USER 'refused_checkout'@'%'")
+
+
+def test_a_migration_whose_session_is_killed_mid_file_says_why_it_stopped(database_server, tmp_path):
+    # A named lock ends with its session: releasing it on a lost one must not hide why the file stopped.
+    database = database_server.database("kit_migration_session_killed")
+    migrating = _migrating_asleep_mid_file(database, tmp_path)
+    try:
+        for (session,) in sql(database, SLEEPING):
+            sql(database, "KILL %s", (session,))
+        _, stderr = migrating.communicate(timeout=30)
+    finally:
+        migrating.kill()
+    assert migrating.returncode == 1
+    assert stderr.startswith("error: cannot migrate "), stderr
+    assert "gone away" not in stderr, stderr  # what the lock's release met, not what stopped the file
