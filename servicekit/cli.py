@@ -137,6 +137,8 @@ def _from_json(kind: int, held: object, value: object) -> object:
 def _check_exit_statuses(exit_statuses: dict[type, int], kit_errors: dict[type, int]) -> None:
     """ValueError, when client.py starts, for a status a script would read as the kit's (7 as "retry") or 0."""
     for error, status in exit_statuses.items():
+        if type(status) is not int:  # sys.exit() prints a string or a float and exits 1; True is 1
+            raise ValueError(f"{error.__name__}'s exit status must be a whole number, not {status!r}")
         if error in kit_errors:
             raise ValueError(f"{error.__name__} exits {kit_errors[error]}, the kit's status for it: leave it out")
         if status in KIT_EXIT_STATUSES or not 1 <= status <= LAST_SERVICE_EXIT_STATUS:

@@ -116,6 +116,13 @@ def test_a_service_error_may_take_4_6_or_10_to_125_and_no_other_status():
         counters_cli_with({counters_thrift.NotFound: 126})
 
 
+@pytest.mark.parametrize("status", ["4", 4.0, True])
+def test_an_exit_status_that_is_not_a_whole_number_is_refused_naming_it(status):
+    # sys.exit("4") prints 4 and exits 1; sys.exit(4.0) the same; True is 1.
+    with pytest.raises(ValueError, match=rf"NotFound's exit status must be a whole number, not {status!r}"):
+        counters_cli_with({counters_thrift.NotFound: status})
+
+
 def test_a_kit_error_keeps_its_exit_status():
     with pytest.raises(ValueError, match="Conflict exits 5, the kit's status for it: leave it out"):
         counters_cli_with({counters_thrift.base.Conflict: 4})
