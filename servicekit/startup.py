@@ -30,6 +30,7 @@ from servicekit.prefork import serve_in_processes
 from servicekit.processor import GuardedProcessor
 from servicekit.settings import ServerSettings, SettingsError, load, misspelled
 from servicekit.thread_pool_server import TThreadPoolServer, bind
+from servicekit.tls import load_ca, load_key_pair
 
 if TYPE_CHECKING:  # imported for real in observe(), once the metrics mode is chosen
     from servicekit.observability import Metrics
@@ -128,12 +129,13 @@ def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(settings.thrift_tls_cert, settings.thrift_tls_key or None)
+        load_key_pair(context, settings.thrift_tls_cert, settings.thrift_tls_key)
         if settings.thrift_tls_client_ca:
             context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(settings.thrift_tls_client_ca)
-    except OSError as error:  # a missing file, or ssl.SSLError
-        raise StartupError(f"cannot load the TLS certificate or key (THRIFT_TLS_*): {error}", 2) from None
+            load_ca(context, settings.thrift_tls_client_ca)
+    except OSError as error:  # a missing or unreadable file, or ssl.SSLError; its strerror names the file
+        message = error.strerror or error
+        raise StartupError(f"cannot load the TLS certificate or key (THRIFT_TLS_*): {message}", 2) from None
     return context
 
 

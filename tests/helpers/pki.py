@@ -38,7 +38,7 @@ def make_pki(directory: Path) -> dict[str, str]:
     """PEM files in `directory`: name -> path, and name + "_key" -> its key.
 
     ca and other_ca; signed by ca: server (localhost), expired (localhost),
-    client, and database (127.0.0.1).
+    client, and database (127.0.0.1); and encrypted_key, server's key with a passphrase.
     """
     files = {}
 
@@ -64,4 +64,10 @@ def make_pki(directory: Path) -> dict[str, str]:
     ):
         key = ec.generate_private_key(ec.SECP256R1())
         write(name, _certificate(name, ca_key, "ca", key, ca=False, hosts=hosts, expired=expired), key)
+        if name == "server":
+            encrypted = serialization.BestAvailableEncryption(b"passphrase")
+            (directory / "encrypted.key").write_bytes(
+                key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encrypted)
+            )
+            files["encrypted_key"] = str(directory / "encrypted.key")
     return files

@@ -203,11 +203,43 @@ def test_stalled_tls_handshakes_do_not_block_other_clients(tls_server, pki):
             sock.close()
 
 
-def test_a_missing_certificate_file_stops_the_server_with_one_line_and_status_2(start_server, pki):
+def test_a_missing_certificate_file_stops_the_server_with_one_line_naming_it_and_status_2(start_server, pki):
     server = start_server(THRIFT_TLS_CERT="/no/such/cert.pem", ready=False)
     assert server.process.wait(30) == 2
-    assert server.log().startswith("error: cannot load the TLS certificate or key (THRIFT_TLS_*)")
+    assert server.log().startswith("error: cannot load the TLS certificate or key (THRIFT_TLS_*): /no/such/cert.pem")
     assert server.log().count("\n") == 1
+
+
+def test_a_malformed_client_ca_file_stops_the_server_with_one_line_naming_it(start_server, pki, tmp_path):
+    malformed = tmp_path / "clients-ca.pem"
+    malformed.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    tls = {"THRIFT_TLS_CERT": pki["server"], "THRIFT_TLS_KEY": pki["server_key"]}
+    server = start_server(**tls, THRIFT_TLS_CLIENT_CA=str(malformed), ready=False)
+    assert server.process.wait(30) == 2
+    assert server.log().startswith(f"error: cannot load the TLS certificate or key (THRIFT_TLS_*): {malformed}: ")
+    assert server.log().count("\n") == 1
+
+
+def test_a_key_with_a_passphrase_stops_the_server_with_one_line_instead_of_asking_for_it(start_server, pki):
+    server = start_server(THRIFT_TLS_CERT=pki["server"], THRIFT_TLS_KEY=pki["encrypted_key"], ready=False)
+    assert server.process.wait(30) == 2
+    files = f"{pki['server']} and {pki['encrypted_key']}"
+    assert server.log() == (
+        f"error: cannot load the TLS certificate or key (THRIFT_TLS_*): {files}: the key has a passphrase: "
+        "give it without one (openssl pkey -in KEY -out PLAIN_KEY)\n"
+    )
+
+
+def test_the_probe_refuses_a_client_key_with_a_passphrase_in_one_line_instead_of_asking_for_it(tls_server, pki):
+    tls = {"CLIENT_TLS_CA": pki["ca"], "CLIENT_TLS_CERT": pki["client"], "CLIENT_TLS_KEY": pki["encrypted_key"]}
+    probed = run_python(
+        "-m", "servicekit.probe", "ping", THRIFT_HOST="localhost", THRIFT_PORT=str(tls_server.port), **tls
+    )
+    assert probed.returncode == 2
+    assert probed.stderr == (
+        f"error: cannot load the TLS files (CLIENT_TLS_*): {pki['client']} and {pki['encrypted_key']}: "
+        "the key has a passphrase: give it without one (openssl pkey -in KEY -out PLAIN_KEY)\n"
+    )
 
 
 def test_tls_settings_without_the_certificate_stop_the_server_instead_of_serving_plain_text(start_server, pki):
