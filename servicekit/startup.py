@@ -139,10 +139,27 @@ def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return context
 
 
+def check_database_tls_files(settings: ServerSettings) -> None:
+    """Refuse MYSQL_SSL_* files that cannot be loaded, naming them, before any connection: the driver says
+    only "No such file or directory (2)", as a database error (status 1, tried again by a restart policy),
+    and asks on the terminal for a key's passphrase."""
+    if not settings.mysql_ssl_ca:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        load_ca(context, settings.mysql_ssl_ca)
+        if settings.mysql_ssl_cert:
+            load_key_pair(context, settings.mysql_ssl_cert, settings.mysql_ssl_key)
+    except OSError as error:  # its strerror names the file
+        message = error.strerror or error
+        raise StartupError(f"cannot load the database's TLS files (MYSQL_SSL_*): {message}", 2) from None
+
+
 def build_server(
     service: type, handler: object, database: ModuleType, settings: ServerSettings, version: str, metrics: "Metrics"
 ) -> TThreadPoolServer:
-    """`handler` serving `service` on a TThreadPoolServer, not yet listening; its ports checked free."""
+    """`handler` serving `service` on a TThreadPoolServer, not yet listening; its ports checked free and the
+    database's TLS files loadable."""
 
     def is_serving() -> bool:
         return server.serving
@@ -175,6 +192,7 @@ def build_server(
         ),
     )
     _check_ports(settings)
+    check_database_tls_files(settings)
     return server
 
 

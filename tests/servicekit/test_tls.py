@@ -252,6 +252,28 @@ def test_tls_settings_without_the_certificate_stop_the_server_instead_of_serving
 
 
 @pytest.mark.parametrize(
+    ("files", "named"),
+    [
+        ({"MYSQL_SSL_CA": "/no/such/ca.pem"}, "/no/such/ca.pem: No such file or directory"),
+        (
+            {"MYSQL_SSL_CERT": "client", "MYSQL_SSL_KEY": "encrypted_key"},
+            "{client} and {encrypted_key}: the key has a passphrase",
+        ),
+    ],
+    ids=["missing CA", "key with a passphrase"],
+)
+def test_database_tls_files_that_cannot_be_loaded_stop_the_server_with_one_line_naming_them(
+    files, named, start_server, pki
+):
+    env = {"MYSQL_SSL_CA": pki["ca"], **{name: pki.get(value, value) for name, value in files.items()}}
+    server = start_server(**env, ready=False)
+    assert server.process.wait(30) == 2  # a setting to fix, not a database to wait for
+    expected = f"error: cannot load the database's TLS files (MYSQL_SSL_*): {named.format(**pki)}"
+    assert server.log().startswith(expected)
+    assert server.log().count("\n") == 1
+
+
+@pytest.mark.parametrize(
     ("database_tls", "refusal"),
     [
         ("none", "SSL is required, but the server does not support it"),
