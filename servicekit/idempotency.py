@@ -75,9 +75,12 @@ class IdempotentWrites:
         id)` without writing (so the row as it is now, not as the first call
         returned it: a service whose rows change and whose clients need the
         first reply stores that reply); with others it raises
-        RequestIdReused. If a concurrent call with the same request_id commits
-        first, this transaction rolls back whole and returns that call's result;
-        so a write that duplicates a unique key runs twice before its Conflict.
+        RequestIdReused. The request_id is claimed before `apply` runs, so a
+        concurrent call with the same one (a retry while the first call still
+        runs) waits for it, then returns its result: it never applies against
+        what the first call left (InsufficientFunds for the money the first
+        moved, say). If the first rolls back, the waiting one applies. A write
+        that duplicates a unique key runs twice before its Conflict.
         """
         check_request_id(request_id)
         fingerprint = hashlib.sha256(json.dumps([method, *arguments], default=_plain).encode()).hexdigest()
@@ -86,20 +89,21 @@ class IdempotentWrites:
             previous_id = _previous_result(cursor, request_id, method, fingerprint)
             if previous_id is not None:
                 return load(cursor, previous_id)
+            _claim(cursor, request_id, method, fingerprint)
             result_id = apply(cursor)
             if not isinstance(result_id, int) or isinstance(result_id, bool):
                 # write_requests.result_id is a BIGINT: a key of another type (a SKU, say) needs an id column.
                 raise TypeError(f"{method}: apply() must return the integer id of the row it wrote, not {result_id!r}")
             if not BIGINT_MIN <= result_id <= BIGINT_MAX:  # a BIGINT UNSIGNED key past 2**63 - 1, say
                 raise ValueError(f"{method}: apply() returned {result_id}, outside write_requests.result_id's BIGINT")
-            _record(cursor, request_id, method, fingerprint, result_id)
+            cursor.execute("UPDATE write_requests SET result_id = %s WHERE request_id = %s", (result_id, request_id))
             return load(cursor, result_id)
 
         try:
             return self._run_transaction(work)
         except (_AppliedMeanwhile, DuplicateKey):
-            # A concurrent call with this request_id committed first (its row, unique, came before our record):
-            # the second run returns its result. A duplicate from another request raises again: Conflict.
+            # A concurrent call with this request_id committed first (its claim, unique, came before ours): the
+            # second run returns its result. A duplicate from another request raises again: Conflict.
             return self._run_transaction(work)
 
 
@@ -116,12 +120,16 @@ def _previous_result(cursor, request_id: str, method: str, fingerprint: str) -> 
     return row[2]
 
 
-def _record(cursor, request_id: str, method: str, fingerprint: str, result_id: int) -> None:
+def _claim(cursor, request_id: str, method: str, fingerprint: str) -> None:
+    """Record the request_id before the write, its result id to follow (0 until then, in this transaction only).
+
+    Its row lock makes a concurrent call with the same request_id wait here until this transaction ends.
+    """
     try:
         cursor.execute(
             "INSERT INTO write_requests (request_id, method, arguments_sha256, result_id, created_at_ms)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (request_id, method, fingerprint, result_id, int(time.time() * 1000)),
+            " VALUES (%s, %s, %s, 0, %s)",
+            (request_id, method, fingerprint, int(time.time() * 1000)),
         )
     except MySQLdb.IntegrityError as error:
         if error_code(error) == DUPLICATE_KEY:

@@ -4,12 +4,14 @@ import random
 import threading
 import time
 
+import MySQLdb
 import pytest
 
 from client import ledger_thrift
-from helpers.mysql import sql
+from helpers.mysql import connect_kwargs, sql
 from ledger_helpers import assert_ledger_invariant, funded_account
 from servicekit.client import new_request_id
+from tools.throwaway_db import wait_for
 
 InvalidArgument, Conflict = ledger_thrift.base.InvalidArgument, ledger_thrift.base.Conflict
 
@@ -92,6 +94,42 @@ def test_repeated_write_returns_original_and_applies_once(client):
         client.transfer(account, other, 11, request_id)
     with pytest.raises(Conflict):
         client.deposit(other, 10, request_id)
+
+
+@pytest.mark.parametrize("write", ["transfer", "close_account"])
+def test_a_retry_racing_the_first_call_returns_its_result_not_an_error(ledger, client, database, write):
+    account, other = funded_account(client, 10 if write == "transfer" else 0), funded_account(client, 0)
+    arguments = (account, other, 10) if write == "transfer" else (account,)
+    request_id = new_request_id()
+    # Holding the account's row keeps the first call inside its transaction while the retry arrives.
+    blocker = MySQLdb.connect(**connect_kwargs(database))
+    blocker.cursor().execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account,))
+    results = []
+
+    def call() -> None:
+        with ledger.client(retries=0) as own:
+            try:
+                results.append(getattr(own, write)(*arguments, request_id))
+            except Exception as error:  # noqa: BLE001 - collected for the assertion
+                results.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    # Before the fix both wait at the account's lock; after it, the retry waits at the request_id's claim.
+    waiting = (
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+        " WHERE INFO = CONCAT('SELECT balance, status FROM accounts WHERE id = ', %s, ' FOR UPDATE')"
+        " OR INFO LIKE CONCAT('INSERT INTO write_requests %%', %s, '%%')",
+        (account, request_id),
+    )
+    wait_for(lambda: sql(database, *waiting)[0][0] == 2, 10, "both calls to wait inside their transactions")
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1]  # InsufficientFunds or "already closed" for one before
+    assert client.get_account(other if write == "transfer" else account).balance == (10 if write == "transfer" else 0)
 
 
 def test_list_transfers_pages_newest_first_to_the_end(client):

@@ -69,7 +69,7 @@ def test_a_write_that_duplicates_a_unique_key_is_a_conflict_not_an_internal_erro
 def test_concurrent_duplicates_of_a_write_with_a_unique_key_return_its_result(server, database):
     request_id = new_request_id()
     results, errors = [], []
-    # Holding the gap where the name would go makes every duplicate wait at its INSERT, then race.
+    # Holding the gap where the name would go keeps the first inside its transaction while the others arrive.
     blocker = MySQLdb.connect(**connect_kwargs(database))
     blocker.cursor().execute("SELECT id FROM counters WHERE name = 'created once' FOR UPDATE")
 
@@ -83,8 +83,12 @@ def test_concurrent_duplicates_of_a_write_with_a_unique_key_return_its_result(se
     threads = [threading.Thread(target=create) for _ in range(8)]
     for thread in threads:
         thread.start()
-    waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO counters (name)%%'"
-    wait_for(lambda: sql(database, waiting)[0][0] >= 2, 10, "two duplicates to wait at their INSERT")
+    # The first waits at its INSERT, the others at the request_id it claimed.
+    waiting = (
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO counters (name)%%'"
+        " OR INFO LIKE CONCAT('INSERT INTO write_requests %%', %s, '%%')"
+    )
+    wait_for(lambda: sql(database, waiting, (request_id,))[0][0] >= 2, 10, "two duplicates to wait")
     blocker.rollback()
     blocker.close()
     for thread in threads:
