@@ -32,6 +32,30 @@ def run_threads(count: int, target: Callable[[random.Random], object], seconds: 
     return errors
 
 
+class CallsAtOnce:
+    """`count` threads each making `call()` once, started now; join() waits for them and returns what each
+    returned or raised, in the order they ended."""
+
+    def __init__(self, count: int, call: Callable[[], object]) -> None:
+        self.outcomes: list[object] = []
+
+        def one() -> None:
+            try:
+                self.outcomes.append(call())
+            except Exception as error:  # noqa: BLE001 - an outcome like any other
+                self.outcomes.append(error)
+
+        self.threads = [threading.Thread(target=one) for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def join(self, timeout: float = 60) -> list[object]:
+        for thread in self.threads:
+            thread.join(timeout)
+            assert not thread.is_alive(), "a call hung"
+        return self.outcomes
+
+
 def connections_to(port: int, host: str | None = None) -> int:
     """Established TCP connections from this test process to port `port` (IPv4 or IPv6), of `host` if given."""
     inodes = set()

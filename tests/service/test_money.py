@@ -8,6 +8,7 @@ import MySQLdb
 import pytest
 
 from client import ledger_thrift
+from helpers.load import CallsAtOnce
 from helpers.mysql import connect_kwargs, sql
 from ledger_helpers import assert_ledger_invariant, funded_account
 from servicekit.client import new_request_id
@@ -104,18 +105,12 @@ def test_a_retry_racing_the_first_call_returns_its_result_not_an_error(ledger, c
     # Holding the account's row keeps the first call inside its transaction while the retry arrives.
     blocker = MySQLdb.connect(**connect_kwargs(database))
     blocker.cursor().execute("SELECT id FROM accounts WHERE id = %s FOR UPDATE", (account,))
-    results = []
 
-    def call() -> None:
+    def call() -> object:
         with ledger.client(retries=0) as own:
-            try:
-                results.append(getattr(own, write)(*arguments, request_id))
-            except Exception as error:  # noqa: BLE001 - collected for the assertion
-                results.append(error)
+            return getattr(own, write)(*arguments, request_id)
 
-    threads = [threading.Thread(target=call) for _ in range(2)]
-    for thread in threads:
-        thread.start()
+    calls = CallsAtOnce(2, call)
     # Before the fix both wait at the account's lock; after it, the retry waits at the request_id's claim.
     waiting = (
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
@@ -126,8 +121,7 @@ def test_a_retry_racing_the_first_call_returns_its_result_not_an_error(ledger, c
     wait_for(lambda: sql(database, *waiting)[0][0] == 2, 10, "both calls to wait inside their transactions")
     blocker.rollback()
     blocker.close()
-    for thread in threads:
-        thread.join()
+    results = calls.join()
     assert len(results) == 2 and results[0] == results[1]  # InsufficientFunds or "already closed" for one before
     assert client.get_account(other if write == "transfer" else account).balance == (10 if write == "transfer" else 0)
 

@@ -6,6 +6,7 @@ import MySQLdb
 import pytest
 
 from counters import CountersClient, counters_thrift
+from helpers.load import CallsAtOnce
 from helpers.mysql import connect_kwargs, sql
 from helpers.proxy import ReplyDroppingProxy
 from helpers.wire import call_bytes, framed, send_and_hang_up
@@ -68,21 +69,15 @@ def test_a_write_that_duplicates_a_unique_key_is_a_conflict_not_an_internal_erro
 
 def test_concurrent_duplicates_of_a_write_with_a_unique_key_return_its_result(server, database):
     request_id = new_request_id()
-    results, errors = [], []
     # Holding the gap where the name would go keeps the first inside its transaction while the others arrive.
     blocker = MySQLdb.connect(**connect_kwargs(database))
     blocker.cursor().execute("SELECT id FROM counters WHERE name = 'created once' FOR UPDATE")
 
-    def create() -> None:
+    def create() -> int:
         with server.client(retries=0) as own:
-            try:
-                results.append(own.create("created once", request_id).id)
-            except Exception as error:  # noqa: BLE001 - collected for the assertion
-                errors.append(error)
+            return own.create("created once", request_id).id
 
-    threads = [threading.Thread(target=create) for _ in range(8)]
-    for thread in threads:
-        thread.start()
+    calls = CallsAtOnce(8, create)
     # The first waits at its INSERT, the others at the request_id it claimed.
     waiting = (
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO counters (name)%%'"
@@ -91,10 +86,8 @@ def test_concurrent_duplicates_of_a_write_with_a_unique_key_return_its_result(se
     wait_for(lambda: sql(database, waiting, (request_id,))[0][0] >= 2, 10, "two duplicates to wait")
     blocker.rollback()
     blocker.close()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert len(results) == 8 and len(set(results)) == 1
+    results = calls.join()
+    assert len(results) == 8 and set(results) == {results[0]} and isinstance(results[0], int), results
 
 
 def test_a_retry_after_a_lost_reply_is_applied_once(server, client):
