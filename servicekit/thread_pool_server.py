@@ -277,12 +277,7 @@ class TThreadPoolServer(TServer):
             # retried elsewhere at once. A worker closes the connection it holds when it lets go
             # (_serve_events, _give_back).
             for connection in list(self._connections.values()):
-                if connection.lock.acquire(False):
-                    try:
-                        if not connection.closed:
-                            self._close_draining(connection)
-                    finally:
-                        connection.lock.release()
+                self._close_if_free(connection, because="", keep_unsent=True)
             running = sum(worker.busy for worker in self._workers)
             logger.info("draining: %d requests running; waiting up to %gs for them", running, self.drain_timeout)
             self._drain(threads)
@@ -318,11 +313,12 @@ class TThreadPoolServer(TServer):
                         logger.exception("unexpected error serving %s: closing it", connection.peer)
                         self._close_if_free(connection, because="internal_error")
 
-    def _close_if_free(self, connection: _Connection, because: str) -> None:
-        """Close a connection unless a worker holds it now (see _forget for `because`)."""
+    def _close_if_free(self, connection: _Connection, because: str, keep_unsent: bool = False) -> None:
+        """Close a connection unless a worker holds it now (see _forget for `because`), or, with keep_unsent, its
+        client is still taking a reply (the drain sends the rest: _close_draining)."""
         if connection.lock.acquire(False):
             try:
-                if not connection.closed:
+                if not connection.closed and not (keep_unsent and connection.unsent):
                     self._forget(connection, because=because)
             finally:
                 connection.lock.release()
