@@ -101,10 +101,12 @@ def serve_in_processes(
     fork time); child_exited(pid) after each child ends.
     """
     supervisor = _Supervisor(server, prepare_child)
-    for _ in range(processes):
-        supervisor.start_child()
+    # Before the first fork: the children serve at once, and a stop that came before this handler would kill
+    # this process outright (each child installs its own before the signals it held reach it).
     for signum in STOP_SIGNALS:
         signal.signal(signum, supervisor.stop)
+    for _ in range(processes):
+        supervisor.start_child()
     children_started()
     while supervisor.children:
         pid, status = os.wait()
