@@ -17,6 +17,10 @@ Resolver = Callable[[str], Sequence[str]]
 DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 # After a connection failure, names are resolved again, but not more often than this.
 RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
+# How long a call waits for a resolution that is due before it uses the addresses it has: a client idle while
+# every pod was replaced would otherwise try each gone one first (a connect timeout each), and a slow or hung
+# resolver holds calls no longer than this.
+RESOLVE_WAIT_SECONDS = 1.0
 
 
 def called_at(bind_host: str) -> str:
@@ -58,8 +62,8 @@ def _is_ip(host: str) -> bool:
 class AddressBook:
     """The addresses behind `servers` ([(host, port)]), names resolved again every `resolve_every` seconds.
 
-    Names are resolved again in a background thread, so a call waits on DNS
-    only the first time; an address a connection or a call timed out on is
+    Names are resolved again in a background thread when due, a call waiting
+    for the answer a second at most once an address is known; an address a connection or a call timed out on is
     marked down until a call to it returns. changed(addresses) is called,
     from the resolving thread, when a resolution changes them. A name that
     fails to resolve, or resolves to nothing, keeps its previous addresses:
@@ -83,6 +87,7 @@ class AddressBook:
         self._addresses = self._collect()
         self._resolved_at = self._due_at = float("-inf")
         self._resolving = False
+        self._resolving_since = float("-inf")
         self._resolved = threading.Event()  # set while no resolution runs
         self._resolved.set()
         self._errors: list[str] = []  # of the last resolution, one line per name that failed
@@ -90,18 +95,20 @@ class AddressBook:
         self._down_for: dict[Address, float] = {}
 
     def current(self, timeout: float) -> list[Address]:
-        """Every address now. Names are resolved in a background thread when due, and at once
-        while no address is known: then this waits up to `timeout` seconds for the answer (a
-        resolver that never answers holds no caller past its deadline); OSError if none came."""
+        """Every address now. Names are resolved again in a background thread when due, and the
+        answer waited for: up to `timeout` seconds while no address is known (a resolver that
+        never answers holds no caller past its deadline; OSError if none came), else up to
+        RESOLVE_WAIT_SECONDS after the resolution began (then the addresses known are used)."""
         with self._lock:
-            addresses = self._addresses
-            if (not addresses or time.monotonic() >= self._due_at) and self._names and not self._resolving:
-                self._resolving = True
+            now = time.monotonic()
+            known = bool(self._addresses)
+            due = bool(self._names) and (not known or now >= self._due_at)
+            if due and not self._resolving:
+                self._resolving, self._resolving_since = True, now
                 self._resolved.clear()
                 threading.Thread(target=self._resolve_names, name="resolver", daemon=True).start()
-        if addresses:
-            return addresses
-        if not self._resolved.wait(max(0.0, timeout)):
+            wait = min(timeout, self._resolving_since + RESOLVE_WAIT_SECONDS - now) if known else timeout
+        if due and not self._resolved.wait(max(0.0, wait)) and not known:
             names = ", ".join(host_port(host, port) for host, port in self._names)
             raise OSError(f"{names} (no answer from the resolver within {timeout:.3g} s)")
         if not self._addresses:

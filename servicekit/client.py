@@ -255,7 +255,8 @@ class PooledClient:
         while.
     resolve / resolve_every: host name -> IP addresses (default: the
         system's resolver), asked again every `resolve_every` seconds and
-        soon after a connection fails, without holding up calls. New
+        soon after a connection fails; a call that finds it due waits up
+        to a second for the answer rather than try gone addresses. New
         addresses get connections as the pool evens out; connections to
         addresses that are gone close, idle ones at once, busy ones when
         their call returns. IP addresses are used as they are.
@@ -437,12 +438,14 @@ class PooledClient:
             raise
 
     def _usable(self, connection: _Connection) -> bool:
-        """An idle connection is used again unless it idled too long, the server closed it, or a call to
-        its address timed out since (the server may be hung) and there are other addresses."""
+        """An idle connection is used again unless it idled too long, its address is gone (resolved
+        just now: the resolving thread has not yet retired it), the server closed it, or a call to its
+        address timed out since (the server may be hung) and there are other addresses."""
         now = time.monotonic()
         address = connection.address
         return (
             now - connection.idle_since < self.max_idle
+            and self._addresses.is_current(address)
             and (self._addresses.down_until(address) <= now or self._addresses.is_only(address))
             and not connection.closed_by_server()
         )

@@ -121,6 +121,36 @@ def test_a_failed_connection_has_the_name_resolved_again_without_waiting_for_the
         assert dns.asked.count(NAME) >= 2
 
 
+def black_hole(host: str, port: int) -> list[socket.socket]:
+    """A listener on host:port whose backlog is full: connections to it time out, as to a pod's gone IP."""
+    listener = socket.create_server((host, port), backlog=0)
+    held = [listener]
+    while True:  # until a connection is no longer queued: the kernel drops the next ones' SYNs
+        held.append(client := socket.socket())
+        try:
+            client.settimeout(0.5)
+            client.connect((host, port))
+        except TimeoutError:
+            return held
+
+
+def test_an_idle_client_whose_pods_were_all_replaced_calls_the_new_ones_not_the_gone(port, start_server):
+    old = ["127.0.0.4", "127.0.0.5"]
+    dns = FakeDNS(*old)
+    replaced = [start_server(THRIFT_HOST=host, port=port) for host in old]
+    with CountersClient(f"{NAME}:{port}", resolve=dns, resolve_every=0, deadline=3, connect_timeout=2) as client:
+        run_threads(2, lambda rng: client.ping(), seconds=0.2)
+        for server in replaced:  # a rolling update while the client is idle: drained, their IPs gone
+            assert server.stop() == 0
+        holes = [sock for host in old for sock in black_hole(host, port)]
+        try:
+            dns.addresses = HOSTS
+            assert client.add("replaced", 1).total >= 1  # not two connect timeouts to the gone pods
+        finally:
+            for sock in holes:
+                sock.close()
+
+
 def test_a_name_that_stops_resolving_keeps_its_addresses(port):
     dns = FakeDNS(*HOSTS)
     with CountersClient(f"{NAME}:{port}", resolve=dns, resolve_every=0.05, pool_size=3) as client:
