@@ -17,9 +17,10 @@ Resolver = Callable[[str], Sequence[str]]
 DOWN_FOR_SECONDS, DOWN_AT_MOST_SECONDS = 1.0, 30.0
 # After a connection failure, names are resolved again, but not more often than this.
 RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
-# How long a call waits for a resolution that is due before it uses the addresses it has: a client idle while
-# every pod was replaced would otherwise try each gone one first (a connect timeout each), and a slow or hung
-# resolver holds calls no longer than this.
+# How long a call waits for a resolution of stale addresses before it uses them: a client idle while every pod
+# was replaced would otherwise try each gone one first (a connect timeout each), and a slow or hung resolver
+# holds calls no longer than this. Stale: resolved over two intervals ago, so only a client idle for a while
+# waits; a busy one resolves in the background, its calls never held up by a slow DNS answer.
 RESOLVE_WAIT_SECONDS = 1.0
 
 
@@ -62,8 +63,9 @@ def _is_ip(host: str) -> bool:
 class AddressBook:
     """The addresses behind `servers` ([(host, port)]), names resolved again every `resolve_every` seconds.
 
-    Names are resolved again in a background thread when due, a call waiting
-    for the answer a second at most once an address is known; an address a connection or a call timed out on is
+    Names are resolved again in a background thread when due; a call waits for
+    the answer only when the addresses are stale (a second at most once an
+    address is known). An address a connection or a call timed out on is
     marked down until a call to it returns. changed(addresses) is called,
     from the resolving thread, when a resolution changes them. A name that
     fails to resolve, or resolves to nothing, keeps its previous addresses:
@@ -96,9 +98,10 @@ class AddressBook:
 
     def current(self, timeout: float) -> list[Address]:
         """Every address now. Names are resolved again in a background thread when due, and the
-        answer waited for: up to `timeout` seconds while no address is known (a resolver that
-        never answers holds no caller past its deadline; OSError if none came), else up to
-        RESOLVE_WAIT_SECONDS after the resolution began (then the addresses known are used)."""
+        answer waited for if the addresses are stale: up to `timeout` seconds while no address is
+        known (a resolver that never answers holds no caller past its deadline; OSError if none
+        came), else up to RESOLVE_WAIT_SECONDS after the resolution began (then the addresses known
+        are used)."""
         with self._lock:
             now = time.monotonic()
             known = bool(self._addresses)
@@ -107,8 +110,9 @@ class AddressBook:
                 self._resolving, self._resolving_since = True, now
                 self._resolved.clear()
                 threading.Thread(target=self._resolve_names, name="resolver", daemon=True).start()
+            stale = due and (not known or now >= self._resolved_at + 2 * self._resolve_every)
             wait = min(timeout, self._resolving_since + RESOLVE_WAIT_SECONDS - now) if known else timeout
-        if due and not self._resolved.wait(max(0.0, wait)) and not known:
+        if stale and not self._resolved.wait(max(0.0, wait)) and not known:
             names = ", ".join(host_port(host, port) for host, port in self._names)
             raise OSError(f"{names} (no answer from the resolver within {timeout:.3g} s)")
         if not self._addresses:

@@ -255,8 +255,9 @@ class PooledClient:
         while.
     resolve / resolve_every: host name -> IP addresses (default: the
         system's resolver), asked again every `resolve_every` seconds and
-        soon after a connection fails; a call that finds it due waits up
-        to a second for the answer rather than try gone addresses. New
+        soon after a connection fails; a call finding the addresses two
+        intervals old (the client was idle) waits up to a second for the
+        answer rather than try gone addresses first. New
         addresses get connections as the pool evens out; connections to
         addresses that are gone close, idle ones at once, busy ones when
         their call returns. IP addresses are used as they are.
