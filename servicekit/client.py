@@ -337,7 +337,8 @@ class PooledClient:
         self.close()
 
     def close(self) -> None:
-        """Close every idle connection now and each busy one when its call ends."""
+        """Close every idle connection now and each busy one when its call ends. A call made after this raises
+        RuntimeError; one waiting meanwhile for a connection or a retry ends with ServerUnreachable."""
         with self._available:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -355,6 +356,8 @@ class PooledClient:
 
     def call(self, method: str, *args: object) -> Any:  # what `method` returns, of the service's IDL
         """Call `method` with `args`, retrying what is safe to retry; see the class docstring."""
+        if self._closed:  # a call after close(): a mistake in the caller, not an outage to retry or report as one
+            raise RuntimeError("the client is closed")
         if method not in self._argument_specs:
             raise ValueError(f"{self.service.__name__} has no method {method!r}")
         check_arguments(method, self._argument_specs[method], args)
@@ -417,8 +420,8 @@ class PooledClient:
         wait_until = min(give_up_at, time.monotonic() + self.acquire_timeout)  # for a free connection only
         with self._available:
             while True:
-                if self._closed:
-                    raise ServerUnreachable("the client is closed", sent=False)
+                if self._closed:  # by another thread, during this call: it ends as a failed attempt does
+                    raise ServerUnreachable("the client was closed during the call", sent=False)
                 if self._idle:
                     connection = self._idle.pop()  # most recently used: least likely to be stale
                     if self._usable(connection):

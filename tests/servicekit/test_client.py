@@ -195,14 +195,14 @@ def test_max_idle_0_opens_a_connection_for_each_call(server):
         assert [client.ping() for _ in range(3)] == ["pong"] * 3
 
 
-def test_closing_the_client_closes_every_connection(start_server):
+def test_closing_the_client_closes_every_connection_and_a_call_after_it_is_a_programming_error(start_server):
     server = start_server()  # its own, as above
     client = server.client(pool_size=4)
     run_threads(8, lambda rng: client.ping(), seconds=0.3)
     assert connections_to(server.port, HOST) > 0
     client.close()
     assert connections_to(server.port, HOST) == 0
-    with pytest.raises(ServerUnreachable, match="closed"):
+    with pytest.raises(RuntimeError, match=r"^the client is closed$"):  # no outage: nothing to retry or report
         client.ping()
 
 
