@@ -655,6 +655,12 @@ def check_value(what: str, kind: int, held: object, value: object) -> None:
         for spec in held.thrift_spec.values():
             if (field := getattr(value, spec[1])) is not None:  # an unset field is not sent
                 check_value(f"{what}.{spec[1]}", *field_type(spec), field)
+    elif kind == TType.STRING and isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:  # as thriftpy2 hands over a reply's string that is not UTF-8
+            raise ValueError(f"{what} is not valid UTF-8 text") from None
+        raise TypeError(f"{what} has the wrong type: bytes")
     # To Python a bool is an int: only a bool argument takes one.
     elif not isinstance(value, PLAIN_TYPES[kind]) or isinstance(value, bool) != (kind == TType.BOOL):
         raise TypeError(f"{what} has the wrong type: {type(value).__name__}")

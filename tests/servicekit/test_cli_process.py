@@ -265,7 +265,7 @@ def test_a_reply_whose_string_is_not_utf_8_is_one_line_and_status_1(json_flag):
         other.close()
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == (
-        f"error: no Counters reply from 127.0.0.1:{other.port} (add()'s reply.name has the wrong type: bytes): "
+        f"error: no Counters reply from 127.0.0.1:{other.port} (add()'s reply.name is not valid UTF-8 text): "
         "is it a Counters server? check --servers; "
         "the add may have been applied: repeat it with --request-id=r-2 to apply it at most once\n"
     )
