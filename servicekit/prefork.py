@@ -2,11 +2,13 @@
 
 `serve_in_processes()` forks copies of a listening TThreadPoolServer; the kernel spreads new connections over
 them. Each child opens its own database pool (connections must not cross a fork). SIGTERM or SIGINT to the parent
-drains every child; a child that dies otherwise is replaced; a child whose parent dies drains and exits.
+drains every child; a child that dies otherwise is replaced (later each time while they die young); a child whose
+parent dies drains and exits.
 """
 
 import logging
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -15,7 +17,10 @@ from contextlib import suppress
 from servicekit.thread_pool_server import TThreadPoolServer
 
 logger = logging.getLogger(__name__)
-RESTART_PAUSE_SECONDS = 1.0  # no tight restart loop if children keep failing
+RESTART_PAUSE_SECONDS = 1.0  # before a dead child is replaced: no tight restart loop if children keep failing
+# A child that dies sooner than this after it started doubles the pause, up to this: a crash loop slows to a
+# restart a minute (each leaves metrics files behind). One that lived longer starts the pause over.
+CRASH_LOOP_SECONDS = 60.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -23,8 +28,10 @@ class _Supervisor:
     def __init__(self, server: TThreadPoolServer, prepare_child: Callable[[], None]) -> None:
         self.server = server
         self.prepare_child = prepare_child
-        self.children: set[int] = set()
+        self.children: dict[int, float] = {}  # pid: when it was forked (time.monotonic())
         self.stopping = False
+        self.pause = RESTART_PAUSE_SECONDS
+        self.stopped = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # readable once stop() ran: ends a pause
 
     def start_child(self) -> None:
         """Fork a child that serves until SIGTERM, or until this process dies.
@@ -48,7 +55,7 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             raise
         if pid:
-            self.children.add(pid)
+            self.children[pid] = time.monotonic()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop that came meanwhile reaches this child too
             if self.stopping:  # stop() ran before the child was counted, and did not signal it
                 os.kill(pid, signal.SIGTERM)
@@ -73,16 +80,22 @@ class _Supervisor:
         # The kernel keeps queueing connections while any process holds the
         # listening socket: close ours, so a drain refuses them at once.
         self.server.close_listener()
+        os.eventfd_write(self.stopped, 1)
         for pid in self.children:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def replace(self, pid: int, wait_status: int) -> None:
+    def replace(self, pid: int, wait_status: int, lived: float) -> None:
+        """Start another child after a pause, unless a stop comes first; `lived`: the dead one's seconds."""
         code = os.waitstatus_to_exitcode(wait_status)
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        logger.error("server process %d %s; starting another", pid, how)
-        time.sleep(RESTART_PAUSE_SECONDS)
-        if not self.stopping:  # a SIGTERM may have arrived during the pause
+        if lived >= CRASH_LOOP_SECONDS:
+            self.pause = RESTART_PAUSE_SECONDS
+        logger.error("server process %d %s; starting another in %g s", pid, how, self.pause)
+        # A stop ends the pause (it would not end a time.sleep()): the parent exits once its children drained.
+        select.select([self.stopped], [], [], self.pause)
+        self.pause = min(2 * self.pause, CRASH_LOOP_SECONDS)
+        if not self.stopping:
             self.start_child()
 
 
@@ -110,8 +123,8 @@ def serve_in_processes(
     children_started()
     while supervisor.children:
         pid, status = os.wait()
-        supervisor.children.discard(pid)
+        lived = time.monotonic() - supervisor.children.pop(pid)
         child_exited(pid)
         if not supervisor.stopping:
-            supervisor.replace(pid, status)
+            supervisor.replace(pid, status, lived)
     server.close_listener()

@@ -3,8 +3,11 @@
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ from thriftpy2.transport import TCyFramedTransportFactory, TTransportException
 from counters import CountersHandler, counters_thrift
 from helpers.load import connections_to, run_threads
 from helpers.mysql import connections_opened, statement_waits
-from helpers.processes import ROOT, all_children, child_pids, run_python
+from helpers.processes import PROJECT_ENV, ROOT, all_children, child_pids, run_python
 from helpers.wire import call_bytes, framed, reply_names, unread_bytes
 from servicekit.client import ServerUnreachable
 from servicekit.processor import GuardedProcessor
@@ -368,6 +371,83 @@ def test_a_stop_handled_as_a_child_is_forked_stops_that_child_too():
     # Else the parent waits for it forever: docker stop ends at the grace period's SIGKILL, not the drain.
     result = run_python("-c", STOP_AS_FORK_RETURNS, PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'servicekit'}")
     assert (result.stdout, result.returncode) == ("0\n", 0), result.stderr
+
+
+# A pre-fork parent whose children fail: the Nth lives the Nth of argv[3]'s seconds (the last, once they run out),
+# then raises. argv[1] and argv[2] stand in for RESTART_PAUSE_SECONDS and CRASH_LOOP_SECONDS.
+FAILING_CHILDREN = """
+import logging, os, sys, time
+from counters import CountersHandler, counters_thrift
+from servicekit import prefork
+from servicekit.processor import GuardedProcessor
+from servicekit.thread_pool_server import TThreadPoolServer
+
+prefork.RESTART_PAUSE_SECONDS, prefork.CRASH_LOOP_SECONDS = float(sys.argv[1]), float(sys.argv[2])
+lives = [float(seconds) for seconds in sys.argv[3].split(",")]
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+processor = GuardedProcessor(
+    counters_thrift.Counters, CountersHandler(), version="1", is_serving=lambda: True, database_answers=lambda: True
+)
+server = TThreadPoolServer(processor, "127.0.0.1", 0, 2, 60, 10, 5, 65536, 100, 2**20)
+server.listen()
+forks = 0
+fork = os.fork
+
+
+def counted_fork():
+    global forks
+    forks += 1
+    return fork()
+
+
+def fail():
+    time.sleep(lives[min(forks, len(lives)) - 1])
+    raise RuntimeError("failing as told")
+
+
+os.fork = counted_fork
+prefork.serve_in_processes(server, 1, fail)
+"""
+
+
+class FailingChildren:
+    """FAILING_CHILDREN running, its log in `log_path`."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        with log_path.open("w") as log:
+            env = {**PROJECT_ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'servicekit'}"}
+            self.process = subprocess.Popen([sys.executable, "-c", FAILING_CHILDREN, *args], env=env, stderr=log)
+
+    def pauses(self) -> list[str]:
+        """The pauses logged before each restart."""
+        return re.findall(r"; starting another in (\S+) s\n", self.log_path.read_text())
+
+    def __enter__(self) -> "FailingChildren":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+def test_children_that_keep_dying_young_are_restarted_ever_later_until_one_lived_a_while(tmp_path):
+    # 0.01 s doubling up to 1 s while children die within 1 s; the tenth lives 1 s, and the pause starts over.
+    with FailingChildren(tmp_path / "log", "0.01", "1", "0,0,0,0,0,0,0,0,0,1,0") as failing:
+        wait_for(lambda: len(failing.pauses()) >= 11, 30, "eleven restarts")
+        assert failing.stop() == 0
+    assert failing.pauses()[:11] == ["0.01", "0.02", "0.04", "0.08", "0.16", "0.32", "0.64", "1", "1", "0.01", "0.02"]
+
+
+def test_a_stop_during_the_pause_before_a_restart_ends_it(tmp_path):
+    with FailingChildren(tmp_path / "log", "3600", "3600", "0") as failing:
+        wait_for(lambda: failing.pauses() == ["3600"], 30, "the first restart's pause")
+        assert failing.stop() == 0  # at once, not in an hour: else a drain would outlast the orchestrator's grace
+    assert failing.pauses() == ["3600"]  # and no child started since
 
 
 def test_server_processes_exit_when_their_parent_is_killed(start_server):
