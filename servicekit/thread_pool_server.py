@@ -762,6 +762,11 @@ class TThreadPoolServer(TServer):
             return
         except (ssl.SSLError, OSError) as error:
             logger.warning("closing %s: TLS handshake failed: %s", connection.peer, error, extra=FAILED_HANDSHAKE)
+            # What the client sent past the refused part of its handshake is read and dropped: closed with it
+            # unread, the connection would be reset, and a TLS 1.3 client, whose handshake has ended, would see
+            # its request's write fail instead of the alert saying why (a client certificate missing or refused).
+            with suppress(OSError):
+                socket.socket.recv(connection.sock, RECV_SIZE, socket.MSG_DONTWAIT)  # the raw bytes, not TLS's
             self._forget(connection, because="tls_handshake_failed")
             return
         connection.handshaking = False

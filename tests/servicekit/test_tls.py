@@ -66,7 +66,7 @@ def test_a_tls_client_with_the_right_ca_and_certificate_is_served(tls_server, pk
     [
         ("wrong CA", "certificate verify failed"),
         ("wrong hostname", "certificate verify failed"),
-        ("no client certificate", None),
+        ("no client certificate", "CERTIFICATE_REQUIRED"),
     ],
 )
 def test_tls_refuses_what_it_must(tls_server, pki, case, expected):
@@ -87,6 +87,27 @@ def test_a_tls_refusal_fails_the_call_at_once_instead_of_at_the_deadline(tls_ser
     with pytest.raises(TLSRefused), CountersClient(f"localhost:{tls_server.port}", tls=context, deadline=30) as client:
         client.ping()
     assert time.monotonic() - started < 10  # no retries until the 30 s deadline
+
+
+@pytest.mark.parametrize(
+    ("case", "alert"),
+    [("no client certificate", "CERTIFICATE_REQUIRED"), ("a client certificate of another CA", "UNKNOWN_CA")],
+)
+def test_a_refused_client_certificate_is_told_as_such_never_as_a_call_that_may_have_been_applied(
+    tls_server, start_server, pki, case, alert
+):
+    # Under TLS 1.3 the refusal comes after the client's handshake ends, as its request goes out: the server
+    # must not reset the connection before the client reads the alert (else the write fails, as an outage).
+    port, context = tls_server.port, tls_context(pki["ca"])
+    if case == "a client certificate of another CA":
+        tls = {"THRIFT_TLS_CERT": pki["server"], "THRIFT_TLS_KEY": pki["server_key"]}
+        refusing = start_server(**tls, THRIFT_TLS_CLIENT_CA=pki["other_ca"], ready=False)
+        wait_for(lambda: "serving counters" in refusing.log(), 30, "the refusing server")
+        port, context = refusing.port, tls_context(pki["ca"], pki["client"], pki["client_key"])
+    for _ in range(20):  # each once: the outcome was a race
+        with pytest.raises(TLSRefused, match=alert) as error, _tls_client(port, context) as client:
+            client.add("refused", 1)
+        assert error.value.sent is False
 
 
 def test_a_server_that_refuses_the_client_certificate_is_passed_over_for_one_that_accepts_it(
