@@ -2,21 +2,33 @@
 
 startup.py configures logging here (LOG_FORMAT=text or json) and, with METRICS_PORT set, serves the metrics, both
 named after SERVICE_NAME; the engine and db.py never import this module (startup.py hands them its callbacks).
-With several server processes, PROMETHEUS_MULTIPROC_DIR must be set before this module is first imported.
+With several server processes, PROMETHEUS_MULTIPROC_DIR must be set before this module is first imported, and the
+parent, which serves the metrics, reads each live process's process_* metrics from /proc, labelled by pid.
 """
 
 import json
 import logging
+import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    ProcessCollector,
+    make_wsgi_app,
+    multiprocess,
+)
 
 from servicekit.errors import REQUEST_ID
 from servicekit.mysql import PoolHooks
@@ -171,6 +183,7 @@ class Metrics:
             name("transaction_retries_total"), "Transactions re-run after a deadlock or lock wait."
         )
         self.build = Gauge(name("build_info"), "The running version (always 1).", ["version"], multiprocess_mode="max")
+        self._processes = _ServerProcesses()
 
     def pool_hooks(self) -> PoolHooks:
         """Callbacks for db.py's pool."""
@@ -194,20 +207,61 @@ class Metrics:
         return RequestObserver(self if served else None, slow_request_ms)
 
     def serve(self, host: str, port: int, version: str, several_processes: bool) -> None:
-        """Serve /metrics; with several processes, the sum over all of them."""
+        """Serve /metrics; with several processes, the sum over all of them, and each one's process_* metrics."""
         self.build.labels(version).set(1)
         registry = REGISTRY
         if several_processes:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            self._processes.add(os.getpid())
+            registry.register(self._processes)
         server = _MetricsServer((host, port))
         server.set_app(make_wsgi_app(registry))
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
-    @staticmethod
-    def forget_process(pid: int) -> None:
-        """Drop a dead server process's live gauges (multiprocess mode)."""
+    def watch_process(self, pid: int) -> None:
+        """Show a new server process's process_* metrics (multiprocess mode)."""
+        self._processes.add(pid)
+
+    def forget_process(self, pid: int) -> None:
+        """Drop a dead server process's live gauges and process_* metrics (multiprocess mode)."""
+        self._processes.discard(pid)
         multiprocess.mark_process_dead(pid)
+
+
+class _ServerProcesses:
+    """The standard process_* metrics (memory, CPU, descriptors, start time) of each live server process,
+    labelled by pid, read from /proc at each scrape by the process serving it.
+
+    Multiprocess mode has no process metrics: the default collector would
+    describe only the process serving the scrape. Read here, each family
+    keeps its type (a liveall Gauge would make the CPU seconds a gauge),
+    a child pays nothing, and a dead one's series go as it is reaped.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # processes come and go in the main thread, scrapes read in theirs
+        self._readers: dict[int, ProcessCollector] = {}
+
+    def add(self, pid: int) -> None:
+        reader = ProcessCollector(pid=lambda: pid, registry=None)
+        with self._lock:
+            self._readers[pid] = reader
+
+    def discard(self, pid: int) -> None:
+        with self._lock:
+            self._readers.pop(pid, None)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            readers = list(self._readers.items())
+        families: dict[str, Metric] = {}
+        for pid, reader in readers:
+            for family in reader.collect():  # nothing of a process that died since
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        return families.values()
 
 
 class _ScrapeHandler(WSGIRequestHandler):

@@ -25,9 +25,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _Supervisor:
-    def __init__(self, server: TThreadPoolServer, prepare_child: Callable[[], None]) -> None:
+    def __init__(
+        self, server: TThreadPoolServer, prepare_child: Callable[[], None], child_started: Callable[[int], None]
+    ) -> None:
         self.server = server
         self.prepare_child = prepare_child
+        self.child_started = child_started
         self.children: dict[int, float] = {}  # pid: when it was forked (time.monotonic())
         self.stopping = False
         self.pause = RESTART_PAUSE_SECONDS
@@ -57,6 +60,7 @@ class _Supervisor:
         if pid:
             self.children[pid] = time.monotonic()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop that came meanwhile reaches this child too
+            self.child_started(pid)
             if self.stopping:  # stop() ran before the child was counted, and did not signal it
                 os.kill(pid, signal.SIGTERM)
             return
@@ -104,6 +108,7 @@ def serve_in_processes(
     processes: int,
     prepare_child: Callable[[], None],
     children_started: Callable[[], None] = lambda: None,
+    child_started: Callable[[int], None] = lambda pid: None,
     child_exited: Callable[[int], None] = lambda pid: None,
 ) -> None:
     """Run `processes` forked copies of `server` until SIGTERM; return when all have exited.
@@ -111,9 +116,10 @@ def serve_in_processes(
     Call after server.listen() and before any thread starts. Each child runs
     prepare_child(), then serve(). children_started() runs once the first
     children are forked (a place to start threads, which must not exist at
-    fork time); child_exited(pid) after each child ends.
+    fork time); child_started(pid) after each fork, child_exited(pid) after
+    each child ends.
     """
-    supervisor = _Supervisor(server, prepare_child)
+    supervisor = _Supervisor(server, prepare_child, child_started)
     # Before the first fork: the children serve at once, and a stop that came before this handler would kill
     # this process outright (each child installs its own before the signals it held reach it).
     for signum in STOP_SIGNALS:

@@ -238,6 +238,7 @@ def serve(
             settings.thrift_processes,
             lambda: database.init_pool(settings, hooks),
             children_started=lambda: _serve_metrics(settings, version, metrics),
+            child_started=metrics.watch_process if settings.metrics_port else lambda pid: None,
             child_exited=metrics.forget_process if settings.metrics_port else lambda pid: None,
         )
     else:

@@ -344,7 +344,7 @@ processor = GuardedProcessor(
 )
 server = TThreadPoolServer(processor, "127.0.0.1", 0, 2, 60, 10, 5, 65536, 100, 2**20)
 server.listen()
-supervisor = prefork._Supervisor(server, lambda: None)
+supervisor = prefork._Supervisor(server, lambda: None, lambda pid: None)
 fork = os.fork
 
 

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -17,7 +18,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from counters import counters_thrift
 from helpers.metrics import sample, scrape
 from helpers.mysql import sql
-from helpers.processes import all_children, run_python
+from helpers.processes import all_children, child_pids, run_python
 from helpers.wire import call_bytes, exchange, framed, message_header
 from servicekit.client import new_request_id
 from servicekit.observability import MAX_SCRAPES, SCRAPE_TIMEOUT_SECONDS, RequestObserver
@@ -85,6 +86,7 @@ def test_metrics_count_exactly_what_was_called_and_json_logs_carry_request_field
     assert sample(samples, "counters_db_connections_opened_total") >= 1
     assert sample(samples, "counters_db_connections") <= 8  # at most one per worker
     assert sample(samples, "counters_busy_workers") == 0
+    assert samples["process_resident_memory_bytes"] > 10_000_000  # one process: the standard series, no pid
     assert server.stop() == 0
 
     lines = [json.loads(line) for line in server.log().splitlines()]
@@ -112,6 +114,45 @@ def test_metrics_add_up_across_server_processes_and_their_files_go_with_the_serv
     assert list(tmp_path.glob("counters-metrics-*"))  # where the processes' files were
     assert server.stop() == 0
     assert not list(tmp_path.glob("counters-metrics-*"))
+
+
+def by_pid(samples: dict[str, float], name: str) -> dict[int, float]:
+    """One process metric's value for each server process."""
+    pattern = re.compile(rf'{name}\{{pid="(\d+)"\}}')
+    return {int(match.group(1)): value for key, value in samples.items() if (match := pattern.fullmatch(key))}
+
+
+def test_each_server_process_shows_its_memory_and_descriptors_by_pid_until_it_dies(start_server, tmp_path):
+    metrics_port = free_port()
+    server = start_server(METRICS_PORT=str(metrics_port), THRIFT_PROCESSES="2", TMPDIR=str(tmp_path))
+    wait_for(lambda: "metrics on" in server.log(), 10, "the metrics endpoint")
+    parent = server.process.pid
+    children = all_children(parent, 2)
+    samples = scrape(metrics_port)
+    memory, open_fds, max_fds = (
+        by_pid(samples, name) for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds")
+    )
+    assert set(memory) == set(open_fds) == set(max_fds) == {parent, *children}
+    assert set(by_pid(samples, "process_cpu_seconds_total")) == {parent, *children}
+    for child in children:
+        assert memory[child] > 10_000_000
+        assert 0 < open_fds[child] < max_fds[child]
+
+    with contextlib.ExitStack() as stack:  # 20 connections, each answered: held by one child or the other
+        for _ in range(20):
+            connection = stack.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            connection.sendall(framed(call_bytes(counters_thrift.Counters, "ping")))
+            assert connection.recv(1024)
+        held = by_pid(scrape(metrics_port), "process_open_fds")
+        assert sum(held[child] for child in children) >= sum(open_fds[child] for child in children) + 20
+
+    dead = min(children)
+    os.kill(dead, signal.SIGKILL)
+    wait_for(lambda: len(child_pids(parent) - {dead}) == 2, 10, "a replacement server process")
+    live = {parent, *child_pids(parent)}
+    wait_for(lambda: set(by_pid(scrape(metrics_port), "process_open_fds")) == live, 10, f"the series of {live}")
+    assert not [key for key in scrape(metrics_port) if f'pid="{dead}"' in key]
+    assert server.stop() == 0
 
 
 def test_json_logs_say_which_server_process_wrote_each_line(start_server):
