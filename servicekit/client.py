@@ -49,7 +49,7 @@ class ServerUnreachable(Exception):
     """No server could be reached, or none replied within the timeout.
 
     `sent`: whether the request may have reached a server; False only when
-    no attempt got as far as sending it (every connection refused, say).
+    no attempt sent it whole (every connection refused, say, or every write failed).
     `cut_short`: the caller's deadline, not the server, ended the attempt.
     """
 
@@ -171,6 +171,7 @@ class _ReplySocket(TSocket):
         super().__init__(sock=sock)
         self._head: bytes | None = None  # a reply's first bytes, until they are judged
         self._attempt_ends = 0.0  # time.monotonic()
+        self.unsent: OSError | None = None  # why the last request could not be written whole
 
     def start_attempt(self, timeout: float) -> None:
         """Bound the next request and its whole reply by `timeout` seconds: not each read, which a reply
@@ -179,8 +180,14 @@ class _ReplySocket(TSocket):
         self.sock.settimeout(timeout)  # sendall's whole send, since Python 3.5
 
     def write(self, buff: bytes) -> None:
+        """Send a request; if it cannot all be sent, no server has it whole (`unsent` says why)."""
         self._head = b""
-        super().write(buff)
+        self.unsent = None
+        try:
+            super().write(buff)
+        except OSError as error:
+            self.unsent = error
+            raise
 
     def read(self, sz: int) -> bytes:
         left = self._attempt_ends - time.monotonic()
@@ -567,7 +574,8 @@ class PooledClient:
             cut_short = timeout < self.timeout / 2
             if not cut_short:
                 self._addresses.mark_down(connection.address)
-            raise ServerUnreachable(f"{connection.address} ({reason(error)})", cut_short=cut_short) from None
+            failure, sent = f"{connection.address} ({reason(error)})", connection.socket.unsent is None
+            raise ServerUnreachable(failure, sent=sent, cut_short=cut_short) from None
         except (TTransportException, OSError, *UNDECODABLE) as error:
             raise self._failed(connection, error) from None
         except TException as error:
@@ -603,7 +611,7 @@ class PooledClient:
             decoding = f"{connection.address} ({type(error).__name__}: {reason(error)})"
             return UnexpectedReply(decoding, {connection.address})
         self._addresses.resolve_soon()
-        return ServerUnreachable(failure)
+        return ServerUnreachable(failure, sent=connection.socket.unsent is None)
 
 
 def _check_options(

@@ -158,6 +158,28 @@ class FixedReplyServer:
         self.thread.join(5)
 
 
+class ResettingServer:
+    """Resets every connection as it accepts it, unread: a server that refuses a request before taking it all."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with suppress(OSError):  # the listener closed
+            while True:
+                sock, _ = self.listener.accept()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with RST
+                sock.close()
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(5)
+
+
 class SilentServer:
     """Accepts connections and never answers: a hung server."""
 

@@ -12,11 +12,13 @@ from thriftpy2.thrift import TApplicationException
 from counters import CountersClient, counters_thrift
 from helpers.load import connections_to, run_threads
 from helpers.mysql import statement_waits
-from helpers.wire import FixedReplyServer, framed, reply_bytes
+from helpers.wire import FixedReplyServer, ResettingServer, SilentServer, framed, reply_bytes
 from servicekit.client import RequestTooLarge, ServerUnreachable, UnexpectedReply, parse_servers
 from tools.throwaway_db import wait_for
 
 HOST = "127.0.0.1"  # where a test's own server listens: another address may have a server on the same port
+# A name whose request is more than the kernel's socket buffers hold: its write fails if the server stops reading.
+BEYOND_SOCKET_BUFFERS = "x" * 32 * 2**20
 
 
 def test_the_pool_never_opens_more_than_its_size_under_32_threads(start_server):
@@ -231,6 +233,21 @@ def test_a_request_over_the_servers_limit_sent_anyway_is_refused_by_it_at_once(s
     assert re.fullmatch(over, error.value.message), error.value.message
     # Logged as what it is, not as a malformed message: a client whose limit is higher than the server's.
     assert re.search(rf" WARNING \S+ \[\d+\] closing 127\.0\.0\.1:\d+: {over}\n", server.log())
+
+
+@pytest.mark.parametrize("unread_by", [SilentServer, ResettingServer], ids=["a hung server", "a reset"])
+def test_a_request_whose_write_failed_is_reported_as_not_sent(unread_by):
+    # The server never had the request whole, so it cannot have applied it: not "may have been applied".
+    other = unread_by()
+    try:
+        with (
+            pytest.raises(ServerUnreachable) as error,
+            CountersClient(f"127.0.0.1:{other.port}", max_message_bytes=None, timeout=1, retries=0) as client,
+        ):
+            client.add(BEYOND_SOCKET_BUFFERS, 1)
+    finally:
+        other.close()
+    assert not error.value.sent, error.value
 
 
 @pytest.mark.parametrize(
