@@ -180,25 +180,41 @@ class _ReplySocket(TSocket):
         self.sock.settimeout(timeout)  # sendall's whole send, since Python 3.5
 
     def write(self, buff: bytes) -> None:
-        """Send a request; if it cannot all be sent, no server has it whole (`unsent` says why)."""
+        """Send a request; if it cannot all be sent, no server has it whole (`unsent` says why), and the
+        reply read is only one the server sent before it refused the request (see _already_there)."""
         self._head = b""
         self.unsent = None
         try:
             super().write(buff)
         except OSError as error:
             self.unsent = error
-            raise
 
     def read(self, sz: int) -> bytes:
-        left = self._attempt_ends - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        self.sock.settimeout(left)
-        data = super().read(sz)
+        data = self._already_there(sz) if self.unsent else self._within_attempt(sz)
         if self._head is not None:
             self._head += data[: SHOWN_REPLY_BYTES - len(self._head)]
             self._judge(self._head)
         return data
+
+    def _within_attempt(self, sz: int) -> bytes:
+        left = self._attempt_ends - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.sock.settimeout(left)
+        return super().read(sz)
+
+    def _already_there(self, sz: int) -> bytes:
+        """What the server sent before the write failed, never waited for; else the write's error.
+
+        A server that refuses a request it has not read all of (too long, plain text to a TLS port, a
+        connection over its limit, a client certificate refused) says why, then closes: the kernel resets
+        the connection, which fails the write, while the reply saying why waits unread.
+        """
+        self.sock.settimeout(0)
+        try:
+            return super().read(sz)
+        except (BlockingIOError, ssl.SSLWantReadError, ConnectionError, TTransportException):
+            raise self.unsent from None
 
     def _judge(self, head: bytes) -> None:
         implausible = len(head) >= 4 and not 0 < int.from_bytes(head[:4], "big", signed=True) <= MAX_REPLY_BYTES

@@ -221,18 +221,33 @@ def test_by_default_a_request_over_the_servers_default_limit_is_refused_unsent(s
         client.add("x" * 70_000, 1)  # sent, the server would reset the connection, retried until the deadline
 
 
-def test_a_request_over_the_servers_limit_sent_anyway_is_refused_by_it_at_once(server):
+# Longer than the socket buffers hold: the server refuses it unread, and the reset fails its write.
+@pytest.mark.parametrize("name", ["x" * 70_000, BEYOND_SOCKET_BUFFERS], ids=["sent whole", "its write failed"])
+def test_a_request_over_the_servers_limit_sent_anyway_is_refused_by_it_at_once(server, name):
     started = time.monotonic()
     with server.client(max_message_bytes=None, deadline=30) as client:  # a client whose limit is higher
         with pytest.raises(TApplicationException) as error:
-            client.add("x" * 70_000, 1)
+            client.add(name, 1)
         assert client.ping() == "pong"
     assert time.monotonic() - started < 10  # not a reset retried until the deadline
     assert error.value.type == TApplicationException.PROTOCOL_ERROR
-    over = r"a request of 70\d\d\d bytes, over the server's maximum of 65536 \(THRIFT_MAX_MESSAGE_BYTES\)"
+    over = r"a request of \d+ bytes, over the server's maximum of 65536 \(THRIFT_MAX_MESSAGE_BYTES\)"
     assert re.fullmatch(over, error.value.message), error.value.message
     # Logged as what it is, not as a malformed message: a client whose limit is higher than the server's.
     assert re.search(rf" WARNING \S+ \[\d+\] closing 127\.0\.0\.1:\d+: {over}\n", server.log())
+
+
+def test_a_full_server_is_told_of_even_when_it_fails_the_requests_write(start_server):
+    server = start_server(THRIFT_MAX_CONNECTIONS="1")
+    with server.client(pool_size=1) as kept:
+        assert kept.ping() == "pong"  # retried until the start-up check's connection is closed: then it holds the one
+        with (
+            pytest.raises(ServerUnreachable) as error,
+            server.client(max_message_bytes=None, retries=0) as client,
+        ):
+            client.add(BEYOND_SOCKET_BUFFERS, 1)
+    assert str(error.value).endswith("(this server is full: it has THRIFT_MAX_CONNECTIONS=1 connections open)")
+    assert not error.value.sent
 
 
 @pytest.mark.parametrize("unread_by", [SilentServer, ResettingServer], ids=["a hung server", "a reset"])

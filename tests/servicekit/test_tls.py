@@ -110,6 +110,21 @@ def test_a_refused_client_certificate_is_told_as_such_never_as_a_call_that_may_h
         assert error.value.sent is False
 
 
+@pytest.mark.parametrize(
+    ("case", "refusal"),
+    [("plain text", "this server accepts TLS only"), ("no client certificate", "CERTIFICATE_REQUIRED")],
+)
+def test_a_refusal_is_told_even_when_it_fails_the_write_of_a_long_request(tls_server, pki, case, refusal):
+    # Longer than the socket buffers hold: the server closes the connection with the request unread, the
+    # reset fails the write, and the reply saying why waits unread before it.
+    context = None if case == "plain text" else tls_context(pki["ca"])
+    with (
+        pytest.raises(TLSRefused, match=refusal),
+        CountersClient(f"localhost:{tls_server.port}", tls=context, retries=0, max_message_bytes=None) as client,
+    ):
+        client.add("x" * 32 * 2**20, 1)
+
+
 def test_a_server_that_refuses_the_client_certificate_is_passed_over_for_one_that_accepts_it(
     tls_server, start_server, pki
 ):
