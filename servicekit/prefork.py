@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 
 from servicekit.thread_pool_server import TThreadPoolServer
 
@@ -24,17 +25,33 @@ CRASH_LOOP_SECONDS = 60.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+@dataclass
+class _Child:
+    started: float  # time.monotonic()
+    exited: int  # a pidfd: readable once the child has exited
+
+
 class _Supervisor:
+    """The parent's state: its children, and when the dead ones are replaced.
+
+    Its loop (serve_in_processes) waits on one descriptor per child, and on
+    one a stop makes readable, so every death is reaped and counted as it
+    happens; a pause before restarting never holds up a stop or another
+    death, and the children that died during it are replaced together.
+    """
+
     def __init__(
         self, server: TThreadPoolServer, prepare_child: Callable[[], None], child_started: Callable[[int], None]
     ) -> None:
         self.server = server
         self.prepare_child = prepare_child
         self.child_started = child_started
-        self.children: dict[int, float] = {}  # pid: when it was forked (time.monotonic())
+        self.children: dict[int, _Child] = {}
         self.stopping = False
         self.pause = RESTART_PAUSE_SECONDS
-        self.stopped = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # readable once stop() ran: ends a pause
+        self.missing = 0  # children dead and not yet replaced
+        self.restart_at = 0.0  # time.monotonic() when they are
+        self.stopped = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # readable once stop() ran
 
     def start_child(self) -> None:
         """Fork a child that serves until SIGTERM, or until this process dies.
@@ -58,7 +75,7 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             raise
         if pid:
-            self.children[pid] = time.monotonic()
+            self.children[pid] = _Child(time.monotonic(), os.pidfd_open(pid))  # a zombie's too, if it died already
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a stop that came meanwhile reaches this child too
             self.child_started(pid)
             if self.stopping:  # stop() ran before the child was counted, and did not signal it
@@ -89,18 +106,51 @@ class _Supervisor:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def replace(self, pid: int, wait_status: int, lived: float) -> None:
-        """Start another child after a pause, unless a stop comes first; `lived`: the dead one's seconds."""
-        code = os.waitstatus_to_exitcode(wait_status)
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    def running(self) -> bool:
+        """Children left, or dead ones still to replace."""
+        return bool(self.children) or (self.missing > 0 and not self.stopping)
+
+    def wait(self) -> None:
+        """Until a child exits, a stop, or the time to replace the dead ones."""
+        exits = [child.exited for child in self.children.values()]
+        if self.stopping:  # the stop's descriptor stays readable: now only the children's exits matter
+            select.select(exits, [], [])
+            return
+        timeout = max(0.0, self.restart_at - time.monotonic()) if self.missing else None
+        select.select([self.stopped, *exits], [], [], timeout)
+
+    def reap(self, child_exited: Callable[[int], None]) -> None:
+        """Collect every child that exited; each is replaced after the pause unless a stop came."""
+        for pid, child in list(self.children.items()):
+            ended, wait_status = os.waitpid(pid, os.WNOHANG)
+            if not ended:
+                continue
+            del self.children[pid]
+            os.close(child.exited)
+            child_exited(pid)
+            if not self.stopping:
+                self._to_replace(pid, wait_status, time.monotonic() - child.started)
+
+    def _to_replace(self, pid: int, wait_status: int, lived: float) -> None:
+        """Count a dead child to replace. The first death of a round sets when, and doubles the next round's
+        pause; a child that lived a while starts the pause over."""
+        now = time.monotonic()
         if lived >= CRASH_LOOP_SECONDS:
             self.pause = RESTART_PAUSE_SECONDS
-        logger.error("server process %d %s; starting another in %g s", pid, how, self.pause)
-        # A stop ends the pause (it would not end a time.sleep()): the parent exits once its children drained.
-        select.select([self.stopped], [], [], self.pause)
-        self.pause = min(2 * self.pause, CRASH_LOOP_SECONDS)
-        if not self.stopping:
-            self.start_child()
+        if not self.missing:
+            self.restart_at = now + self.pause
+            self.pause = min(2 * self.pause, CRASH_LOOP_SECONDS)
+        self.missing += 1
+        code = os.waitstatus_to_exitcode(wait_status)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        logger.error("server process %d %s; starting another in %g s", pid, how, round(self.restart_at - now, 3))
+
+    def replace_the_dead(self) -> None:
+        """Start a child for each dead one once the pause is over."""
+        if self.missing and not self.stopping and time.monotonic() >= self.restart_at:
+            for _ in range(self.missing):
+                self.start_child()
+            self.missing = 0
 
 
 def serve_in_processes(
@@ -127,10 +177,8 @@ def serve_in_processes(
     for _ in range(processes):
         supervisor.start_child()
     children_started()
-    while supervisor.children:
-        pid, status = os.wait()
-        lived = time.monotonic() - supervisor.children.pop(pid)
-        child_exited(pid)
-        if not supervisor.stopping:
-            supervisor.replace(pid, status, lived)
+    while supervisor.running():
+        supervisor.wait()
+        supervisor.reap(child_exited)
+        supervisor.replace_the_dead()
     server.close_listener()

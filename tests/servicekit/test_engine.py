@@ -373,8 +373,8 @@ def test_a_stop_handled_as_a_child_is_forked_stops_that_child_too():
     assert (result.stdout, result.returncode) == ("0\n", 0), result.stderr
 
 
-# A pre-fork parent whose children fail: the Nth lives the Nth of argv[3]'s seconds (the last, once they run out),
-# then raises. argv[1] and argv[2] stand in for RESTART_PAUSE_SECONDS and CRASH_LOOP_SECONDS.
+# A pre-fork parent of argv[4] children that fail: the Nth lives the Nth of argv[3]'s seconds (the last, once they
+# run out), then raises. argv[1] and argv[2] stand in for RESTART_PAUSE_SECONDS and CRASH_LOOP_SECONDS.
 FAILING_CHILDREN = """
 import logging, os, sys, time
 from counters import CountersHandler, counters_thrift
@@ -406,7 +406,7 @@ def fail():
 
 
 os.fork = counted_fork
-prefork.serve_in_processes(server, 1, fail)
+prefork.serve_in_processes(server, int(sys.argv[4]), fail)
 """
 
 
@@ -437,14 +437,24 @@ class FailingChildren:
 
 def test_children_that_keep_dying_young_are_restarted_ever_later_until_one_lived_a_while(tmp_path):
     # 0.01 s doubling up to 1 s while children die within 1 s; the tenth lives 1 s, and the pause starts over.
-    with FailingChildren(tmp_path / "log", "0.01", "1", "0,0,0,0,0,0,0,0,0,1,0") as failing:
+    with FailingChildren(tmp_path / "log", "0.01", "1", "0,0,0,0,0,0,0,0,0,1,0", "1") as failing:
         wait_for(lambda: len(failing.pauses()) >= 11, 30, "eleven restarts")
         assert failing.stop() == 0
     assert failing.pauses()[:11] == ["0.01", "0.02", "0.04", "0.08", "0.16", "0.32", "0.64", "1", "1", "0.01", "0.02"]
 
 
+def test_children_that_die_together_are_replaced_together_after_one_pause(tmp_path):
+    # Not one pause after another (3 s, 6 s, 12 s): with every child dead, nothing would serve meanwhile.
+    with FailingChildren(tmp_path / "log", "3", "60", "0", "3") as failing:
+        wait_for(lambda: len(failing.pauses()) >= 6, 30, "two rounds of three restarts")
+        assert failing.stop() == 0
+    first, second = failing.pauses()[:3], failing.pauses()[3:6]
+    assert first[0] == "3" and all(float(pause) <= 3 for pause in first), first
+    assert second[0] == "6" and all(float(pause) <= 6 for pause in second), second
+
+
 def test_a_stop_during_the_pause_before_a_restart_ends_it(tmp_path):
-    with FailingChildren(tmp_path / "log", "3600", "3600", "0") as failing:
+    with FailingChildren(tmp_path / "log", "3600", "3600", "0", "1") as failing:
         wait_for(lambda: failing.pauses() == ["3600"], 30, "the first restart's pause")
         assert failing.stop() == 0  # at once, not in an hour: else a drain would outlast the orchestrator's grace
     assert failing.pauses() == ["3600"]  # and no child started since
