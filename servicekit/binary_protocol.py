@@ -12,6 +12,3 @@ CALL, REPLY, EXCEPTION, ONE_WAY = 1, 2, 3, 4
 # The TApplicationException type for a client the server will not talk to (Apache Thrift's name: thriftpy2
 # names types 0-7 only): a TLS port answers a plain-text call with it.
 UNSUPPORTED_CLIENT_TYPE = 10
-# fbthrift's type for a request an overloaded server did not take (Apache Thrift has none): a server over
-# THRIFT_MAX_CONNECTIONS tells a new connection so before it closes it.
-LOADSHEDDING = 11

@@ -26,7 +26,7 @@ from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TT
 
 from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
 from servicekit.base import base_module
-from servicekit.binary_protocol import LOADSHEDDING, UNSUPPORTED_CLIENT_TYPE, VERSION_1
+from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE, VERSION_1
 from servicekit.settings import DEFAULT_MAX_MESSAGE_BYTES
 from servicekit.wire import element_type, field_type
 
@@ -95,9 +95,8 @@ REPLY_VERSION = (VERSION_1 >> 16).to_bytes(2, "big")  # a framed binary message'
 REPLY_HEAD_BYTES = 6  # what _ReplySocket judges a reply by: its frame's length and the version
 SHOWN_REPLY_BYTES = 12  # of a reply refused, quoted in the error
 MAX_REPLY_BYTES = 256 * 1024 * 1024  # a longer reply is no RPC's: text read as a length ("-ERR", "<htm"), say
-# Errors a server on the kit may close the connection after (a call too long, a TLS port called in plain text,
-# a connection over its THRIFT_MAX_CONNECTIONS).
-CLOSING_ERRORS = (UNSUPPORTED_CLIENT_TYPE, TApplicationException.PROTOCOL_ERROR, LOADSHEDDING)
+# Errors a server on the kit may close the connection after (a call too long, a TLS port called in plain text).
+CLOSING_ERRORS = (UNSUPPORTED_CLIENT_TYPE, TApplicationException.PROTOCOL_ERROR)
 
 
 def _tls_refusal(error: BaseException) -> bool:
@@ -614,9 +613,6 @@ class PooledClient:
         if isinstance(error, TApplicationException) and error.type == UNSUPPORTED_CLIENT_TYPE:
             self._addresses.mark_down(connection.address)  # a TLS server answered this plain-text call
             return TLSRefused(failure, {connection.address})
-        if isinstance(error, TApplicationException) and error.type == LOADSHEDDING:
-            self._addresses.mark_down(connection.address)  # full: refused before reading the request
-            return ServerUnreachable(failure, sent=False)
         if isinstance(error, TApplicationException):
             return error  # the server said why (and may close the connection)
         if _tls_refusal(error):  # TLS 1.3 refuses a client certificate after the handshake, at the first read

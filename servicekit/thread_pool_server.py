@@ -22,7 +22,7 @@ from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit import wire
-from servicekit.binary_protocol import LOADSHEDDING, UNSUPPORTED_CLIENT_TYPE
+from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE
 from servicekit.processor import GuardedProcessor
 from servicekit.wire import EMPTY_FRAME, FRAME_HEADER, FRAMED_BINARY, Codec, Message
 
@@ -164,8 +164,7 @@ class TThreadPoolServer(TServer):
     The thread that calls `serve()` keeps house once a second: it closes
     connections idle past the idle timeout, or stuck in a partial message or an
     untaken reply past the read timeout, and reports counts. Past
-    max_connections, new connections are closed at once (on a plain port,
-    told why: _over_max_connections); out of file
+    max_connections, new connections are closed at once; out of file
     descriptors or epoll watches, accepting pauses until the next round.
     `close()` stops accepting and reading; `serve()` then lets running requests
     finish and sends the rest of the replies clients are still reading (up to
@@ -227,7 +226,6 @@ class TThreadPoolServer(TServer):
         self._wake_writer: socket.socket | None = None
         self._connections: dict[int, _Connection] = {}  # by file descriptor
         self._refused = 0  # connections refused over max_connections since the last warning
-        self._full = b"" if tls else self._over_max_connections()  # told to a connection over max_connections
         self._next_refusal_warning = 0.0
         self._accept_paused = False  # out of descriptors: the housekeeper re-arms the listener
         self._next_accept_warning = 0.0
@@ -413,8 +411,6 @@ class TThreadPoolServer(TServer):
                 self._pause_accepting(error)
                 return
             if len(self._connections) >= self.max_connections:
-                with suppress(OSError):
-                    sock.send(self._full, socket.MSG_DONTWAIT)
                 sock.close()
                 self._refused += 1
                 with self._counts_lock:
@@ -427,15 +423,6 @@ class TThreadPoolServer(TServer):
                 return
         if not self._closing:
             self._epoll.modify(self._listener, ARMED_TO_ACCEPT)
-
-    def _over_max_connections(self) -> bytes:
-        """Sent to a connection refused over max_connections as it closes (nothing on a TLS port: no handshake is
-        spent on it): an error in framed binary, that the kit's client reads as its call's reply and retries as
-        not sent. Any other client fails on it, as it would on the close alone."""
-        limit = f"this server is full: it has THRIFT_MAX_CONNECTIONS={self.max_connections} connections open"
-        buffer = TCyMemoryBuffer()
-        self.processor.send_exception(BINARY.get_protocol(buffer), "", TApplicationException(LOADSHEDDING, limit), 0)
-        return FRAME_HEADER.pack(len(buffer.getvalue())) + buffer.getvalue()
 
     def _pause_accepting(self, error: OSError) -> None:
         """Leave the listener disarmed until the next housekeeping round, warning at most every 10 s."""

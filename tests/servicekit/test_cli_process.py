@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from thriftpy2.thrift import TApplicationException
 
 from counters import counters_thrift
 from helpers.processes import PROJECT_ENV, ROOT, run_python
-from helpers.wire import FixedReplyServer, SilentServer, call_bytes, exception_reply, framed, reply_bytes, reply_names
+from helpers.wire import FixedReplyServer, SilentServer, exception_reply, framed, reply_bytes
 from servicekit.client import new_request_id
 from tools.throwaway_db import free_port, wait_for
 
@@ -51,29 +50,6 @@ def test_a_write_no_server_accepted_says_nothing_of_having_been_applied():
     assert result.returncode == 8
     refused = f"127.0.0.1:{port} ([Errno 111] Connection refused)"
     assert result.stderr == f"error: cannot reach the Counters server at {refused}\n"  # no "may have been applied"
-
-
-def test_a_write_to_a_server_at_its_max_connections_says_so_and_nothing_of_having_been_applied(start_server):
-    server = start_server(THRIFT_MAX_CONNECTIONS="1")
-    held = []
-
-    def hold() -> bool:  # the start-up check's connection may be open for a moment yet
-        held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
-        try:
-            held[-1].sendall(framed(call_bytes(counters_thrift.Counters, "ping")))
-            return reply_names(held[-1].recv(1024)) == ["ping"]
-        except ConnectionError:
-            return False
-
-    try:
-        wait_for(hold, 10, "a connection the server counts")
-        result = cli(server.port, "--timeout", "1", "add", "x", "5")
-    finally:
-        for sock in held:
-            sock.close()
-    assert result.returncode == 8  # retried until --timeout, as an outage: connections may free up
-    full = f"127.0.0.1:{server.port} (this server is full: it has THRIFT_MAX_CONNECTIONS=1 connections open)"
-    assert result.stderr == f"error: cannot reach the Counters server at {full}\n"
 
 
 def test_a_write_without_a_reply_names_the_request_id_that_repeats_it_at_most_once(server):

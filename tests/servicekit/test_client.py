@@ -237,19 +237,6 @@ def test_a_request_over_the_servers_limit_sent_anyway_is_refused_by_it_at_once(s
     assert re.search(rf" WARNING \S+ \[\d+\] closing 127\.0\.0\.1:\d+: {over}\n", server.log())
 
 
-def test_a_full_server_is_told_of_even_when_it_fails_the_requests_write(start_server):
-    server = start_server(THRIFT_MAX_CONNECTIONS="1")
-    with server.client(pool_size=1) as kept:
-        assert kept.ping() == "pong"  # retried until the start-up check's connection is closed: then it holds the one
-        with (
-            pytest.raises(ServerUnreachable) as error,
-            server.client(max_message_bytes=None, retries=0) as client,
-        ):
-            client.add(BEYOND_SOCKET_BUFFERS, 1)
-    assert str(error.value).endswith("(this server is full: it has THRIFT_MAX_CONNECTIONS=1 connections open)")
-    assert not error.value.sent
-
-
 @pytest.mark.parametrize("unread_by", [SilentServer, ResettingServer], ids=["a hung server", "a reset"])
 def test_a_request_whose_write_failed_is_reported_as_not_sent(unread_by):
     # The server never had the request whole, so it cannot have applied it: not "may have been applied".
