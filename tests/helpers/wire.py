@@ -128,38 +128,8 @@ def unread_bytes(sock: socket.socket) -> int:
     return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
 
 
-class FixedReplyServer:
-    """Answers every request on any connection with `chunks`, `pause` seconds apart (a slow network): a server
-    of something else, as a client sees it."""
-
-    def __init__(self, *chunks: bytes, pause: float = 0.0) -> None:
-        self.chunks, self.pause = chunks, pause
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        with suppress(OSError):  # the listener closed
-            while True:
-                sock, _ = self.listener.accept()
-                threading.Thread(target=self._answer, args=(sock,), daemon=True).start()
-
-    def _answer(self, sock: socket.socket) -> None:
-        with sock, suppress(OSError):
-            while sock.recv(65536):
-                for number, chunk in enumerate(self.chunks):
-                    time.sleep(self.pause if number else 0)
-                    sock.sendall(chunk)
-
-    def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join(5)
-
-
-class ResettingServer:
-    """Resets every connection as it accepts it, unread: a server that refuses a request before taking it all."""
+class _ListeningServer:
+    """A listener on 127.0.0.1 (`port`) whose thread hands each connection it accepts to `_accepted`."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -170,14 +140,42 @@ class ResettingServer:
     def _serve(self) -> None:
         with suppress(OSError):  # the listener closed
             while True:
-                sock, _ = self.listener.accept()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with RST
-                sock.close()
+                self._accepted(self.listener.accept()[0])
+
+    def _accepted(self, sock: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(5)
+
+
+class FixedReplyServer(_ListeningServer):
+    """Answers every request on any connection with `chunks`, `pause` seconds apart (a slow network): a server
+    of something else, as a client sees it."""
+
+    def __init__(self, *chunks: bytes, pause: float = 0.0) -> None:
+        self.chunks, self.pause = chunks, pause
+        super().__init__()
+
+    def _accepted(self, sock: socket.socket) -> None:
+        threading.Thread(target=self._answer, args=(sock,), daemon=True).start()
+
+    def _answer(self, sock: socket.socket) -> None:
+        with sock, suppress(OSError):
+            while sock.recv(65536):
+                for number, chunk in enumerate(self.chunks):
+                    time.sleep(self.pause if number else 0)
+                    sock.sendall(chunk)
+
+
+class ResettingServer(_ListeningServer):
+    """Resets every connection as it accepts it, unread: a server that refuses a request before taking it all."""
+
+    def _accepted(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with RST
+        sock.close()
 
 
 class SilentServer:
