@@ -16,6 +16,7 @@ from counters_testing import assert_applied_once, assert_consistent, counters_pr
 from helpers.load import connections_to, run_threads
 from helpers.metrics import sample, scrape
 from helpers.mysql import statement_waits
+from servicekit import addresses
 from servicekit.client import ServerUnreachable
 from tools.throwaway_db import free_port, wait_for
 
@@ -186,6 +187,29 @@ def test_a_resolver_that_never_answers_holds_a_call_no_longer_than_its_deadline(
         assert time.monotonic() - started < 5  # its 1 s, not the resolver's 60
     finally:
         answer.set()
+
+
+def test_a_busy_client_goes_on_calling_while_a_due_resolution_hangs(port, monkeypatch):
+    # Its addresses are less than two intervals old: a wait for the resolver would hold every call on DNS.
+    monkeypatch.setattr(addresses, "RESOLVE_WAIT_SECONDS", 600)  # so that a wait would outlast the test
+    dns, hanging, release = FakeDNS(*HOSTS), threading.Event(), threading.Event()
+
+    def slow_dns(host: str) -> list[str]:
+        if dns.asked:  # every resolution after the first hangs until the test ends
+            hanging.set()
+            release.wait()
+        return dns(host)
+
+    with CountersClient(f"{NAME}:{port}", resolve=slow_dns, resolve_every=2, deadline=5) as client:
+        try:
+            wait_for(lambda: client.ping() == "pong" and hanging.is_set(), 10, "a due resolution to hang")
+            answered = []
+            caller = threading.Thread(target=lambda: answered.append(client.ping()))
+            caller.start()
+            caller.join(3)
+            assert answered == ["pong"]
+        finally:
+            release.set()
 
 
 def test_a_resolver_that_raises_fails_that_call_only(port):
