@@ -206,7 +206,7 @@ class _ReplySocket(TSocket):
         """What the server sent before the write failed, never waited for; else the write's error.
 
         A server that refuses a request it has not read all of (too long, plain text to a TLS port, a
-        connection over its limit, a client certificate refused) says why, then closes: the kernel resets
+        client certificate refused) says why, then closes: the kernel resets
         the connection, which fails the write, while the reply saying why waits unread.
         """
         self.sock.settimeout(0)
@@ -301,9 +301,9 @@ class PooledClient:
     tls: an ssl.SSLContext (see servicekit.tls.tls_context()) to call a TLS server.
     max_message_bytes: the server's THRIFT_MAX_MESSAGE_BYTES (its default
         unless given; None checks nothing): a longer request raises
-        RequestTooLarge before anything is sent (the server would reset the
-        connection, which looks like an outage and would be retried until
-        the deadline). Checking encodes each request once more.
+        RequestTooLarge before anything is sent (the server would refuse it
+        with a PROTOCOL_ERROR, having read it or not). Checking encodes each
+        request once more.
 
     Arguments are checked against the IDL before a byte is sent, values
     nested in structs and containers too: an i64 must be an int (not a bool,
