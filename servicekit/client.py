@@ -205,9 +205,9 @@ class _ReplySocket(TSocket):
     def _already_there(self, sz: int) -> bytes:
         """What the server sent before the write failed, never waited for; else the write's error.
 
-        A server that refuses a request it has not read all of (too long, plain text to a TLS port, a
-        client certificate refused) says why, then closes: the kernel resets
-        the connection, which fails the write, while the reply saying why waits unread.
+        A server that refuses a request it has not read all of (too long, plain text to a TLS port, a client
+        certificate refused) says why, then closes: the kernel resets the connection, which fails the write,
+        while the reply saying why waits unread.
         """
         self.sock.settimeout(0)
         try:
