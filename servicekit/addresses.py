@@ -1,7 +1,8 @@
 """Where a PooledClient's connections can go: every address behind its servers, kept current.
 
 A server given by name stands for every address it resolves to (one per ready pod behind a Kubernetes headless
-Service). The client (client.py) asks AddressBook for them before each call and spreads its pool over them.
+Service), of one family: a dual-stack Service gives each pod an IPv4 and an IPv6 address, and the pool must count
+it once. The client (client.py) asks AddressBook for them before each call and spreads its pool over them.
 """
 
 import ipaddress
@@ -63,6 +64,11 @@ def _is_ip(host: str) -> bool:
 class AddressBook:
     """The addresses behind `servers` ([(host, port)]), names resolved again every `resolve_every` seconds.
 
+    A name that resolves to both families stands for the addresses of the
+    family the resolver gave first (RFC 6724's choice, as getaddrinfo orders
+    them), and for those of the other too while every one of the first is
+    down: one family may be unreachable from here.
+
     Names are resolved again in a background thread when due; a call waits for
     the answer only when the addresses are stale (a second at most once an
     address is known). An address a connection or a call timed out on is
@@ -85,7 +91,8 @@ class AddressBook:
         self._resolve_every = resolve_every
         self._changed = changed
         self._lock = threading.Lock()
-        self._found = {(host, port): [Address(host, host, port)] for host, port in servers if _is_ip(host)}
+        # Each server's addresses by family, the family the resolver gave first leading.
+        self._found = {(host, port): [[Address(host, host, port)]] for host, port in servers if _is_ip(host)}
         self._addresses = self._collect()
         self._resolved_at = self._due_at = float("-inf")
         self._resolving = False
@@ -117,19 +124,31 @@ class AddressBook:
             raise OSError(f"{names} (no answer from the resolver within {timeout:.3g} s)")
         if not self._addresses:
             raise OSError(", ".join(self._errors))
-        return self._addresses
+        return self.active()
+
+    def active(self) -> list[Address]:
+        """The addresses calls go to now, without waiting: of each server, its first family's, and the next
+        family's too while every address of the first is down."""
+        now = time.monotonic()
+        active = []
+        for server in self._servers:
+            for family in self._found.get(server, ()):
+                active += family
+                if any(self.down_until(address) <= now for address in family):
+                    break
+        return list(dict.fromkeys(active))
 
     def is_only(self, address: Address) -> bool:
-        """Whether `address` is the one address there is."""
-        return self._addresses == [address]
+        """Whether `address` is the one address calls go to."""
+        return self.active() == [address]
 
     def is_current(self, address: Address) -> bool:
-        return address in self._addresses
+        return address in self.active()
 
     def up(self) -> list[Address]:
-        """The addresses no connection has failed to lately."""
+        """The addresses calls go to that no connection has failed to lately."""
         now = time.monotonic()
-        return [address for address in self._addresses if self.down_until(address) <= now]
+        return [address for address in self.active() if self.down_until(address) <= now]
 
     def resolve_soon(self) -> None:
         """After a connection failure: the addresses may have changed (a pod replaced)."""
@@ -157,7 +176,9 @@ class AddressBook:
         return self._down_until.get(address, float("-inf"))
 
     def _collect(self) -> list[Address]:
-        return list(dict.fromkeys(address for server in self._servers for address in self._found.get(server, ())))
+        """Every address known, of either family."""
+        found = (address for server in self._servers for family in self._found.get(server, ()) for address in family)
+        return list(dict.fromkeys(found))
 
     def _resolve_names(self) -> None:
         """Resolve every name, keep what did not resolve, report a change; the resolving thread."""
@@ -177,7 +198,7 @@ class AddressBook:
         if set(after) != set(before):
             self._changed(frozenset(after))
 
-    def _resolve_one(self, host: str, port: int) -> tuple[list[Address], str]:
+    def _resolve_one(self, host: str, port: int) -> tuple[list[list[Address]], str]:
         try:
             ips = self._resolve(host)
         except Exception as error:  # noqa: BLE001 - a discovery of the caller's may raise anything, and the
@@ -185,4 +206,7 @@ class AddressBook:
             return [], f"{host}:{port} (cannot resolve: {error or type(error).__name__})"
         if not ips:
             return [], f"{host}:{port} (resolves to no address)"
-        return [Address(host, ip, port) for ip in ips], ""
+        families: dict[bool, list[Address]] = {}  # IPv6 or not, in the resolver's order
+        for ip in ips:
+            families.setdefault(":" in ip, []).append(Address(host, ip, port))
+        return list(families.values()), ""

@@ -271,11 +271,13 @@ class PooledClient:
     """A thread-safe, pooled, retrying client of `service` (a thriftpy2 service class).
 
     servers: "host:port" or "host:port,[::1]:port,..."; a name stands for
-        every IPv4 and IPv6 address `resolve` gives it (one per pod behind a
-        Kubernetes headless Service). Connections are spread over the
-        addresses (to the one with fewest first, in turn when even); one that
-        refuses connections, or on which a call timed out, is skipped for a
-        while.
+        every address `resolve` gives it (one per pod behind a Kubernetes
+        headless Service) of the family it gives first, and of the other
+        family too while every address of the first is down (a dual-stack
+        Service gives each pod one of each: one pod, not two servers).
+        Connections are spread over the addresses (to the one with fewest
+        first, in turn when even); one that refuses connections, or on which
+        a call timed out, is skipped for a while.
     resolve / resolve_every: host name -> IP addresses (default: the
         system's resolver), asked again every `resolve_every` seconds and
         soon after a connection fails; a call finding the addresses two
@@ -437,7 +439,7 @@ class PooledClient:
 
     def _acquire(self, give_up_at: float) -> _Connection:
         try:
-            addresses = self._addresses.current(give_up_at - time.monotonic())
+            self._addresses.current(give_up_at - time.monotonic())  # waits for a resolution if need be
         except OSError as error:
             raise ServerUnreachable(str(error), sent=False) from None
         wait_until = min(give_up_at, time.monotonic() + self.acquire_timeout)  # for a free connection only
@@ -457,7 +459,7 @@ class PooledClient:
                 if not self._available.wait(wait_until - time.monotonic()):
                     raise ServerUnreachable(f"all {self.pool_size} connections stayed busy", sent=False)
         try:
-            return self._connect(addresses, give_up_at)
+            return self._connect(give_up_at)
         except BaseException:
             with self._available:
                 self._open -= 1
@@ -536,10 +538,12 @@ class PooledClient:
             self._open_to[address] += 1
             return address
 
-    def _connect(self, addresses: list[Address], give_up_at: float) -> _Connection:
-        """Open a connection to the best address that accepts one, trying each at most once."""
+    def _connect(self, give_up_at: float) -> _Connection:
+        """Open a connection to the best address that accepts one, trying each at most once. The addresses are
+        asked for again after each failure: once every address of a name's first family is down, its other
+        family's are tried too."""
         errors, tried, refused_by = [], set(), set()
-        while address := self._claim(addresses, tried):
+        while address := self._claim(self._addresses.active(), tried):
             tried.add(address)
             connect_timeout = min(self.connect_timeout, give_up_at - time.monotonic())
             try:

@@ -63,12 +63,28 @@ def test_a_name_spreads_the_pool_evenly_over_every_address_it_resolves_to(port):
         assert min(connections) >= 1 and max(connections) - min(connections) <= 1
 
 
-def test_a_name_with_ipv4_and_ipv6_addresses_gets_connections_on_both(start_server):
-    server = start_server(THRIFT_HOST="::")  # both families, one socket
-    with CountersClient(f"{NAME}:{server.port}", resolve=FakeDNS("127.0.0.1", "::1"), pool_size=4) as client:
+def test_a_dual_stack_name_spreads_the_pool_over_pods_not_over_each_pods_two_addresses(port, start_server):
+    # A dual-stack headless Service gives each pod an IPv4 and an IPv6 address. Counted as two servers, a pod
+    # would take two shares of the pool, and a call that timed out on a hung pod could be retried on it again.
+    start_server(THRIFT_HOST="::1", port=port)  # the first pod's IPv6 address (this machine has no other)
+    dns = FakeDNS(HOSTS[0], "::1", HOSTS[1])  # IPv4 first, as the resolver ordered them
+    with CountersClient(f"{NAME}:{port}", resolve=dns, pool_size=4) as client:
         errors = run_threads(4, lambda rng: client.ping(), seconds=0.5)
         assert errors == []
-        assert connections_to(server.port, "127.0.0.1") >= 1 and connections_to(server.port, "::1") >= 1
+        first, second, _ = spread(port)
+        assert connections_to(port, "::1") == 0 and min(first, second) >= 1 and abs(first - second) <= 1
+
+
+def test_a_name_whose_first_family_is_unreachable_is_called_on_the_other_until_the_first_answers(start_server):
+    ipv4 = start_server(THRIFT_HOST="127.0.0.1")
+    dns = FakeDNS("::1", "127.0.0.1")  # IPv6 first, where nothing listens yet
+    with CountersClient(f"{NAME}:{ipv4.port}", resolve=dns, retries=0) as client:
+        assert client.ping() == "pong"  # its one attempt goes on to IPv4
+        assert connections_to(ipv4.port, "127.0.0.1") == 1
+        start_server(THRIFT_HOST="::1", port=ipv4.port)
+        # Once the IPv6 address is no longer skipped (a second after its failure), calls go there alone.
+        wait_for(lambda: client.ping() == "pong" and connections_to(ipv4.port, "::1") == 1, 10, "a call to IPv6")
+        assert client.ping() == "pong" and connections_to(ipv4.port, "127.0.0.1") == 0
 
 
 def test_addresses_that_appear_get_connections_and_those_gone_lose_theirs_while_no_call_fails(port, database):
