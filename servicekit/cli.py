@@ -482,7 +482,7 @@ class CommandLine:
             message, status = str(error), EXIT_USAGE
         elif isinstance(error, UnexpectedReply):
             message = f"no {self.service_name} reply from {error}: is it a {self.service_name} server? check --servers"
-            message, status = message + unsure, EXIT_INTERNAL
+            message, status = message + (unsure if error.sent else ""), EXIT_INTERNAL
         elif isinstance(error, ServerUnreachable):
             # Sent: a server had the request (its database may be what is slow). Else nothing can have been applied.
             failure = "no reply from" if error.sent else "cannot reach"

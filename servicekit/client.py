@@ -61,13 +61,14 @@ class ServerUnreachable(Exception):
 
 class UnexpectedReply(ServerUnreachable):
     """A server answered with bytes that are no reply of this service (another service's, or not Thrift):
-    a retry cannot mend it, so it is raised once each address was tried. The request was sent.
+    a retry cannot mend it, so it is raised once each address was tried. `sent` is False when no attempt
+    wrote the request whole (the server reset the connection while it was written).
 
     `refused_by`: the addresses that answered so.
     """
 
-    def __init__(self, message: str, refused_by: set[Address]) -> None:
-        super().__init__(message, sent=True)
+    def __init__(self, message: str, refused_by: set[Address], sent: bool = True) -> None:
+        super().__init__(message, sent=sent)
         self.refused_by = refused_by
 
 
@@ -625,7 +626,7 @@ class PooledClient:
         if isinstance(error, UNDECODABLE):
             self._addresses.mark_down(connection.address)
             decoding = f"{connection.address} ({type(error).__name__}: {reason(error)})"
-            return UnexpectedReply(decoding, {connection.address})
+            return UnexpectedReply(decoding, {connection.address}, sent=connection.socket.unsent is None)
         self._addresses.resolve_soon()
         return ServerUnreachable(failure, sent=connection.socket.unsent is None)
 

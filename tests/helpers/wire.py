@@ -171,9 +171,15 @@ class FixedReplyServer(_ListeningServer):
 
 
 class ResettingServer(_ListeningServer):
-    """Resets every connection as it accepts it, unread: a server that refuses a request before taking it all."""
+    """Resets every connection as it accepts it, unread, once it has sent `said` (nothing unless given): a server
+    that refuses a request before taking it all, or a server of something else that answers before it resets."""
+
+    def __init__(self, said: bytes = b"") -> None:
+        self.said = said
+        super().__init__()
 
     def _accepted(self, sock: socket.socket) -> None:
+        sock.sendall(self.said)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with RST
         sock.close()
 

@@ -9,7 +9,7 @@ import thriftpy2
 import counters_cli as counters_cli_module
 from counters import CountersClient, counters_thrift
 from helpers.processes import ROOT
-from helpers.wire import SilentServer
+from helpers.wire import ResettingServer, SilentServer
 from servicekit.base import BASE_THRIFT
 from servicekit.cli import CommandLine, string, struct_of
 from servicekit.client import PooledClient, new_request_id
@@ -54,6 +54,22 @@ def test_a_write_a_hung_server_never_took_whole_says_nothing_of_having_been_appl
         hung.close()
     assert status == 8
     assert capsys.readouterr().err == f"error: cannot reach the Counters server at 127.0.0.1:{hung.port} (timed out)\n"
+
+
+def test_a_server_of_something_else_that_reset_a_write_says_nothing_of_having_been_applied(
+    counters_cli, capsys, monkeypatch
+):
+    monkeypatch.setenv("THRIFT_MAX_MESSAGE_BYTES", str(2**30))  # a request longer than the kernel's buffers hold
+    other = ResettingServer(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    try:
+        status = counters_cli.main(["--servers", f"127.0.0.1:{other.port}", "add", "x" * 2**25, "5"])
+    finally:
+        other.close()
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"error: no Counters reply from 127.0.0.1:{other.port} (TProtocolException: a reply that starts "
+        "b'HTTP/1.1 400', not framed binary Thrift): is it a Counters server? check --servers\n"
+    )
 
 
 def test_a_server_of_another_service_is_named_as_such_not_as_a_write_that_may_have_applied(server, tmp_path, capsys):

@@ -252,6 +252,19 @@ def test_a_request_whose_write_failed_is_reported_as_not_sent(unread_by):
     assert not error.value.sent, error.value
 
 
+def test_a_server_of_something_else_that_resets_the_connection_mid_write_is_reported_as_not_sent():
+    other = ResettingServer(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # read once the reset failed the write
+    try:
+        with (
+            pytest.raises(UnexpectedReply, match=re.escape("a reply that starts b'HTTP/1.1 400'")) as error,
+            CountersClient(f"127.0.0.1:{other.port}", max_message_bytes=None, timeout=5) as client,
+        ):
+            client.add(BEYOND_SOCKET_BUFFERS, 1)
+    finally:
+        other.close()
+    assert not error.value.sent, error.value
+
+
 @pytest.mark.parametrize(
     ("servers", "parsed"),
     [
