@@ -21,6 +21,12 @@ from dotenv.parser import parse_stream
 
 S = TypeVar("S")
 TABLE_START, TABLE_END = "<!-- settings table: start -->", "<!-- settings table: end -->"
+CONFIG_ENV_HEADER = [
+    "# Settings of this service, its client and docker-compose: the values are",
+    "# yours to change; any variable set in the process environment overrides",
+    "# the value here. Names, meanings and limits are declared in",
+    "# servicekit/settings.py; this file's comments come from there.",
+]
 
 
 class SettingsError(Exception):
@@ -214,7 +220,7 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
     in force; so is a line python-dotenv cannot parse, and a setting named without a value. Other names
     are left alone: docker-compose gives the file to the database's container too (MYSQL_ROOT_PASSWORD, TZ).
     """
-    in_file = _read(config_file)
+    in_file = _values(_text(config_file), config_file.name)
     if misspellings := misspelled(in_file):
         raise SettingsError(f"{config_file.name}: {misspellings[0]}")
     values = {**in_file, **(os.environ if environ is None else environ)}
@@ -226,27 +232,31 @@ def load(kind: type[S], config_file: Path, environ: Mapping[str, str] | None = N
     return kind(**parsed)
 
 
-def _read(config_file: Path) -> dict[str, str | None]:
-    """`config_file`'s variables, none if there is no such file.
-
-    python-dotenv skips a line it cannot parse (an unclosed quote) with at most a log line, and takes a
-    bare NAME for unset: either way a setting's default would apply unseen, so both are refused here.
-    """
+def _text(config_file: Path) -> str:
+    """`config_file`'s text, empty if there is no such file."""
     try:
-        text = config_file.read_text(encoding="utf-8")
+        return config_file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return ""
     except UnicodeDecodeError as error:
         byte = error.object[error.start]
         raise SettingsError(f"{config_file.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
     except OSError as error:  # a directory (Docker makes one to bind-mount a file that is missing), no permission
         raise SettingsError(f"cannot read {config_file}: {error.strerror}") from None
+
+
+def _values(text: str, file_name: str) -> dict[str, str | None]:
+    """The variables of `text`, config.env's (`file_name`).
+
+    python-dotenv skips a line it cannot parse (an unclosed quote) with at most a log line, and takes a
+    bare NAME for unset: either way a setting's default would apply unseen, so both are refused here.
+    """
     names = {declaration.name.upper() for declaration in declared()}
     for binding in parse_stream(io.StringIO(text)):
         # A binding's text, and its line number, start with the blank lines before it.
         original = binding.original.string
         line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
-        where = f"{config_file.name} line {line}"
+        where = f"{file_name} line {line}"
         if binding.error:
             named = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=", original)  # else no name to show
             name = named.group(1) if named else ""
@@ -302,44 +312,72 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def render_config_env(current: Mapping[str, str | None], written: Mapping[str, str] | None = None) -> str:
-    """config.env from the declarations: each setting's meaning, then NAME=value (kept from `current`).
+def render_config_env(text: str) -> str:
+    """config.env from the declarations and `text`, the file as it is: each setting's meaning, then its line;
+    every other line where it was, after the setting it followed (before the first: after the header).
 
-    `written`: each variable's line as the file had it (see _written), kept as it is rather than made again
-    from its value, which would lose its quotes, expand its ${references} and give a bare NAME a value.
+    A setting's line is kept as written rather than made again from its value, which would lose its quotes,
+    expand its ${references} and give a bare NAME a value; a setting the file lacks gets its default.
     """
-    written = written or {}
-    lines = [
-        "# Settings of this service, its client and docker-compose: the values are",
-        "# yours to change; any variable set in the process environment overrides",
-        "# the value here. Names, meanings and limits are declared in",
-        "# servicekit/settings.py; this file's comments come from there.",
-    ]
+    written, after = _layout(text)
+    lines = list(CONFIG_ENV_HEADER)
+    if after[""]:
+        lines += ["", *_kept(after[""])]
     previous_group = ""
     for declaration in declared():
         name = declaration.name.upper()
         group = name.split("_", 1)[0]
-        if group != previous_group:
+        if group != previous_group and lines[-1]:  # a blank line before each group
             lines.append("")
-            previous_group = group
+        previous_group = group
         meaning = declaration.metadata["meaning"].replace("`", "")
         lines += textwrap.wrap(meaning, 79, initial_indent="# ", subsequent_indent="# ")
         default = "" if declaration.default is MISSING else _shown(declaration.default)
-        lines.append(written.get(name) or f"{name}={current.get(name, default) or ''}")
+        lines.append(written.get(name) or f"{name}={default}")
+        lines += _kept(after.get(name, []))
+    return "\n".join(_without_trailing_blanks(lines)) + "\n"
+
+
+def _kept(lines: list[str]) -> list[str]:
+    """`lines`, and a blank line after them if they end with a comment, which would else be read as the meaning
+    of the setting after it."""
+    return [*lines, ""] if lines and lines[-1].startswith("#") else lines
+
+
+def _layout(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """config.env's `text` in parts: each setting's line, and the other lines after each setting ("": before
+    the first), blank ones at their end left out (the blank line before a group of settings is written anew).
+
+    Made anew, and left out here: the header, and the comment lines right above a setting (its meaning). Other
+    variables (TZ, say, which compose gives every container) and comments are kept: other programs read them.
+    """
     names = {declaration.name.upper() for declaration in declared()}
-    if others := [name for name in current if name not in names]:  # TZ, say, which compose gives every container
-        lines += ["", "# Not settings of this service: kept for the other programs that read this file."]
-        lines += [written.get(name) or f"{name}={current[name] or ''}" for name in others]
-    return "\n".join(lines) + "\n"
+    lines: list[tuple[str | None, str]] = []  # (the variable it sets, the line)
+    for binding in parse_stream(io.StringIO(text)):
+        *blanks, line = binding.original.string.splitlines() or [""]  # blank lines come with the line after them
+        lines += [(None, "")] * len(blanks) + [(binding.key, line.strip())]
+    if [line for _, line in lines[: len(CONFIG_ENV_HEADER) + 1]] == [*CONFIG_ENV_HEADER, ""]:
+        lines = lines[len(CONFIG_ENV_HEADER) + 1 :]
+    written: dict[str, str] = {}
+    after: dict[str, list[str]] = {"": []}
+    follows, comments = "", []  # the setting the lines follow; comment lines a setting's line may come after
+    for key, line in lines:
+        if line.startswith("#"):
+            comments.append(line)
+        elif key in names:
+            written[key], follows, comments = line, key, []
+            after.setdefault(key, [])
+        else:
+            after[follows] += [*comments, line]
+            comments = []
+    after[follows] += comments
+    return written, {setting: _without_trailing_blanks(kept) for setting, kept in after.items()}
 
 
-def _written(config_file: Path) -> dict[str, str]:
-    """Each variable's line in `config_file` as written: quotes, ${references}, `export` and a bare NAME kept."""
-    try:
-        text = config_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    return {binding.key: binding.original.string.strip() for binding in parse_stream(io.StringIO(text)) if binding.key}
+def _without_trailing_blanks(lines: list[str]) -> list[str]:
+    while lines and not lines[-1]:
+        lines = lines[:-1]
+    return lines
 
 
 def render_table() -> str:
@@ -368,7 +406,8 @@ def main(argv: list[str]) -> int:
         return 2
     config_env, readme = Path(argv[1]), Path(argv[2])
     try:
-        current = _read(config_env)  # what the server would refuse is refused here, not rewritten
+        text = _text(config_env)
+        current = _values(text, config_env.name)  # what the server would refuse is refused here, not rewritten
         if misspellings := misspelled(current):  # rewriting would drop the line, and its value with it
             raise SettingsError(f"{config_env.name}: {misspellings[0]}")
     except SettingsError as error:
@@ -379,7 +418,7 @@ def main(argv: list[str]) -> int:
     except (OSError, SettingsError) as error:
         print(f"error: {readme}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
         return 1
-    config_env.write_text(render_config_env(current, _written(config_env)))
+    config_env.write_text(render_config_env(text))
     readme.write_text(table)
     return 0
 

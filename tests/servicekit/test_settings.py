@@ -214,7 +214,7 @@ def test_the_client_reads_only_its_own_settings(tmp_path):
 
 def test_config_env_lists_every_setting_once_with_its_meaning():
     text = CONFIG_ENV.read_text()
-    assert text == render_config_env(dotenv_values(CONFIG_ENV)), (
+    assert text == render_config_env(text), (
         "config.env is out of step with servicekit/settings.py: "
         "run `python -m servicekit.settings update config.env README.md`"
     )
@@ -286,16 +286,22 @@ def test_updating_keeps_each_variable_as_written(tmp_path):
     assert dotenv_values(config_env, interpolate=False)["MYSQL_PASSWORD"] == "correct horse #1"
 
 
-def test_updating_keeps_the_variables_that_are_not_settings(tmp_path):
+def test_updating_keeps_every_line_that_is_not_a_setting_where_it_was(tmp_path):
+    # docker-compose gives the file to the database's container too: its variables, and the comments on them,
+    # stay next to what they were written by.
     config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
-    config_env.write_text("TZ=Europe/Paris\nSERVICE_NAME=things\nMYSQL_ROOT_PASSWORD=root-secret\n")
+    config_env.write_text(
+        "TZ=Europe/Paris\nSERVICE_NAME=things\nMYSQL_ROOT_PASSWORD=root-secret\nTHRIFT_PORT=7000\n\n"
+        "# the database container's own\nMARIADB_AUTO_UPGRADE=1\n"
+    )
     readme_md.write_text(f"# Notes\n\n{TABLE_START}\n| old |\n{TABLE_END}\n")
     result = run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md))
     assert (result.returncode, result.stderr) == (0, "")
-    values = dotenv_values(config_env)
-    assert (values["TZ"], values["SERVICE_NAME"], values["MYSQL_ROOT_PASSWORD"]) == (
-        "Europe/Paris",
-        "things",
-        "root-secret",
-    )
-    assert list(values)[-2:] == ["TZ", "MYSQL_ROOT_PASSWORD"]  # after the settings, in their order
+    lines = config_env.read_text().splitlines()
+    assert lines.index("TZ=Europe/Paris") < lines.index("SERVICE_NAME=things")
+    assert lines[lines.index("SERVICE_NAME=things") + 1] == "MYSQL_ROOT_PASSWORD=root-secret"
+    at = lines.index("THRIFT_PORT=7000")
+    assert lines[at + 1 : at + 4] == ["", "# the database container's own", "MARIADB_AUTO_UPGRADE=1"]
+    updated = config_env.read_text()
+    assert run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md)).returncode == 0
+    assert config_env.read_text() == updated
