@@ -3,9 +3,11 @@
 A server given by name stands for every address it resolves to (one per ready pod behind a Kubernetes headless
 Service), of one family: a dual-stack Service gives each pod an IPv4 and an IPv6 address, and the pool must count
 it once. The client (client.py) asks AddressBook for them before each call and spreads its pool over them.
+parse_servers() reads servers as written (host:port,[::1]:port), for the client and the probe alike.
 """
 
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -23,6 +25,7 @@ RESOLVE_AT_MOST_EVERY_SECONDS = 1.0
 # holds calls no longer than this. Stale: resolved over two intervals ago, so only a client idle for a while
 # waits; a busy one resolves in the background, its calls never held up by a slow DNS answer.
 RESOLVE_WAIT_SECONDS = 1.0
+HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")  # of a host name, once IDNA-encoded; IPv4 addresses too
 
 
 def called_at(bind_host: str) -> str:
@@ -33,6 +36,51 @@ def called_at(bind_host: str) -> str:
 def host_port(host: str, port: int) -> str:
     """`host:port` as servers are written: an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_servers(servers: str) -> list[tuple[str, int]]:
+    """'host:port,[::1]:port' -> [(host, port), ...]; raises ValueError if malformed."""
+    addresses = []
+    for item in (part.strip() for part in servers.split(",")):
+        if not item:
+            raise ValueError(f"an empty address in {servers!r}: write host:port[,host:port...]")
+        if any(character.isspace() for character in item):  # most often servers separated by spaces
+            raise ValueError(f"a space in an address (servers are separated by commas, as a:9090,b:9090): {item!r}")
+        if "/" in item:
+            raise ValueError(f"not host:port (no scheme or path), as localhost:9090: {item!r}")
+        if ":" not in item:
+            raise ValueError(f"no port: write host:port, as localhost:9090: {item!r}")
+        if item.startswith("[") and item.endswith("]"):  # an IPv6 address: its colons are no port's
+            raise ValueError(f"no port: write [address]:port, as [::1]:9090: {item!r}")
+        host, _, port = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            _check_ipv6(host, item)
+        elif ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets, as [::1]:9090: {item!r}")
+        else:
+            _check_host_name(host, item)
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"not host:port with a port from 1 to 65535: {item!r}")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def _check_ipv6(host: str, item: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"not an IPv6 address between the brackets: {item!r}") from None
+
+
+def _check_host_name(host: str, item: str) -> None:
+    """A host name (IDNA: letters of any script) or an IPv4 address; ValueError for anything else."""
+    try:
+        labels = host.encode("idna").decode("ascii").removesuffix(".").split(".")
+    except UnicodeError:  # not text, or a label over 63 characters
+        labels = [""]
+    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"not a host name or IP address before the port: {item!r}")
 
 
 class Address(NamedTuple):

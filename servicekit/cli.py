@@ -9,7 +9,6 @@ import argparse
 import codecs
 import inspect
 import json
-import os
 import re
 import signal
 import sys
@@ -17,11 +16,11 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from thriftpy2.thrift import TApplicationException, TException, TType
 
-from servicekit.addresses import called_at, host_port
+from servicekit.addresses import called_at, host_port, parse_servers
 from servicekit.base import base_module
 from servicekit.client import (
     PooledClient,
@@ -30,9 +29,9 @@ from servicekit.client import (
     UnexpectedReply,
     check_value,
     new_request_id,
-    parse_servers,
     reason,
 )
+from servicekit.console import OneLineParser, print_result, seconds, to_stderr
 from servicekit.errors import REQUEST_ID, REQUEST_ID_FORM
 from servicekit.exit_statuses import (
     EXIT_CONFLICT,
@@ -155,18 +154,6 @@ def request_id(text: str) -> str:
     return text
 
 
-def seconds(text: str) -> float:
-    try:
-        if not text.isascii() or "_" in text:  # float() takes other scripts' digits and 1_0, as integers here do not
-            raise ValueError
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} must be above 0 and at most 3600")
-    return value
-
-
 def servers(text: str) -> str:
     try:
         parse_servers(text)
@@ -200,54 +187,21 @@ def _retry_hint(command: str, request_id: str | None) -> str:
     return f"; the {command} may have been applied: repeat it with --request-id={request_id} to apply it at most once"
 
 
-def _to_stderr(line: str) -> None:
-    """One line on stderr, or nowhere if stderr cannot take it: the exit status still says what happened.
-
-    Never on stdout, which holds data: print(file=None) writes there when stderr was closed (2>&-).
-    """
-    if sys.stderr is None:
-        return
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except OSError:  # a full disk, a reader gone (Python's flush at exit ignores stderr's errors, unlike stdout's)
-        pass
-
-
-def _print_result(text: str) -> bool:
-    """Print a command's output; False, after one line on stderr, if stdout cannot take it.
-
-    Characters stdout's encoding lacks are escaped, never a traceback.
-    """
-    if sys.stdout is None:  # started with stdout closed (>&-): nowhere to show it, as with > /dev/null
-        return True
-    encoding = sys.stdout.encoding or "utf-8"
-    try:
-        print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
-        return True
-    except OSError as error:
-        # Nothing more can be shown: stdout now goes nowhere, so the flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        if isinstance(error, BrokenPipeError):
-            return True  # a reader that stops early (`| head`) is not an error
-        _to_stderr(f"error: cannot write the result ({error.strerror}); the call itself succeeded")
-        return False
-
-
 def _stdout_is_utf8() -> bool:
     return codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name == "utf-8"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr and status 2 (argparse prints the whole usage first)."""
+class _OneLineParser(OneLineParser):
+    """client.py's parser: a global option given after the command is told where it goes."""
 
-    def error(self, message: str) -> NoReturn:
+    def explained(self, message: str) -> str:
         # The commonest slip, `client.py get-account 1 --json`: the command's parser leaves --json to the top one,
         # which takes it only before the command.
         if message.startswith("unrecognized arguments:") and any(
             word.partition("=")[0] in GLOBAL_OPTIONS for word in message.split()
         ):
             message += f" ({', '.join(GLOBAL_OPTIONS)} go before the command)"
-        self.exit(EXIT_USAGE, f"error: {self.prog.split()[-1]}: {message} (see --help)\n")
+        return message
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -401,13 +355,13 @@ class CommandLine:
         try:
             settings = load(ClientSettings, self.config_file)
         except SettingsError as error:
-            _to_stderr(f"error: {error}")
+            to_stderr(f"error: {error}")
             return EXIT_USAGE
         for warning in misspelled():
-            _to_stderr(f"warning: {warning}")
+            to_stderr(f"warning: {warning}")
         options = vars(self.parser(settings).parse_args(argv))
         if options["servers"] is None:  # no --servers, and THRIFT_HOST makes no address
-            _to_stderr(f"error: THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}")
+            to_stderr(f"error: THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}")
             return EXIT_USAGE
         if "request_id" in options:  # a write: its id is chosen here, to be shown if the outcome is unknown
             options["request_id"] = options["request_id"] or new_request_id()
@@ -417,10 +371,10 @@ class CommandLine:
         try:
             return self._run(settings, options, unsure)
         except KeyboardInterrupt:
-            _to_stderr(f"error: interrupted{unsure}")
+            to_stderr(f"error: interrupted{unsure}")
             return EXIT_INTERRUPTED
         except Terminated:
-            _to_stderr(f"error: terminated{unsure}")
+            to_stderr(f"error: terminated{unsure}")
             return EXIT_TERMINATED
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -447,7 +401,7 @@ class CommandLine:
         try:
             client = self._connect(settings, servers, timeout)
         except OSError as error:  # ssl.SSLError and a missing file are OSErrors
-            _to_stderr(f"error: cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}")
+            to_stderr(f"error: cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}")
             return EXIT_USAGE
         give_up_at = time.monotonic() + timeout
         pages = 0  # read by --all so far
@@ -467,10 +421,10 @@ class CommandLine:
         except (RequestTooLarge, ServerUnreachable, TException) as error:
             if pages and getattr(error, "cut_short", False):  # the server answered: the list is longer than the time
                 read = f"{pages} page{'s' * (pages > 1)}"
-                _to_stderr(f"error: --timeout {timeout:g} s ran out after {read} (--all): raise it to list them all")
+                to_stderr(f"error: --timeout {timeout:g} s ran out after {read} (--all): raise it to list them all")
                 return EXIT_UNREACHABLE
             return self._report(error, unsure)
-        if not _print_result(self._shown(result, as_json)):
+        if not print_result(self._shown(result, as_json)):
             return EXIT_INTERNAL
         if method == "health" and not (result.serving and result.database):
             return EXIT_UNAVAILABLE  # lets a container healthcheck use this command
@@ -500,7 +454,7 @@ class CommandLine:
         else:  # declared by the IDL: only Unavailable leaves a write's outcome unknown
             status = self.exit_statuses.get(type(error), EXIT_OTHER_DECLARED)
             message = f"{type(error).__name__}: {reason(error)}{unsure if status == EXIT_UNAVAILABLE else ''}"
-        _to_stderr(f"error: {message}")
+        to_stderr(f"error: {message}")
         return status
 
     def _fitting(self, method: str, servers: str, result: object) -> object:

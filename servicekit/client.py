@@ -6,7 +6,6 @@ servers (addresses.py); connection failures, timeouts and Unavailable are retrie
 """
 
 import enum
-import ipaddress
 import itertools
 import random
 import re
@@ -24,7 +23,7 @@ from thriftpy2.protocol.exc import TProtocolException
 from thriftpy2.thrift import TApplicationException, TClient, TException, TMessageType, TType
 from thriftpy2.transport import TCyFramedTransport, TCyMemoryBuffer, TSocket, TTransportException
 
-from servicekit.addresses import Address, AddressBook, Resolver, resolve_both_families
+from servicekit.addresses import Address, AddressBook, Resolver, parse_servers, resolve_both_families
 from servicekit.base import base_module
 from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE, VERSION_1
 from servicekit.settings import DEFAULT_MAX_MESSAGE_BYTES
@@ -32,7 +31,6 @@ from servicekit.wire import element_type, field_type
 
 # The longest pause between retries: a server restarting is noticed within it.
 MAX_PAUSE_SECONDS = 1.0
-HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")  # of a host name, once IDNA-encoded; IPv4 addresses too
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
 PLAIN_TYPES = {
     TType.BOOL: bool,
@@ -112,51 +110,6 @@ class RequestTooLarge(ValueError):
 def new_request_id() -> str:
     """A fresh request id; reuse it to retry the same write safely."""
     return uuid.uuid4().hex
-
-
-def parse_servers(servers: str) -> list[tuple[str, int]]:
-    """'host:port,[::1]:port' -> [(host, port), ...]; raises ValueError if malformed."""
-    addresses = []
-    for item in (part.strip() for part in servers.split(",")):
-        if not item:
-            raise ValueError(f"an empty address in {servers!r}: write host:port[,host:port...]")
-        if any(character.isspace() for character in item):  # most often servers separated by spaces
-            raise ValueError(f"a space in an address (servers are separated by commas, as a:9090,b:9090): {item!r}")
-        if "/" in item:
-            raise ValueError(f"not host:port (no scheme or path), as localhost:9090: {item!r}")
-        if ":" not in item:
-            raise ValueError(f"no port: write host:port, as localhost:9090: {item!r}")
-        if item.startswith("[") and item.endswith("]"):  # an IPv6 address: its colons are no port's
-            raise ValueError(f"no port: write [address]:port, as [::1]:9090: {item!r}")
-        host, _, port = item.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-            _check_ipv6(host, item)
-        elif ":" in host:
-            raise ValueError(f"write an IPv6 address in brackets, as [::1]:9090: {item!r}")
-        else:
-            _check_host_name(host, item)
-        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-            raise ValueError(f"not host:port with a port from 1 to 65535: {item!r}")
-        addresses.append((host, int(port)))
-    return addresses
-
-
-def _check_ipv6(host: str, item: str) -> None:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        raise ValueError(f"not an IPv6 address between the brackets: {item!r}") from None
-
-
-def _check_host_name(host: str, item: str) -> None:
-    """A host name (IDNA: letters of any script) or an IPv4 address; ValueError for anything else."""
-    try:
-        labels = host.encode("idna").decode("ascii").removesuffix(".").split(".")
-    except UnicodeError:  # not text, or a label over 63 characters
-        labels = [""]
-    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"not a host name or IP address before the port: {item!r}")
 
 
 class _ReplySocket(TSocket):

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from servicekit.addresses import called_at, host_port
+from servicekit.addresses import called_at, host_port, parse_servers
 from servicekit.binary_protocol import (
     BOOL,
     CALL,
@@ -30,6 +30,7 @@ from servicekit.binary_protocol import (
     UNSUPPORTED_CLIENT_TYPE,
     VERSION_1,
 )
+from servicekit.console import OneLineParser, print_result, seconds, to_stderr
 from servicekit.exit_statuses import EXIT_INTERNAL, EXIT_UNAVAILABLE, EXIT_UNREACHABLE, EXIT_USAGE
 from servicekit.settings import ClientSettings, SettingsError, load
 from servicekit.tls import tls_context
@@ -183,15 +184,8 @@ def _frame_end(received: bytearray) -> int | None:
     return 4 + length
 
 
-def seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise ValueError(text)
-    return value
-
-
 def parsed(arguments: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m servicekit.probe", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m servicekit.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("call", choices=("ping", "health"))
     parser.add_argument("--timeout", type=seconds, help="seconds for the whole call (default: CLIENT_TIMEOUT)")
     return parser.parse_args(arguments)
@@ -220,25 +214,31 @@ def main(arguments: list[str]) -> int:
     except OSError as error:  # as client.py says it
         return _failed(f"cannot load the TLS files (CLIENT_TLS_*): {error.strerror or error}", EXIT_USAGE)
     address = (called_at(settings.thrift_host), settings.thrift_port)
+    try:  # as client.py checks it: else a mistyped THRIFT_HOST would read as a server that does not answer
+        parse_servers(host_port(*address))
+    except ValueError:
+        return _failed(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}", EXIT_USAGE)
     try:
         message = exchange(address, tls, options.call, options.timeout or settings.client_timeout)
         if options.call == "ping":
             result = reply_result(message, "ping", STRING)
-            print(result.take(result.number("i")).decode(errors="replace"))
-            return 0
+            return _shown(result.take(result.number("i")).decode(errors="replace"), 0)
         serving, database, version = health_status(reply_result(message, "health", STRUCT))
     except UnexpectedReply as error:
         return _failed(str(error), EXIT_INTERNAL)
-    except UnicodeError:  # a host name the resolver cannot encode (a label over 63 characters)
-        return _failed(f"THRIFT_HOST must be a host name or IP address, not {settings.thrift_host!r}", EXIT_USAGE)
     except OSError as error:  # refused, timed out, reset, TLS refused (ssl.SSLError is one), TLS only
         return _failed(f"no answer from {host_port(*address)} ({error})", EXIT_UNREACHABLE)
-    print(f"serving: {serving}, database: {database}, version: {version}")
-    return 0 if serving and database else EXIT_UNAVAILABLE
+    status = 0 if serving and database else EXIT_UNAVAILABLE
+    return _shown(f"serving: {serving}, database: {database}, version: {version}", status)
+
+
+def _shown(answer: str, status: int) -> int:
+    """`status`, once `answer` is on stdout; as client.py, 1 if stdout cannot take it."""
+    return status if print_result(answer) else EXIT_INTERNAL
 
 
 def _failed(message: str, status: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    to_stderr(f"error: {message}")
     return status
 
 
