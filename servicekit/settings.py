@@ -400,12 +400,29 @@ def updated_readme(text: str) -> str:
     return f"{before}{TABLE_START}\n{render_table()}\n{TABLE_END}{after}"
 
 
+def _readme_text(readme: Path) -> str:
+    """The README's text, read as UTF-8 as config.env is (not in the locale's encoding, which may be ASCII)."""
+    try:
+        return readme.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"not UTF-8 text (byte {error.object[error.start]:#x}): save it as UTF-8") from None
+    except OSError as error:
+        raise SettingsError(error.strerror) from None
+
+
 def main(argv: list[str]) -> int:
+    """`python -m servicekit.settings update CONFIG_ENV README`: 0, or one line on stderr and 1 (2: usage)."""
+    usage = "usage: python -m servicekit.settings update CONFIG_ENV README"
+    if argv in (["-h"], ["--help"]):  # as db.py answers it
+        print(usage)
+        return 0
     if len(argv) != 3 or argv[0] != "update":
-        print("usage: python -m servicekit.settings update CONFIG_ENV README", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     config_env, readme = Path(argv[1]), Path(argv[2])
     try:
+        if not config_env.exists():  # a mistyped name would be made afresh, every value empty, and yours left as it was
+            raise SettingsError(f"there is no {config_env}")
         text = _text(config_env)
         current = _values(text, config_env.name)  # what the server would refuse is refused here, not rewritten
         if misspellings := misspelled(current):  # rewriting would drop the line, and its value with it
@@ -414,12 +431,12 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
-        table = updated_readme(readme.read_text())
-    except (OSError, SettingsError) as error:
-        print(f"error: {readme}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+        table = updated_readme(_readme_text(readme))
+    except SettingsError as error:
+        print(f"error: {readme}: {error}", file=sys.stderr)
         return 1
-    config_env.write_text(render_config_env(text))
-    readme.write_text(table)
+    config_env.write_text(render_config_env(text), encoding="utf-8")
+    readme.write_text(table, encoding="utf-8")
     return 0
 
 

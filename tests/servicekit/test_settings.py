@@ -305,3 +305,46 @@ def test_updating_keeps_every_line_that_is_not_a_setting_where_it_was(tmp_path):
     updated = config_env.read_text()
     assert run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md)).returncode == 0
     assert config_env.read_text() == updated
+
+
+@pytest.mark.parametrize("asked", ["--help", "-h"])
+def test_updating_answers_help_on_stdout(asked):
+    result = run_python("-m", "servicekit.settings", asked)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "usage: python -m servicekit.settings update CONFIG_ENV README\n",
+        "",
+    )
+
+
+def test_updating_reads_and_writes_utf_8_whatever_the_locale(tmp_path):
+    config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
+    config_env.write_text("SERVICE_NAME=things\nTZ=Europe/Paris  # café\n", encoding="utf-8")
+    readme_md.write_text(f"# Notes — 5 µs\n\n{TABLE_START}\n| old |\n{TABLE_END}\n", encoding="utf-8")
+    result = run_python(
+        "-m", "servicekit.settings", "update", str(config_env), str(readme_md), LC_ALL="C", PYTHONUTF8="0"
+    )
+    assert (result.returncode, result.stderr) == (0, "")  # the C locale's encoding is ASCII
+    assert readme_md.read_text(encoding="utf-8").startswith("# Notes — 5 µs\n")
+    assert "café" in config_env.read_text(encoding="utf-8")
+
+
+def test_updating_a_readme_that_is_not_utf_8_changes_nothing_and_says_so(tmp_path):
+    config_env, readme_md = tmp_path / "config.env", tmp_path / "README.md"
+    config_env.write_text("SERVICE_NAME=things\n")
+    readme_md.write_bytes(f"# caf\xe9\n\n{TABLE_START}\n| old |\n{TABLE_END}\n".encode("latin-1"))
+    result = run_python("-m", "servicekit.settings", "update", str(config_env), str(readme_md))
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"error: {readme_md}: not UTF-8 text (byte 0xe9): save it as UTF-8\n",
+    )
+    assert config_env.read_text() == "SERVICE_NAME=things\n"
+
+
+def test_updating_a_config_env_that_does_not_exist_makes_none_and_says_so(tmp_path):
+    mistyped, readme_md = tmp_path / "confg.env", tmp_path / "README.md"
+    readme = f"# Notes\n\n{TABLE_START}\n| old |\n{TABLE_END}\n"
+    readme_md.write_text(readme)
+    result = run_python("-m", "servicekit.settings", "update", str(mistyped), str(readme_md))
+    assert (result.returncode, result.stderr) == (1, f"error: there is no {mistyped}\n")
+    assert not mistyped.exists() and readme_md.read_text() == readme
