@@ -135,7 +135,8 @@ class ServerSettings(CommonSettings):
     mysql_password: str = setting(
         meaning="That user's password; never logged. Change it before running anywhere but a laptop.", secret=True
     )
-    mysql_database: str = setting(meaning="Database name.")
+    # Never empty: the connection would have no database, and the migration lock, named after it, no name.
+    mysql_database: str = setting(meaning="Database name.", pattern=r".{1,64}")
     mysql_connect_timeout: int = setting(3, "Seconds to connect to the database.", low=1, high=3600)
     mysql_read_timeout: int = setting(
         5,
@@ -293,6 +294,8 @@ def _parse(declaration: Field, values: Mapping[str, str | None], config_file: Pa
             raise SettingsError(f"{name} is not set (add it to config.env{missing})")
         return declaration.type(declaration.default)
     if declaration.type is str:
+        if limits["pattern"] and not raw:
+            raise SettingsError(f"{name} is empty: write {name}=VALUE")
         if limits["choices"] and raw not in limits["choices"]:
             raise SettingsError(f"{name} must be one of {', '.join(limits['choices'])}, not {raw!r}")
         if limits["pattern"] and not re.fullmatch(limits["pattern"], raw):

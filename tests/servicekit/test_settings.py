@@ -45,6 +45,8 @@ def test_declared_defaults_apply_and_the_environment_overrides_config_env(tmp_pa
         ("THRIFT_WORKERS", "", "THRIFT_WORKERS must be a whole number, not ''"),
         ("DB_POOL", "magic", "DB_POOL must be one of persistent, pooled, not 'magic'"),
         ("SERVICE_NAME", "Bad-Name", "SERVICE_NAME must match [a-z][a-z0-9_]{0,30}, not 'Bad-Name'"),
+        ("SERVICE_NAME", "", "SERVICE_NAME is empty: write SERVICE_NAME=VALUE"),
+        ("MYSQL_DATABASE", "", "MYSQL_DATABASE is empty: write MYSQL_DATABASE=VALUE"),
     ],
 )
 def test_a_bad_value_names_the_variable(tmp_path, variable, value, message):

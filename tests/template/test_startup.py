@@ -100,3 +100,8 @@ def test_db_py_answers_help_and_refuses_other_arguments(arguments, status, fresh
     assert result.returncode == status
     assert (result.stdout if status == 0 else result.stderr) == "usage: python db.py migrate\n"
     assert sql(fresh_database, "SHOW TABLES") == []
+
+
+def test_db_py_without_a_database_name_says_so_not_that_another_process_holds_the_lock(fresh_database):
+    result = run_python("db.py", "migrate", **{**fresh_database, "MYSQL_DATABASE": ""})
+    assert (result.returncode, result.stderr) == (2, "error: MYSQL_DATABASE is empty: write MYSQL_DATABASE=VALUE\n")
