@@ -282,7 +282,7 @@ def migrate(settings: ServerSettings) -> list[str]:
 def main(argv: list[str]) -> int:
     """`python db.py migrate`: one line on stdout, or one on stderr and status 1 or 2."""
     if argv != ["migrate"]:
-        asked = argv in (["-h"], ["--help"])  # as server.py answers it (startup.run)
+        asked = argv in (["-h"], ["--help"], ["migrate", "-h"], ["migrate", "--help"])  # as server.py answers it
         print("usage: python db.py migrate", file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     try:

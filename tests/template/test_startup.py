@@ -94,7 +94,10 @@ def test_help_says_where_settings_come_from():
     assert "THRIFT_PORT=9091 python server.py" in result.stdout
 
 
-@pytest.mark.parametrize(("arguments", "status"), [(["--help"], 0), (["migrate", "now"], 2)])
+@pytest.mark.parametrize(
+    ("arguments", "status"),
+    [(["--help"], 0), (["migrate", "--help"], 0), (["migrate", "-h"], 0), (["migrate", "now"], 2)],
+)
 def test_db_py_answers_help_and_refuses_other_arguments(arguments, status, fresh_database):
     result = run_python("db.py", *arguments, **fresh_database)
     assert result.returncode == status
