@@ -131,7 +131,8 @@ class ServerSettings(CommonSettings):
     )
     mysql_host: str = setting("127.0.0.1", "Database server.")
     mysql_port: int = setting(3306, "Database port.", low=1, high=65535)
-    mysql_user: str = setting(meaning="The service's own database user (never root).")
+    # Never empty: mysqlclient would log in as the operating system's user (root in a container), unseen.
+    mysql_user: str = setting(meaning="The service's own database user (never root).", pattern=r".+")
     mysql_password: str = setting(
         meaning="That user's password; never logged. Change it before running anywhere but a laptop.", secret=True
     )

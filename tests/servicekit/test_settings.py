@@ -47,6 +47,7 @@ def test_declared_defaults_apply_and_the_environment_overrides_config_env(tmp_pa
         ("SERVICE_NAME", "Bad-Name", "SERVICE_NAME must match [a-z][a-z0-9_]{0,30}, not 'Bad-Name'"),
         ("SERVICE_NAME", "", "SERVICE_NAME is empty: write SERVICE_NAME=VALUE"),
         ("MYSQL_DATABASE", "", "MYSQL_DATABASE is empty: write MYSQL_DATABASE=VALUE"),
+        ("MYSQL_USER", "", "MYSQL_USER is empty: write MYSQL_USER=VALUE"),
     ],
 )
 def test_a_bad_value_names_the_variable(tmp_path, variable, value, message):
