@@ -118,15 +118,32 @@ def declared(service: type, method: str) -> tuple[type, ...]:
     return tuple(spec[2] for spec in result.thrift_spec.values() if spec[1] != "success")
 
 
-def answer(client, method: str, args: tuple) -> str:
-    """ "ok", or the name of the declared exception the call raised; anything else fails the test."""
+def answer(client, method: str, args: tuple, log_path: Path | None = None) -> str:
+    """ "ok", or the name of the declared exception the call raised; anything else fails the test, saying
+    what to change (and where the server's traceback is: `log_path`)."""
     try:
         client.call(method, *args)
     except declared(client.service, method) as error:
         return type(error).__name__
     except TApplicationException as error:
-        raise AssertionError(f"{method}{args!r} answered {error} instead of a declared error") from None
+        raise AssertionError(_undeclared(client.service, method, args, error, log_path)) from None
     return "ok"
+
+
+def _undeclared(service: type, method: str, args: tuple, error: Exception, log_path: Path | None) -> str:
+    """Why a call answered INTERNAL_ERROR, and what the handler must do instead."""
+    where = f"in {log_path}" if log_path else "in the server's log"
+    text = (
+        f"{method}{args!r} answered {error} instead of a declared error: its handler raised an exception"
+        f" service.thrift does not declare for {method} (the traceback is {where})"
+    )
+    left_out = [spec[1] for spec, value in zip(_specs(service, method), args, strict=True) if value is None]
+    if left_out:
+        text += (
+            f". {', '.join(left_out)} was None: a stock Thrift client leaves out an argument given as None, and"
+            " the handler gets None for it; answer that with a declared error too (InvalidArgument for a write)"
+        )
+    return text
 
 
 class StockClient:

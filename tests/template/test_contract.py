@@ -7,6 +7,7 @@ arguments from the edges of each type, with the database up and down.
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thriftpy2.thrift import TApplicationException
 
 from helpers.contract import StockClient, answer, arguments, methods, plausible_arguments, service_in
 from helpers.processes import ROOT
@@ -23,7 +24,7 @@ def test_every_rpc_answers_edge_arguments_with_a_result_or_a_declared_error(serv
         @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
         @given(args=arguments(SERVICE, method))
         def call(args: tuple) -> None:
-            answer(client, method, args)  # fails the test on INTERNAL_ERROR
+            answer(client, method, args, server.log_path)  # fails the test on INTERNAL_ERROR
 
         call()
 
@@ -35,7 +36,7 @@ def test_every_rpc_answers_a_stock_client_that_leaves_each_argument_out(server, 
         for left_out in range(len(plausible_arguments(SERVICE, method))):
             args = list(plausible_arguments(SERVICE, method))  # a fresh request_id each time
             args[left_out] = None
-            answer(client, method, tuple(args))  # fails the test on INTERNAL_ERROR
+            answer(client, method, tuple(args), server.log_path)  # fails the test on INTERNAL_ERROR
     finally:
         client.close()
 
@@ -114,3 +115,24 @@ def test_arguments_of_container_and_struct_types_are_built_as_the_idl_declares_t
         check_arguments("add", specs, args)
 
     fit()
+
+
+class _FailingClient:
+    """A server whose handler raised what its IDL does not declare: every call answers INTERNAL_ERROR."""
+
+    def __init__(self, service: type) -> None:
+        self.service = service
+
+    def call(self, method: str, *args: object) -> None:
+        raise TApplicationException(TApplicationException.INTERNAL_ERROR, "internal error")
+
+
+def test_an_undeclared_error_for_an_argument_left_out_says_what_the_handler_must_do(tmp_path):
+    idl = tmp_path / "notes.thrift"
+    idl.write_text(CONTAINERS.format(base=BASE_THRIFT))
+    args = (None, [1], {}, "request-1")
+    with pytest.raises(AssertionError) as failure:
+        answer(_FailingClient(service_in(idl)), "add", args, tmp_path / "server.log")
+    assert f"the traceback is in {tmp_path / 'server.log'}" in str(failure.value)
+    assert "note was None: a stock Thrift client leaves out an argument given as None" in str(failure.value)
+    assert "InvalidArgument" in str(failure.value)
