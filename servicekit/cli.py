@@ -78,18 +78,21 @@ def _integer(text: str, low: int, high: int) -> int:
     return value
 
 
+# A command's --help shows each argument's type by the first line of its docstring.
+
+
 def i64(text: str) -> int:
-    """An argument sent as a Thrift i64."""
+    """A whole number from -2**63 to 2**63-1 (Thrift i64)."""
     return _integer(text, *INT64)
 
 
 def i32(text: str) -> int:
-    """An argument sent as a Thrift i32."""
+    """A whole number from -2**31 to 2**31-1 (Thrift i32)."""
     return _integer(text, *INT32)
 
 
 def string(text: str) -> str:
-    """An argument sent as a Thrift string: it must be valid UTF-8."""
+    """Text (Thrift string: valid UTF-8)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -109,6 +112,7 @@ def struct_of(struct: type) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(f"not a {struct.__name__} in JSON: {error}") from None
         return value
 
+    parse.__doc__ = f"A {struct.__name__} as a JSON object of its fields."
     return parse
 
 
@@ -342,7 +346,8 @@ class CommandLine:
         for name, help, arguments, write, page in self._commands:
             sub = subcommands.add_parser(name, help=help)
             for argument, kind in arguments:
-                sub.add_argument(argument, type=kind)
+                shown = (kind.__doc__ or "").partition("\n")[0].replace("%", "%%")  # argparse formats help with %
+                sub.add_argument(argument, type=kind, help=shown or None)
             if write:
                 sub.add_argument("--request-id", type=request_id, help="repeat a write safely (default: a new id)")
             if page:

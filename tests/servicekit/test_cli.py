@@ -11,7 +11,7 @@ from counters import CountersClient, counters_thrift
 from helpers.processes import ROOT
 from helpers.wire import ResettingServer, SilentServer
 from servicekit.base import BASE_THRIFT
-from servicekit.cli import CommandLine, string, struct_of
+from servicekit.cli import CommandLine, i64, string, struct_of
 from servicekit.client import PooledClient, new_request_id
 
 # Another service on the kit, with a write the Counters server does not have.
@@ -165,6 +165,19 @@ def test_the_help_lists_every_exit_status_in_order(capsys):
         "exit status: 0 ok, 1 internal error, 2 usage, 3 InvalidArgument, 5 Conflict, 7 Unavailable (or health not"
         " ok), 8 server unreachable, 9 another declared error, 10 NotFound, 130 interrupted, 143 terminated"
     )
+
+
+def test_a_commands_help_says_what_each_argument_takes(capsys):
+    cli = counters_cli_with({})
+    cli.command("add", "add to a counter", ("name", string), ("amount", i64), write=True)
+    cli.command("get", "one counter", ("name", struct_of(counters_thrift.CounterPage)))  # only its help is read
+    shown = {}
+    for command in ("add", "get"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        shown[command] = " ".join(capsys.readouterr().out.split())
+    assert "name Text (Thrift string: valid UTF-8). amount A whole number from -2**63 to 2**63-1" in shown["add"]
+    assert "name A CounterPage as a JSON object of its fields." in shown["get"]
 
 
 def test_a_service_error_with_a_status_of_its_own_exits_with_it(server, capsys):
