@@ -196,7 +196,14 @@ def _stdout_is_utf8() -> bool:
 
 
 class _OneLineParser(OneLineParser):
-    """client.py's parser: a global option given after the command is told where it goes."""
+    """client.py's parser: a global option given after the command is told where it goes, and a value that
+    starts with - how to give it."""
+
+    given: Sequence[str] = ()  # the words this parser was given
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self.given = sys.argv[1:] if args is None else args  # as argparse reads them (a command's: from its name)
+        return super().parse_known_args(args, namespace)
 
     def explained(self, message: str) -> str:
         # The commonest slip, `client.py get-account 1 --json`: the command's parser leaves --json to the top one,
@@ -205,6 +212,12 @@ class _OneLineParser(OneLineParser):
             word.partition("=")[0] in GLOBAL_OPTIONS for word in message.split()
         ):
             message += f" ({', '.join(GLOBAL_OPTIONS)} go before the command)"
+        # `create-account -bob`: argparse takes -bob for an option, and says only that the owner is missing.
+        unknown = [
+            w for w in self.given if w.startswith("-") and w.partition("=")[0] not in self._option_string_actions
+        ]
+        if message.startswith("the following arguments are required") and unknown:
+            message += f" ({unknown[0]} was read as an option: a value that starts with - goes after --)"
         return message
 
 

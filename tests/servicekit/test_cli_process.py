@@ -158,6 +158,15 @@ def test_every_bad_argument_is_one_line_and_status_2(args):
     assert result.stdout == ""
 
 
+def test_a_value_that_starts_with_a_dash_is_told_how_to_give_it():
+    result = cli(9, "get", "-bob")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "error: get: the following arguments are required: name"
+        " (-bob was read as an option: a value that starts with - goes after --) (see --help)\n"
+    )
+
+
 @pytest.mark.parametrize("option", ["--json", "--timeout 5", "--servers=127.0.0.1:9"])
 def test_a_global_option_after_the_command_is_refused_saying_where_it_goes(option):
     result = cli(9, "get", "x", *option.split())
