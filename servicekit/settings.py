@@ -303,6 +303,8 @@ def _parse(declaration: Field, values: Mapping[str, str | None], config_file: Pa
             raise SettingsError(f"{name} must match {limits['pattern']}, not {raw!r}")
         return raw
     try:
+        if not raw.isascii() or "_" in raw:  # int() and float() also take 1_0 and other scripts' digits
+            raise ValueError
         value = declaration.type(raw)
     except ValueError:
         kind = "a whole number" if declaration.type is int else "a number"
