@@ -3,9 +3,13 @@
 The kit's own migrations (servicekit/migrations: the idempotent-write record)
 run first, tracked in `kit_schema_migrations`; then the service's, tracked in
 `schema_migrations`. A named lock per database serializes servers that start
-at the same time. db.py's `migrate()` calls `apply()`.
+at the same time. Each file is recorded with a digest of its statements, so that
+one edited after it ran is refused rather than silently skipped. db.py's
+`migrate()` calls `apply()`.
 """
 
+import hashlib
+import json
 import re
 import signal
 import time
@@ -24,7 +28,14 @@ MAX_VERSION = 2**31 - 1  # the version column is an INT
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
-NO_SUCH_TABLE = 1146
+NO_SUCH_TABLE, NO_SUCH_COLUMN = 1146, 1054
+# What a digest sees of a statement (digest()): quoted text (strings, `identifiers`) as it is; any run of whitespace
+# and comments as one space, but for the comments MySQL and MariaDB run (/*! */, /*M! */, and /*+ */ hints).
+QUOTED_OR_SPACE = re.compile(
+    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`)"""
+    r"|(?:\s|--(?=\s|\Z)[^\n]*|#[^\n]*|/\*(?![!+]|M!).*?\*/)+",
+    re.S,
+)
 # applied_at_ms of a file begun but not yet applied whole: what a run killed mid-file (SIGKILL, the database
 # lost), or one whose statement past the first failed, leaves, for the next run to refuse the file rather than run
 # again statements that may have taken effect (a restart policy runs it again at once, before anyone reads why).
@@ -35,8 +46,8 @@ HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class MigrationError(Exception):
-    """A migration file is misnamed, shares its number with another, differs from the one applied, fails, or an
-    earlier run left it unfinished."""
+    """A migration file is misnamed, shares its number with another, differs from the one applied (in name or
+    statements), fails, or an earlier run left it unfinished."""
 
 
 def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[str]:
@@ -45,10 +56,11 @@ def apply(arguments: dict, service_migrations: Path, lock_timeout: int) -> list[
     MySQL commits DDL implicitly, so each file should be one logical change.
     Raises MigrationError before any file runs if a .sql file is not
     NNN_description.sql, two share a number, one already applied has
-    another name now, or an earlier run left one unfinished; and when the
-    database refuses a statement (the ones before it stay applied, and the
-    file stays recorded as begun); DatabaseUnavailable if another process
-    holds the lock past `lock_timeout` seconds.
+    another name or other statements now, or an earlier run left one
+    unfinished; and when the database refuses a statement (the ones before
+    it stay applied, and the file stays recorded as begun);
+    DatabaseUnavailable if another process holds the lock past
+    `lock_timeout` seconds.
     """
     kit_files, service_files = numbered(KIT_MIGRATIONS), numbered(service_migrations)
     # No read or write timeout: GET_LOCK waits up to lock_timeout, and a migration (an ALTER TABLE of a big table)
@@ -93,29 +105,13 @@ def numbered(directory: Path) -> dict[int, Path]:
 
 
 def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
-    """The numbers `table` records as applied (created empty if missing); MigrationError if one of `files` has
-    another name than recorded."""
-    # `table` is one of the two constants above, never input: identifiers cannot be parameters.
-    try:
-        cursor.execute(f"SELECT version, name, applied_at_ms FROM {table}")  # noqa: S608
-        records = cursor.fetchall()
-    except MySQLdb.Error as error:
-        # Created only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table
-        # exists, and a server whose user may only read and write must start on a schema migrated by another.
-        if mysql.error_code(error) != NO_SUCH_TABLE:
-            raise
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} ("
-            " version INT NOT NULL PRIMARY KEY,"
-            " name VARCHAR(255) NOT NULL,"
-            " applied_at_ms BIGINT NOT NULL"
-            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-        )
-        records = ()
-    for version, name, applied_at_ms in records:
+    """The numbers `table` records as applied; MigrationError if one of `files` has another name, or other
+    statements, than recorded."""
+    records = _records(cursor, table)
+    for version, name, applied_at_ms, _ in records:
         if applied_at_ms == UNFINISHED:
             raise MigrationError(_cut_short(table, version, name))
-    applied = {version: name for version, name, _ in records}
+    applied = {version: name for version, name, _, _ in records}
     for version, path in files.items():
         if version in applied and applied[version] != path.name:
             raise MigrationError(
@@ -127,7 +123,69 @@ def _applied(cursor, files: dict[int, Path], table: str) -> set[int]:
             raise MigrationError(
                 f"{path.name} is numbered below {applied[max(applied)]}, which has run: number it past {max(applied)}"
             )
+    _check_digests(cursor, table, {version: files[version] for version in applied if version in files}, records)
     return set(applied)
+
+
+def _records(cursor, table: str) -> tuple:
+    """`table`'s rows (version, name, applied_at_ms, statements_sha256); the table created if missing, and its
+    digest column added if an older kit created it without one."""
+    # `table` is one of the two constants above, never input: identifiers cannot be parameters.
+    query = f"SELECT version, name, applied_at_ms, statements_sha256 FROM {table}"  # noqa: S608
+    try:
+        cursor.execute(query)
+    except MySQLdb.Error as error:
+        # Each changed only when it must: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table
+        # exists, and a server whose user may only read and write must start on a schema migrated by another.
+        code = mysql.error_code(error)
+        if code == NO_SUCH_TABLE:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                " version INT NOT NULL PRIMARY KEY,"
+                " name VARCHAR(255) NOT NULL,"
+                " applied_at_ms BIGINT NOT NULL,"
+                " statements_sha256 CHAR(64) NULL"
+                ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
+            return ()
+        if code != NO_SUCH_COLUMN:
+            raise
+        # Nullable: a server of the previous kit, still running during a rolling update, records files without it.
+        cursor.execute(f"ALTER TABLE {table} ADD COLUMN statements_sha256 CHAR(64) NULL")
+        cursor.execute(query)
+    return cursor.fetchall()
+
+
+def _check_digests(cursor, table: str, applied_files: dict[int, Path], records: tuple) -> None:
+    """MigrationError if an applied file's statements differ from those that ran. A file recorded without a digest
+    (by an older kit, or finished by hand) is trusted as it is now, and its digest recorded."""
+    recorded = {version: digest for version, _, _, digest in records}
+    for version, path in applied_files.items():
+        current = digest(statements(path.read_text(encoding="utf-8")))
+        if recorded[version] is None:
+            cursor.execute(
+                f"UPDATE {table} SET statements_sha256 = %s WHERE version = %s",  # noqa: S608
+                (current, version),
+            )
+        elif recorded[version] != current:
+            raise MigrationError(_edited(table, version, path.name))
+
+
+def digest(file_statements: list[str]) -> str:
+    """The SHA-256 (hex) of a file's statements, blind to edits that cannot change what runs: comments, whitespace,
+    where the delimiter is set, and line endings (read_text reads CRLF, a Windows checkout's, as LF)."""
+    seen = [QUOTED_OR_SPACE.sub(lambda match: match[1] or " ", statement).strip() for statement in file_statements]
+    return hashlib.sha256(json.dumps([statement for statement in seen if statement]).encode()).hexdigest()
+
+
+def _edited(table: str, version: int, name: str) -> str:
+    """Why an applied file whose statements have changed is refused, and the ways on."""
+    return (
+        f"{name} was edited after it was applied (its statements differ from those that ran): a migration that has"
+        " run is never edited, so undo the edit and put the change in a new numbered file (on a scratch or"
+        " development database, drop the database and create it again; if this database already matches the"
+        f" edited file, forget the old digest ({_forget_digest(table, version)}) and migrate again)"
+    )
 
 
 def statements(text: str) -> list[str]:
@@ -177,6 +235,11 @@ def _record(table: str, version: int) -> str:
     return f"UPDATE {table} SET applied_at_ms = UNIX_TIMESTAMP() * 1000 WHERE version = {version}"  # noqa: S608
 
 
+def _forget_digest(table: str, version: int) -> str:
+    """The SQL that has the next run trust a file as it is now."""
+    return f"UPDATE {table} SET statements_sha256 = NULL WHERE version = {version}"  # noqa: S608
+
+
 def _forget(table: str, version: int) -> str:
     """The SQL that forgets a file, for the next run to run it afresh."""
     return f"DELETE FROM {table} WHERE version = {version}"  # noqa: S608
@@ -194,9 +257,10 @@ def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]
                 (version, path.name, UNFINISHED),
             )
             _run(cursor, table, version, path.name, file_statements)
+            # Recorded once the file is whole: one begun, then finished by hand, is trusted as it is then.
             cursor.execute(
-                f"UPDATE {table} SET applied_at_ms = %s WHERE version = %s",  # noqa: S608
-                (int(time.time() * 1000), version),
+                f"UPDATE {table} SET applied_at_ms = %s, statements_sha256 = %s WHERE version = %s",  # noqa: S608
+                (int(time.time() * 1000), digest(file_statements), version),
             )
         applied_now.append(path.name)
     return applied_now

@@ -390,6 +390,68 @@ def test_a_new_file_under_the_number_of_an_applied_one_is_refused(database_serve
         migrate.apply(connect_arguments(database), tmp_path, 5)
 
 
+STOCK = "-- What is in stock.\nCREATE TABLE stock (\n  id INT,\n  units INT DEFAULT 0 -- none, until counted\n);\n"
+
+
+def test_an_applied_file_edited_is_refused_naming_it_before_any_file_runs(database_server, tmp_path):
+    # "I'll just fix 001": skipped as applied, the database would no longer match the files, with nobody told.
+    database = database_server.database("kit_edited_migration")
+    (tmp_path / "001_stock.sql").write_text(STOCK)
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    (tmp_path / "001_stock.sql").write_text(STOCK.replace("units INT DEFAULT 0", "units BIGINT DEFAULT 0"))
+    (tmp_path / "002_prices.sql").write_text("CREATE TABLE prices (id INT);\n")
+    result = run_python("-c", MIGRATE_FROM, str(tmp_path), **database)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "error: cannot migrate: 001_stock.sql was edited after it was applied (its statements differ from those"
+        " that ran): a migration that has run is never edited, so undo the edit and put the change in a new numbered"
+        " file (on a scratch or development database, drop the database and create it again; if this database"
+        " already matches the edited file, forget the old digest (UPDATE schema_migrations SET statements_sha256 ="
+        " NULL WHERE version = 1) and migrate again)\n"
+    )
+    assert ("prices",) not in sql(database, "SHOW TABLES")
+    assert sql(
+        database,
+        "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+        " AND TABLE_NAME = 'stock' AND COLUMN_NAME = 'units'",
+    ) == [("int",)]
+
+
+def test_an_applied_file_whose_comments_whitespace_or_line_endings_changed_is_not_refused(database_server, tmp_path):
+    # A comment's typo fixed, the file re-indented, or checked out on Windows (git's autocrlf): nothing that runs.
+    database = database_server.database("kit_reworded_migration")
+    (tmp_path / "001_stock.sql").write_text(STOCK)
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    reworded = (
+        "-- What is in stock, by item.\n\nCREATE TABLE stock (\n    id INT,\n    units INT DEFAULT 0  # none yet\n);\n"
+    )
+    (tmp_path / "001_stock.sql").write_bytes(reworded.replace("\n", "\r\n").encode())
+    (tmp_path / "002_prices.sql").write_text("CREATE TABLE prices (id INT);\n")
+    assert migrate.apply(connect_arguments(database), tmp_path, 5) == ["002_prices.sql"]
+
+
+def test_a_tracking_table_an_older_kit_created_gains_the_digest_column_then_guards(database_server, tmp_path):
+    database = database_server.database("kit_digestless_migrations")
+    (tmp_path / "001_stock.sql").write_text(STOCK)
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    for table in ("kit_schema_migrations", "schema_migrations"):  # as the kit before digests left them
+        sql(database, f"ALTER TABLE {table} DROP COLUMN statements_sha256")
+    assert migrate.apply(connect_arguments(database), tmp_path, 5) == []
+    # A server of the older kit, still running in a rolling update, applies a new file as it always did.
+    sql(database, "CREATE TABLE prices (id INT)")
+    sql(database, "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (2, '002_prices.sql', 1)")
+    (tmp_path / "002_prices.sql").write_text("CREATE TABLE prices (id INT);\n")
+    assert migrate.apply(connect_arguments(database), tmp_path, 5) == []
+    digestless = (
+        "SELECT name FROM kit_schema_migrations WHERE statements_sha256 IS NULL"
+        " UNION ALL SELECT name FROM schema_migrations WHERE statements_sha256 IS NULL"
+    )
+    assert sql(database, digestless) == []  # each recorded, trusted, at the first run that could
+    (tmp_path / "002_prices.sql").write_text("CREATE TABLE prices (id BIGINT);\n")
+    with pytest.raises(migrate.MigrationError, match=r"^002_prices\.sql was edited after it was applied"):
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+
+
 def test_a_failing_statement_is_named_with_its_file_and_what_it_left_applied(database_server, tmp_path):
     database = database_server.database("kit_failing_migration")
     (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\nCREATE TABLE stock (id INT);\n")
