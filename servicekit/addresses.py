@@ -141,7 +141,7 @@ class AddressBook:
         self._lock = threading.Lock()
         # Each server's addresses by family, the family the resolver gave first leading.
         self._found = {(host, port): [[Address(host, host, port)]] for host, port in servers if _is_ip(host)}
-        self._addresses = self._collect()
+        self._addresses, self._one_family = self._collect()
         self._resolved_at = self._due_at = float("-inf")
         self._resolving = False
         self._resolving_since = float("-inf")
@@ -177,6 +177,8 @@ class AddressBook:
     def active(self) -> list[Address]:
         """The addresses calls go to now, without waiting: of each server, its first family's, and the next
         family's too while every address of the first is down."""
+        if self._one_family:  # each server's addresses are of one family (the common case): all of them
+            return self._addresses
         now = time.monotonic()
         active = []
         for server in self._servers:
@@ -223,10 +225,10 @@ class AddressBook:
         """When `address` may be tried again: in the past unless a connection to it failed lately."""
         return self._down_until.get(address, float("-inf"))
 
-    def _collect(self) -> list[Address]:
-        """Every address known, of either family."""
+    def _collect(self) -> tuple[list[Address], bool]:
+        """Every address known, of either family; and whether each server's are of one family."""
         found = (address for server in self._servers for family in self._found.get(server, ()) for address in family)
-        return list(dict.fromkeys(found))
+        return list(dict.fromkeys(found)), all(len(families) < 2 for families in self._found.values())
 
     def _resolve_names(self) -> None:
         """Resolve every name, keep what did not resolve, report a change; the resolving thread."""
@@ -234,7 +236,8 @@ class AddressBook:
         with self._lock:
             before = self._addresses
             self._found.update((server, found) for server, (found, _) in results.items() if found)
-            self._addresses = after = self._collect()
+            after, self._one_family = self._collect()
+            self._addresses = after
             for marks in (self._down_until, self._down_for):  # of addresses gone for good, say old pods'
                 for address in set(marks) - set(after):
                     del marks[address]
