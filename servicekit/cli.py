@@ -213,12 +213,20 @@ class _OneLineParser(OneLineParser):
         ):
             message += f" ({', '.join(GLOBAL_OPTIONS)} go before the command)"
         # `create-account -bob`: argparse takes -bob for an option, and says only that the owner is missing.
-        unknown = [
-            w for w in self.given if w.startswith("-") and w.partition("=")[0] not in self._option_string_actions
-        ]
+        words = list(self.given)
+        before_values = words[: words.index("--")] if "--" in words else words  # after --, every word is a value
+        unknown = [word for word in before_values if self._unknown_option(word)]
         if message.startswith("the following arguments are required") and unknown:
             message += f" ({unknown[0]} was read as an option: a value that starts with - goes after --)"
         return message
+
+    def _unknown_option(self, word: str) -> bool:
+        """Whether argparse read `word` as an option this parser lacks. As argparse, it reads '-', a negative
+        number and a word with a space in it as values: told to go after --, they would not be missing."""
+        if len(word) < 2 or not word.startswith("-") or word.partition("=")[0] in self._option_string_actions:
+            return False
+        negative = self._negative_number_matcher.match(word) and not self._has_negative_number_optionals
+        return not negative and " " not in word
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
