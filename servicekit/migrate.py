@@ -161,7 +161,7 @@ def _check_digests(cursor, table: str, applied_files: dict[int, Path], records: 
     (by an older kit, or finished by hand) is trusted as it is now, and its digest recorded."""
     recorded = {version: digest for version, _, _, digest in records}
     for version, path in applied_files.items():
-        current = digest(statements(path.read_text(encoding="utf-8")))
+        current = digest(_read(path))
         if recorded[version] is None:
             cursor.execute(
                 f"UPDATE {table} SET statements_sha256 = %s WHERE version = %s",  # noqa: S608
@@ -186,6 +186,17 @@ def _edited(table: str, version: int, name: str) -> str:
         " development database, drop the database and create it again; if this database already matches the"
         f" edited file, forget the old digest ({_forget_digest(table, version)}) and migrate again)"
     )
+
+
+def _read(path: Path) -> list[str]:
+    """`path`'s statements; MigrationError, in one line, if it is not UTF-8 text or cannot be read."""
+    try:
+        return statements(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise MigrationError(f"{path.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None
+    except OSError as error:
+        raise MigrationError(f"cannot read {path}: {error.strerror}") from None
 
 
 def statements(text: str) -> list[str]:
@@ -250,7 +261,7 @@ def _apply_pending(cursor, files: dict[int, Path], table: str, applied: set[int]
     for version, path in files.items():
         if version in applied:
             continue
-        file_statements = statements(path.read_text(encoding="utf-8"))
+        file_statements = _read(path)
         with _signals_held():
             cursor.execute(
                 f"INSERT INTO {table} (version, name, applied_at_ms) VALUES (%s, %s, %s)",  # noqa: S608

@@ -430,6 +430,27 @@ def test_an_applied_file_whose_comments_whitespace_or_line_endings_changed_is_no
     assert migrate.apply(connect_arguments(database), tmp_path, 5) == ["002_prices.sql"]
 
 
+@pytest.mark.parametrize("which", ["001_stock.sql", "002_prices.sql"], ids=["applied", "new"])
+def test_a_migration_that_is_not_utf_8_is_refused_in_one_line_not_a_traceback(database_server, tmp_path, which):
+    # Saved in Latin-1 by a Windows editor, say: an applied file is read now too, for its digest.
+    database = database_server.database("kit_latin1_migration")
+    (tmp_path / "001_stock.sql").write_text(STOCK)
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    (tmp_path / "002_prices.sql").write_text("CREATE TABLE prices (id INT);\n")
+    (tmp_path / which).write_bytes(b"-- caf\xe9\n" + (tmp_path / which).read_bytes())
+    result = run_python("-c", MIGRATE_FROM, str(tmp_path), **database)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: cannot migrate: {which} is not UTF-8 text (byte 0xe9): save it as UTF-8\n"
+    assert sql(database, "SELECT name FROM schema_migrations") == [("001_stock.sql",)]
+
+
+def test_a_migration_that_cannot_be_read_is_refused_naming_it(database_server, tmp_path):
+    database = database_server.database("kit_unreadable_migration")
+    (tmp_path / "001_stock.sql").mkdir()  # read as a file this user may not read is: an OSError (root reads any)
+    with pytest.raises(migrate.MigrationError, match=r"^cannot read .*001_stock\.sql: Is a directory$"):
+        migrate.apply(connect_arguments(database), tmp_path, 5)
+
+
 def test_a_tracking_table_an_older_kit_created_gains_the_digest_column_then_guards(database_server, tmp_path):
     database = database_server.database("kit_digestless_migrations")
     (tmp_path / "001_stock.sql").write_text(STOCK)
