@@ -191,7 +191,7 @@ def _edited(table: str, version: int, name: str) -> str:
 def _read(path: Path) -> list[str]:
     """`path`'s statements; MigrationError, in one line, if it is not UTF-8 text or cannot be read."""
     try:
-        return statements(path.read_text(encoding="utf-8"))
+        return statements(path.read_text(encoding="utf-8-sig"))  # a BOM skipped, as the mysql client does
     except UnicodeDecodeError as error:
         byte = error.object[error.start]
         raise MigrationError(f"{path.name} is not UTF-8 text (byte {byte:#x}): save it as UTF-8") from None

@@ -444,6 +444,15 @@ def test_a_migration_that_is_not_utf_8_is_refused_in_one_line_not_a_traceback(da
     assert sql(database, "SELECT name FROM schema_migrations") == [("001_stock.sql",)]
 
 
+def test_a_migration_saved_with_a_byte_order_mark_runs_as_the_mysql_client_runs_it(database_server, tmp_path):
+    # Windows editors save UTF-8 with a BOM; the mysql client skips it, and the database refuses it as SQL.
+    database = database_server.database("kit_bom_migration")
+    (tmp_path / "001_stock.sql").write_bytes(b"\xef\xbb\xbf" + STOCK.encode())
+    assert migrate.apply(connect_arguments(database), tmp_path, 5)[-1] == "001_stock.sql"  # after the kit's
+    (tmp_path / "001_stock.sql").write_text(STOCK)  # the BOM taken out again: nothing that runs changed
+    assert migrate.apply(connect_arguments(database), tmp_path, 5) == []
+
+
 def test_a_migration_that_cannot_be_read_is_refused_naming_it(database_server, tmp_path):
     database = database_server.database("kit_unreadable_migration")
     (tmp_path / "001_stock.sql").mkdir()  # read as a file this user may not read is: an OSError (root reads any)
