@@ -216,7 +216,8 @@ class _OneLineParser(OneLineParser):
         words = list(self.given)
         before_values = words[: words.index("--")] if "--" in words else words  # after --, every word is a value
         unknown = [word for word in before_values if self._unknown_option(word)]
-        if message.startswith("the following arguments are required") and unknown:
+        # Not the top parser's: what it lacks is the command, which is no value.
+        if message.startswith("the following arguments are required") and unknown and self._subparsers is None:
             message += f" ({unknown[0]} was read as an option: a value that starts with - goes after --)"
         return message
 
