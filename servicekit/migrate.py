@@ -159,7 +159,7 @@ def _records(cursor, table: str) -> tuple:
 def _check_digests(cursor, table: str, applied_files: dict[int, Path], records: tuple) -> None:
     """MigrationError if an applied file's statements differ from those that ran. A file recorded without a digest
     (by an older kit, or finished by hand) is trusted as it is now, and its digest recorded."""
-    recorded = {version: digest for version, _, _, digest in records}
+    recorded = {version: recorded_digest for version, _, _, recorded_digest in records}
     for version, path in applied_files.items():
         current = digest(_read(path))
         if recorded[version] is None:
@@ -172,8 +172,9 @@ def _check_digests(cursor, table: str, applied_files: dict[int, Path], records: 
 
 
 def digest(file_statements: list[str]) -> str:
-    """The SHA-256 (hex) of a file's statements, blind to edits that cannot change what runs: comments, whitespace,
-    where the delimiter is set, and line endings (read_text reads CRLF, a Windows checkout's, as LF)."""
+    """The SHA-256 (hex) of a file's statements, blind to edits that cannot change what runs: a run of whitespace
+    and comments counts as one space; where the delimiter is set and line endings (read_text reads CRLF, a Windows
+    checkout's, as LF) do not count."""
     seen = [QUOTED_OR_SPACE.sub(lambda match: match[1] or " ", statement).strip() for statement in file_statements]
     return hashlib.sha256(json.dumps([statement for statement in seen if statement]).encode()).hexdigest()
 

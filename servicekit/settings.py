@@ -129,7 +129,8 @@ class ServerSettings(CommonSettings):
     thrift_tls_client_ca: str = setting(
         "", "Require client certificates signed by this CA (PEM).", needs="thrift_tls_cert"
     )
-    mysql_host: str = setting("127.0.0.1", "Database server.")
+    # Never empty: mysqlclient would use the local Unix socket, unseen (write localhost for that).
+    mysql_host: str = setting("127.0.0.1", "Database server.", pattern=r".+")
     mysql_port: int = setting(3306, "Database port.", low=1, high=65535)
     # Never empty: mysqlclient would log in as the operating system's user (root in a container), unseen.
     mysql_user: str = setting(meaning="The service's own database user (never root).", pattern=r".+")

@@ -139,8 +139,9 @@ def _undeclared(service: type, method: str, args: tuple, error: Exception, log_p
     )
     left_out = [spec[1] for spec, value in zip(_specs(service, method), args, strict=True) if value is None]
     if left_out:
+        were = "was" if len(left_out) == 1 else "were"
         text += (
-            f". {', '.join(left_out)} was None: a stock Thrift client leaves out an argument given as None, and"
+            f". {', '.join(left_out)} {were} None: a stock Thrift client leaves out an argument given as None, and"
             " the handler gets None for it; answer that with a declared error too (InvalidArgument for a write)"
         )
     return text

@@ -48,6 +48,7 @@ def test_declared_defaults_apply_and_the_environment_overrides_config_env(tmp_pa
         ("SERVICE_NAME", "", "SERVICE_NAME is empty: write SERVICE_NAME=VALUE"),
         ("MYSQL_DATABASE", "", "MYSQL_DATABASE is empty: write MYSQL_DATABASE=VALUE"),
         ("MYSQL_USER", "", "MYSQL_USER is empty: write MYSQL_USER=VALUE"),
+        ("MYSQL_HOST", "", "MYSQL_HOST is empty: write MYSQL_HOST=VALUE"),
         ("THRIFT_WORKERS", "1_0", "THRIFT_WORKERS must be a whole number, not '1_0'"),
         ("THRIFT_DRAIN_TIMEOUT", "\u0665", "THRIFT_DRAIN_TIMEOUT must be a number, not '\u0665'"),
     ],
