@@ -373,8 +373,8 @@ class CommandLine:
             if write:
                 sub.add_argument("--request-id", type=request_id, help="repeat a write safely (default: a new id)")
             if page:
-                sub.add_argument("--limit", type=i32, default=100)
-                sub.add_argument("--cursor", type=string, default="")
+                sub.add_argument("--limit", type=i32, default=100, help="at most this many (default %(default)s)")
+                sub.add_argument("--cursor", type=string, default="", help="the next_cursor of the page before")
                 sub.add_argument("--all", action="store_true", help="follow next_cursor to the last page")
         return parser
 
