@@ -28,7 +28,7 @@ MAX_VERSION = 2**31 - 1  # the version column is an INT
 # Which table records which directory's files: never the same for two directories.
 KIT_TABLE, SERVICE_TABLE = "kit_schema_migrations", "schema_migrations"
 DELIMITER_LINE = re.compile(r"\s*DELIMITER\s+(\S+)\s*", re.I)
-NO_SUCH_TABLE, NO_SUCH_COLUMN = 1146, 1054
+NO_SUCH_TABLE, NO_SUCH_COLUMN, TABLE_ACCESS_DENIED = 1146, 1054, 1142
 # What a digest sees of a statement (digest()): quoted text (strings, `identifiers`) as it is; any run of whitespace
 # and comments as one space, but for the comments MySQL and MariaDB run (/*! */, /*M! */, and /*+ */ hints).
 QUOTED_OR_SPACE = re.compile(
@@ -150,10 +150,23 @@ def _records(cursor, table: str) -> tuple:
             return ()
         if code != NO_SUCH_COLUMN:
             raise
-        # Nullable: a server of the previous kit, still running during a rolling update, records files without it.
-        cursor.execute(f"ALTER TABLE {table} ADD COLUMN statements_sha256 CHAR(64) NULL")
+        _add_digest_column(cursor, table)
         cursor.execute(query)
     return cursor.fetchall()
+
+
+def _add_digest_column(cursor, table: str) -> None:
+    """Add statements_sha256 to a tracking table an older kit created; MigrationError if this user may not."""
+    try:
+        # Nullable: a server of the previous kit, still running during a rolling update, records files without it.
+        cursor.execute(f"ALTER TABLE {table} ADD COLUMN statements_sha256 CHAR(64) NULL")
+    except MySQLdb.Error as error:
+        if mysql.error_code(error) != TABLE_ACCESS_DENIED:
+            raise
+        raise MigrationError(
+            f"{table} lacks the statements_sha256 column this kit records, and this user may not add it"
+            f" ({error.args[-1]}): run `python db.py migrate` once as a user who may alter {table}"
+        ) from None
 
 
 def _check_digests(cursor, table: str, applied_files: dict[int, Path], records: tuple) -> None:

@@ -482,6 +482,28 @@ def test_a_tracking_table_an_older_kit_created_gains_the_digest_column_then_guar
         migrate.apply(connect_arguments(database), tmp_path, 5)
 
 
+def test_a_user_that_may_not_add_the_digest_column_is_told_who_must_migrate(database_server, tmp_path):
+    # Servers that only read and write, on a schema an administrator migrated with the kit before digests.
+    database = database_server.database("kit_digestless_read_write")
+    (tmp_path / "001_stock.sql").write_text(STOCK)
+    migrate.apply(connect_arguments(database), tmp_path, 5)
+    sql(database, "ALTER TABLE kit_schema_migrations DROP COLUMN statements_sha256")
+    user = f"digestless_{database_server.run}"
+    sql(database, f"CREATE USER '{user}'@'%' IDENTIFIED BY 'writer-pw'")
+    try:
+        sql(database, f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database['MYSQL_DATABASE']}`.* TO '{user}'@'%'")
+        with pytest.raises(migrate.MigrationError) as refused:
+            migrate.apply(connect_arguments(database, MYSQL_USER=user, MYSQL_PASSWORD="writer-pw"), tmp_path, 5)
+    finally:
+        sql(database, f"DROP USER '{user}'@'%'")
+    assert str(refused.value).startswith(
+        "kit_schema_migrations lacks the statements_sha256 column this kit records, and this user may not add it"
+    )
+    assert str(refused.value).endswith(
+        ": run `python db.py migrate` once as a user who may alter kit_schema_migrations"
+    )
+
+
 def test_a_failing_statement_is_named_with_its_file_and_what_it_left_applied(database_server, tmp_path):
     database = database_server.database("kit_failing_migration")
     (tmp_path / "001_stock.sql").write_text("CREATE TABLE stock (id INT);\nCREATE TABLE stock (id INT);\n")
