@@ -58,6 +58,11 @@ class CallsAtOnce:
 
 def connections_to(port: int, host: str | None = None) -> int:
     """Established TCP connections from this test process to port `port` (IPv4 or IPv6), of `host` if given."""
+    return len(connection_inodes(port, host))
+
+
+def connection_inodes(port: int, host: str | None = None) -> set[str]:
+    """The sockets (by inode) of connections_to(port, host): the same set later means the same connections."""
     inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -77,7 +82,7 @@ def connections_to(port: int, host: str | None = None) -> int:
                 continue
             if host is None or _kernel_ip(remote_ip) == ipaddress.ip_address(host):
                 counted.add(fields[9])
-    return len(counted)
+    return counted
 
 
 def _kernel_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
