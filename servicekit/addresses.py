@@ -174,6 +174,17 @@ class AddressBook:
             raise OSError(", ".join(self._errors))
         return self.active()
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock and an event of its own (a thread of the parent may have held the lock, and
+        the child lacks the parent's resolving thread, which would set the event); a resolution that thread was
+        running is started again on the child's next call, not waited for."""
+        self._lock = threading.Lock()
+        self._resolved = threading.Event()
+        self._resolved.set()
+        if self._resolving:
+            self._resolving = False
+            self._due_at = float("-inf")
+
     def active(self) -> list[Address]:
         """The addresses calls go to now, without waiting: of each server, its first family's, and the next
         family's too while every address of the first is down."""

@@ -5,8 +5,10 @@ a `self.call("method", ...)`. Connections speak framed binary Thrift, optionally
 servers (addresses.py); connection failures, timeouts and Unavailable are retried with the same request_id.
 """
 
+import contextlib
 import enum
 import itertools
+import os
 import random
 import re
 import socket
@@ -14,6 +16,7 @@ import ssl
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from typing import Any, Self
 
@@ -220,6 +223,15 @@ class _Connection:
     def close(self) -> None:
         self.thrift.close()
 
+    def abandon(self) -> None:
+        """In a forked child: close this process's descriptor, never the connection, which the parent
+        still uses. Neither thriftpy2's close (its shutdown() ends the connection for both processes) nor
+        a TLS unwrap (its close_notify would end the parent's session): SSLSocket.close frees the TLS
+        state without a byte sent."""
+        sock, self.socket.sock = self.socket.sock, None  # a close() after this does nothing
+        with contextlib.suppress(OSError):  # the descriptor is this process's to lose: nothing to tell
+            sock.close()
+
 
 class PooledClient:
     """A thread-safe, pooled, retrying client of `service` (a thriftpy2 service class).
@@ -266,6 +278,14 @@ class PooledClient:
     not a float) within range, a string a str.
     Any transport error or timeout discards that connection: the reply of a
     timed-out call may still arrive and must never be read by the next call.
+
+    A client made before os.fork() (gunicorn --preload, a module-level
+    client, multiprocessing's fork start method) serves both processes:
+    the child abandons every connection it inherited (closing its copy of
+    the descriptor only: the parent's calls go on undisturbed), starts
+    with locks of its own (a thread of the parent may have held one) and
+    opens connections of its own on its next call; a resolution the parent
+    was running is started again in the child.
     """
 
     def __init__(
@@ -303,11 +323,13 @@ class PooledClient:
         }
         self._addresses = AddressBook(parse_servers(servers), resolve, resolve_every, self._retire_idle)
         self._idle: list[_Connection] = []
+        self._connections: set[_Connection] = set()  # open, idle or busy: what a forked child abandons
         self._open = 0  # connections open or being opened
         self._open_to: Counter[Address] = Counter()
         self._closed = False
         self._available = threading.Condition()
         self._turn = random.randrange(1 << 16)  # where the round starts: one-shot clients spread too
+        _LIVE_CLIENTS.add(self)  # last: a child forked meanwhile finds it whole
 
     def __enter__(self) -> Self:
         return self
@@ -324,6 +346,17 @@ class PooledClient:
             for connection in idle:
                 self._forget(connection)
             self._available.notify_all()
+
+    def _start_afresh_after_fork(self) -> None:
+        """In a forked child, its one thread: the parent's connections, idle or busy in its other threads,
+        are abandoned, and the locks replaced (one may have been held at the fork, by a thread the child
+        lacks). The child's next call opens a connection of its own."""
+        self._available = threading.Condition()
+        self._addresses.after_fork()
+        inherited, self._connections = self._connections, set()
+        self._idle, self._open, self._open_to = [], 0, Counter()
+        for connection in inherited:
+            connection.abandon()
 
     def ping(self) -> str:
         """Returns "pong" when the server answers."""
@@ -451,6 +484,7 @@ class PooledClient:
 
     def _forget(self, connection: _Connection) -> None:
         """Close a connection the pool counted; the caller holds the lock."""
+        self._connections.discard(connection)
         self._open -= 1
         self._uncount(connection.address)
         connection.close()
@@ -520,11 +554,14 @@ class PooledClient:
         try:
             if connect_timeout <= 0:
                 raise TimeoutError("no time left before the deadline")
-            return _Connection(self.service, address, connect_timeout, self.tls)
+            connection = _Connection(self.service, address, connect_timeout, self.tls)
         except BaseException:
             with self._available:
                 self._uncount(address)
             raise
+        with self._available:
+            self._connections.add(connection)
+        return connection
 
     def _call_once(self, method: str, args: tuple, give_up_at: float, may_retry: bool):
         connection = self._acquire(give_up_at)
@@ -582,6 +619,20 @@ class PooledClient:
             return UnexpectedReply(decoding, {connection.address}, sent=connection.socket.unsent is None)
         self._addresses.resolve_soon()
         return ServerUnreachable(failure, sent=connection.socket.unsent is None)
+
+
+# Every client not garbage-collected yet, held weakly: a forked child starts each afresh.
+_LIVE_CLIENTS: weakref.WeakSet[PooledClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._start_afresh_after_fork()
+
+
+# Run by os.fork() and by whatever calls PyOS_AfterFork_Child (multiprocessing, gunicorn, celery's billiard;
+# uWSGI only with py-call-osafterfork): nothing to check on each call.
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_options(
