@@ -14,6 +14,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TCyMemoryBuffer
 
 from servicekit.wire import Codec
+from tools.throwaway_db import wait_for
 
 # Every transport and protocol a connection may speak, as pytest ids see them.
 CODECS = [Codec(framed, compact) for framed in (True, False) for compact in (False, True)]
@@ -128,6 +129,11 @@ def unread_bytes(sock: socket.socket) -> int:
     return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
 
 
+def unacknowledged_bytes(sock: socket.socket) -> int:
+    """How many bytes `sock` has sent, or holds to send, that its peer has not yet acknowledged."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
 class _ListeningServer:
     """A listener on 127.0.0.1 (`port`) whose thread hands each connection it accepts to `_accepted`."""
 
@@ -180,6 +186,9 @@ class ResettingServer(_ListeningServer):
 
     def _accepted(self, sock: socket.socket) -> None:
         sock.sendall(self.said)
+        # Until the client has them: on loopback the reset, sent from another core, can overtake the bytes (a
+        # reset socket drops what arrives after), and the client would not read what was said.
+        wait_for(lambda: not unacknowledged_bytes(sock), 10, "the client to take what was said")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with RST
         sock.close()
 
