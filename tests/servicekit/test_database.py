@@ -460,12 +460,18 @@ def test_a_migration_that_cannot_be_read_is_refused_naming_it(database_server, t
         migrate.apply(connect_arguments(database), tmp_path, 5)
 
 
-def test_a_tracking_table_an_older_kit_created_gains_the_digest_column_then_guards(database_server, tmp_path):
-    database = database_server.database("kit_digestless_migrations")
-    (tmp_path / "001_stock.sql").write_text(STOCK)
-    migrate.apply(connect_arguments(database), tmp_path, 5)
+def migrated_by_an_older_kit(database_server, name: str, migrations: Path) -> dict[str, str]:
+    """A database `migrations` (001_stock.sql) were applied to by the kit before digests."""
+    database = database_server.database(name)
+    (migrations / "001_stock.sql").write_text(STOCK)
+    migrate.apply(connect_arguments(database), migrations, 5)
     for table in ("kit_schema_migrations", "schema_migrations"):  # as the kit before digests left them
         sql(database, f"ALTER TABLE {table} DROP COLUMN statements_sha256")
+    return database
+
+
+def test_a_tracking_table_an_older_kit_created_gains_the_digest_column_then_guards(database_server, tmp_path):
+    database = migrated_by_an_older_kit(database_server, "kit_digestless_migrations", tmp_path)
     assert migrate.apply(connect_arguments(database), tmp_path, 5) == []
     # A server of the older kit, still running in a rolling update, applies a new file as it always did.
     sql(database, "CREATE TABLE prices (id INT)")
@@ -484,10 +490,7 @@ def test_a_tracking_table_an_older_kit_created_gains_the_digest_column_then_guar
 
 def test_a_user_that_may_not_add_the_digest_column_is_told_who_must_migrate(database_server, tmp_path):
     # Servers that only read and write, on a schema an administrator migrated with the kit before digests.
-    database = database_server.database("kit_digestless_read_write")
-    (tmp_path / "001_stock.sql").write_text(STOCK)
-    migrate.apply(connect_arguments(database), tmp_path, 5)
-    sql(database, "ALTER TABLE kit_schema_migrations DROP COLUMN statements_sha256")
+    database = migrated_by_an_older_kit(database_server, "kit_digestless_read_write", tmp_path)
     user = f"digestless_{database_server.run}"
     sql(database, f"CREATE USER '{user}'@'%' IDENTIFIED BY 'writer-pw'")
     try:
