@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import thriftpy2
@@ -41,6 +41,36 @@ def run_python(*args: str, timeout: float = 60, cwd: Path = ROOT, **env: str) ->
     )
 
 
+class PortTaken(RuntimeError):
+    """A server exited because another process holds its port."""
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid`, or one it started, holds a socket listening on TCP `port`."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state, inode = (fields := line.split())[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                listening.add(f"socket:[{inode}]")
+    for process in (pid, *descendants(pid)):
+        with suppress(OSError):  # a process, or a descriptor, gone meanwhile
+            for fd in Path(f"/proc/{process}/fd").iterdir():
+                with suppress(OSError):
+                    if os.readlink(fd) in listening:
+                        return True
+    return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process `pid` started, and theirs, while they run."""
+    try:
+        children = child_pids(pid)
+    except OSError:  # exited
+        return set()
+    return children.union(*(descendants(child) for child in children))
+
+
 class ServerProcess:
     """A server process (`python -W error SCRIPT` by default) on a free port, logging to `log_path`.
 
@@ -58,33 +88,43 @@ class ServerProcess:
         ready: bool = True,
         cwd: Path = ROOT,
     ) -> None:
-        self.port = port or free_port()
         self.client_class = client_class
         self.log_path = log_path
-        self.env = {
-            "THRIFT_HOST": "127.0.0.1",
-            **PROJECT_ENV,
-            "PYTHONPATH": str(cwd),
-            **env,
-            "THRIFT_PORT": str(self.port),
-        }
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command or [sys.executable, "-W", "error", script],
-                cwd=cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        if ready:  # a plain ping answers (not so for a TLS server)
-            wait_for(self._answers, 30, f"{script} to start")
+        for attempt in range(1, 4):  # free_port may give another test worker the same port before either binds it
+            self.port = port or free_port()
+            self.env = {
+                "THRIFT_HOST": "127.0.0.1",
+                **PROJECT_ENV,
+                "PYTHONPATH": str(cwd),
+                **env,
+                "THRIFT_PORT": str(self.port),
+            }
+            with log_path.open("wb") as log:
+                self.process = subprocess.Popen(
+                    command or [sys.executable, "-W", "error", script],
+                    cwd=cwd,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if not ready:  # a plain ping answers (not so for a TLS server)
+                return
+            try:
+                wait_for(self._answers, 30, f"{script} to start")
+                return
+            except PortTaken:
+                if port or attempt == 3:
+                    raise
 
     def _answers(self) -> bool:
+        """Whether this server answers a ping, and on a port it holds: a server of another test worker given the
+        same port would answer in its place."""
         if self.process.poll() is not None:
-            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            failure = PortTaken if "Address already in use" in self.log() else RuntimeError
+            raise failure(f"server exited with {self.process.returncode}:\n{self.log()}")
         try:
             with self.client(timeout=1, retries=0) as client:
-                return client.ping() == "pong"
+                return client.ping() == "pong" and listens_on(self.process.pid, self.port)
         except ServerUnreachable:
             return False
 
