@@ -114,6 +114,14 @@ def check_contract(service: type, handler: object) -> None:
     for method in service.thrift_services:
         if method in BASE_METHODS:
             continue
+        if getattr(service, method + "_result").oneway:
+            # The engine drops every one-way call (an answer would put its client out of step): the handler
+            # would never run. Not "does not declare Unavailable": Thrift's compiler refuses a oneway's throws.
+            problems.append(
+                f"{method} is oneway, and the kit answers every call (it drops one-way calls):"
+                f" make it a void method that declares base.Unavailable"
+            )
+            continue
         declared = _declared(service, method)
         arguments = _argument_names(service, method)
         function = getattr(handler, method, None)
@@ -290,7 +298,7 @@ class GuardedProcessor(TProcessor):
     def _answer(self, method: _Method, name: str, arguments: object, oprot: ThriftProtocol, seqid: int) -> str:
         """Call the handler and write its result or declared error: the outcome, for the logs and metrics.
 
-        (No oneway methods: they cannot declare base.Unavailable, which check_contract requires.)
+        (No oneway methods: check_contract refuses them.)
         """
         result = method.result()
         try:
