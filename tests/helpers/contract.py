@@ -14,7 +14,7 @@ from thriftpy2.thrift import TApplicationException, TType
 
 from servicekit.base import BASE_METHODS, base_module
 from servicekit.errors import ContractError
-from servicekit.wire import element_type, field_type
+from servicekit.wire import BINARY, element_type, field_type
 
 INTEGER_BITS = {TType.BYTE: 8, TType.I16: 16, TType.I32: 32, TType.I64: 64}
 MAX_DEPTH = 3  # struct within struct: past this, a struct with every field unset
@@ -22,14 +22,23 @@ PLAUSIBLE_BY_NAME = {"cursor": "", "limit": 10}  # the first page, of a size eve
 
 
 def service_in(idl: Path) -> type:
-    """The one service an IDL file defines that extends the kit's BaseService."""
+    """The one service an IDL file defines that extends the kit's BaseService, and that no other service of the
+    file extends (`service Inventory extends Catalog`, where Catalog extends base.BaseService: Inventory)."""
     module = thriftpy2.load(str(idl), module_name=f"{idl.stem}_under_test_thrift")
-    (service,) = [
+    services = [
         value
         for value in vars(module).values()
         if isinstance(value, type) and hasattr(value, "thrift_services") and _extends_base(value)
     ]
-    return service
+    served = [
+        service
+        for service in services
+        if not any(other is not service and issubclass(other, service) for other in services)
+    ]
+    if len(served) != 1:
+        names = ", ".join(service.__name__ for service in served)
+        raise ContractError(f"{idl} must define one service that extends base.BaseService, not {names or 'none'}")
+    return served[0]
 
 
 def _extends_base(service: type) -> bool:
@@ -62,6 +71,8 @@ def _edge_values(kind: int, held: object, name: str, depth: int = 0) -> st.Searc
         if name == "cursor":
             edges += ["forged", "YWNjb3VudHM6MDox", "!!!"]
         return st.sampled_from(edges) | st.text(max_size=50)
+    if kind == BINARY:
+        return st.sampled_from([b"", b"\x00", b"\xff\xfe", bytes(range(256))]) | st.binary(max_size=50)
     if kind == TType.DOUBLE:
         return st.sampled_from([0.0, -1.0, 0.001])
     if kind == TType.BOOL:
@@ -110,7 +121,7 @@ def _plausible(kind: int, held: object, name: str, number: int) -> object:
         return {_plausible(*element_type(held[0]), name, number): _plausible(*element_type(held[1]), name, number)}
     if kind == TType.STRUCT:
         return held(**{spec[1]: _plausible(*field_type(spec), spec[1], number) for spec in held.thrift_spec.values()})
-    return {TType.STRING: "text", TType.DOUBLE: 0.0, TType.BOOL: False}[kind]
+    return {TType.STRING: "text", BINARY: b"bytes", TType.DOUBLE: 0.0, TType.BOOL: False}[kind]
 
 
 def declared(service: type, method: str) -> tuple[type, ...]:

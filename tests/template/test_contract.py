@@ -68,11 +68,19 @@ def test_the_client_refuses_wrong_types_before_a_byte_is_sent(method, bad, posit
     if not args:
         return
     position %= len(args)
-    if isinstance(bad, type(args[position])) and not isinstance(bad, bool):
+    if _same_type(bad, args[position]):
         return  # the right type after all
     args[position] = bad
     with pytest.raises((TypeError, ValueError)):
         client.call(method, *args)
+
+
+def _same_type(value: object, plausible: object) -> bool:
+    """Whether `value` is of the type of `plausible`, an argument's, as the client takes it: a bool for a bool
+    argument only (to Python it is an int too), and a list for a set too."""
+    if isinstance(value, bool) or isinstance(plausible, bool):
+        return isinstance(value, bool) and isinstance(plausible, bool)
+    return isinstance(value, type(plausible)) or (isinstance(plausible, set) and isinstance(value, list))
 
 
 @settings(max_examples=200)
@@ -136,3 +144,41 @@ def test_an_undeclared_error_for_an_argument_left_out_says_what_the_handler_must
     assert f"the traceback is in {tmp_path / 'server.log'}" in str(failure.value)
     assert "note was None: a stock Thrift client leaves out an argument given as None" in str(failure.value)
     assert "InvalidArgument" in str(failure.value)
+
+
+# A service of your own may extend a base service of its own, and take binary, bool and set arguments.
+EXTENDED = """include "{base}"
+service Catalog extends base.BaseService {{ i64 count() throws (1: base.Unavailable unavailable) }}
+service Shop extends Catalog {{
+  void tag(1: binary photo, 2: bool archived, 3: set<string> labels) throws (1: base.Unavailable unavailable),
+}}
+"""
+
+
+def test_the_service_checked_is_the_one_no_other_extends_and_every_argument_type_is_built(tmp_path):
+    idl = tmp_path / "shop.thrift"
+    idl.write_text(EXTENDED.format(base=BASE_THRIFT))
+    shop = service_in(idl)
+    assert shop.__name__ == "Shop"
+    assert methods(shop) == ["tag", "count"]
+    specs = list(shop.tag_args.thrift_spec.values())
+    check_arguments("tag", specs, plausible_arguments(shop, "tag"))
+
+    @settings(max_examples=50)
+    @given(args=arguments(shop, "tag"))
+    def fit(args: tuple) -> None:
+        check_arguments("tag", specs, args)
+
+    fit()
+
+
+@pytest.mark.parametrize(
+    ("value", "plausible"), [(False, True), (True, False), ([], {"text"}), (["text"], {"text"}), (b"", b"bytes")]
+)
+def test_a_value_of_the_arguments_own_type_is_not_taken_for_a_wrong_one(value, plausible):
+    assert _same_type(value, plausible)
+
+
+@pytest.mark.parametrize(("value", "plausible"), [(1, True), (True, 1), (0.5, 1), ("", b"bytes"), ([1], "text")])
+def test_a_value_of_another_type_is_taken_for_a_wrong_one(value, plausible):
+    assert not _same_type(value, plausible)
