@@ -6,6 +6,8 @@ table or `--json`, and turns each error into one line and its own exit status.
 """
 
 import argparse
+import base64
+import binascii
 import codecs
 import inspect
 import json
@@ -46,7 +48,7 @@ from servicekit.exit_statuses import (
 )
 from servicekit.settings import ClientSettings, SettingsError, load, misspelled
 from servicekit.tls import tls_context
-from servicekit.wire import element_type, field_type
+from servicekit.wire import BINARY, element_type, field_type
 
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
@@ -102,7 +104,7 @@ def string(text: str) -> str:
 
 def struct_of(struct: type) -> Callable[[str], object]:
     """The type of an argument that is a struct of the IDL, written as a JSON object of its fields:
-    '{"name": "pen", "price": 120, "tags": ["office"]}'; a struct inside it is an object too."""
+    '{"name": "pen", "price": 120, "tags": ["office"]}'; a struct inside it is an object too, binary base64 text."""
 
     def parse(text: str) -> object:
         try:
@@ -126,7 +128,8 @@ def _struct_from_json(struct: type, fields: object) -> object:
 
 
 def _from_json(kind: int, held: object, value: object) -> object:
-    """A JSON value as thriftpy2 takes Thrift type `kind`: structs built, sets made; checked afterwards."""
+    """A JSON value as thriftpy2 takes Thrift type `kind`: structs built, sets made, base64 text decoded for binary;
+    checked afterwards."""
     if kind == TType.STRUCT:
         return _struct_from_json(held, value)
     if kind in (TType.LIST, TType.SET) and isinstance(value, list):
@@ -134,6 +137,11 @@ def _from_json(kind: int, held: object, value: object) -> object:
         return set(items) if kind == TType.SET else items
     if kind == TType.MAP and isinstance(value, dict):
         return {key: _from_json(*element_type(held[1]), item) for key, item in value.items()}
+    if kind == BINARY and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError(f"binary is base64 text, not {value[:20]!r}") from None
     return value
 
 
@@ -252,9 +260,14 @@ def _character_columns(character: str) -> int:
 
 
 def as_dict(value: object) -> object:
-    """A Thrift struct (or list of them) as plain data for JSON."""
-    if isinstance(value, list):
+    """A Thrift value as plain data for JSON: structs as objects, in lists and maps too; binary as base64 text
+    (as struct_of reads it, and as Thrift's JSON protocol writes it)."""
+    if isinstance(value, (list, set, frozenset)):
         return [as_dict(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_dict(item) for key, item in value.items()}
+    if isinstance(value, bytes):  # _fitting refused a string that is not UTF-8: bytes left are binary
+        return base64.b64encode(value).decode("ascii")
     if hasattr(value, "thrift_spec"):
         return {name: as_dict(getattr(value, name)) for _, name, *_ in value.thrift_spec.values()}
     return value

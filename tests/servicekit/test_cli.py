@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import json
 
 import pytest
 import thriftpy2
@@ -11,7 +12,7 @@ from counters import CountersClient, counters_thrift
 from helpers.processes import ROOT
 from helpers.wire import ResettingServer, SilentServer
 from servicekit.base import BASE_THRIFT
-from servicekit.cli import CommandLine, i64, string, struct_of
+from servicekit.cli import CommandLine, as_dict, i64, string, struct_of
 from servicekit.client import PooledClient, new_request_id
 
 # Another service on the kit, with a write the Counters server does not have.
@@ -210,3 +211,26 @@ def test_a_struct_argument_that_is_not_one_says_why(text, message):
     with pytest.raises(argparse.ArgumentTypeError) as error:
         struct_of(counters_thrift.Counter)(text)
     assert str(error.value).startswith(message)
+
+
+CONTAINERS = thriftpy2.load(str(ROOT / "tests/servicekit/containers.thrift"), module_name="containers_cli_thrift")
+
+
+def test_json_shows_binary_as_base64_and_structs_inside_a_map_as_objects():
+    photo = CONTAINERS.Photo(data=b"\x00\xff", marks={"eye": CONTAINERS.Point(x=1, y=2)}, thumbnails=[b"hi"])
+    # What --json prints: json.dumps raised TypeError (a traceback) on the bytes and on the struct in the map.
+    assert json.loads(json.dumps(as_dict(photo))) == {
+        "data": "AP8=",
+        "marks": {"eye": {"x": 1, "y": 2}},
+        "thumbnails": ["aGk="],
+    }
+
+
+def test_a_struct_argument_takes_binary_as_base64_text_as_json_shows_it():
+    photo = CONTAINERS.Photo(data=b"\x00\xff", marks={"eye": CONTAINERS.Point(x=1, y=2)}, thumbnails=[b"hi"])
+    assert struct_of(CONTAINERS.Photo)(json.dumps(as_dict(photo))) == photo
+
+
+def test_binary_that_is_not_base64_says_so():
+    with pytest.raises(argparse.ArgumentTypeError, match="not a Photo in JSON: binary is base64 text, not 'hi!'"):
+        struct_of(CONTAINERS.Photo)('{"data": "hi!"}')
