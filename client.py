@@ -12,7 +12,7 @@ from typing import Any
 
 import thriftpy2
 
-from servicekit.cli import CommandLine, i64, string, table
+from servicekit.cli import CommandLine, table
 from servicekit.client import PooledClient, new_request_id
 
 ledger_thrift = thriftpy2.load(str(Path(__file__).with_name("service.thrift")), module_name="ledger_thrift")
@@ -111,21 +111,15 @@ cli = CommandLine(
     {ledger_thrift.NotFound: 4, ledger_thrift.InsufficientFunds: 6},
     show,
 )
-cli.command("create-account", "open an account", ("owner", string), write=True)
-cli.command("get-account", "show one account", ("account_id", i64))
+# Each argument takes its type from service.thrift (by its name there): checked before anything is sent.
+cli.command("create-account", "open an account", "owner", write=True)
+cli.command("get-account", "show one account", "account_id")
 cli.command("list-accounts", "list accounts by id", page=True)
-cli.command("deposit", "add money (minor units)", ("account_id", i64), ("amount", i64), write=True)
-cli.command("withdraw", "take money out (minor units)", ("account_id", i64), ("amount", i64), write=True)
-cli.command(
-    "transfer",
-    "move money between accounts",
-    ("from_account_id", i64),
-    ("to_account_id", i64),
-    ("amount", i64),
-    write=True,
-)
-cli.command("list-transfers", "an account's transfers, newest first", ("account_id", i64), page=True)
-cli.command("close-account", "close an account with a zero balance", ("account_id", i64), write=True)
+cli.command("deposit", "add money (minor units)", "account_id", "amount", write=True)
+cli.command("withdraw", "take money out (minor units)", "account_id", "amount", write=True)
+cli.command("transfer", "move money between accounts", "from_account_id", "to_account_id", "amount", write=True)
+cli.command("list-transfers", "an account's transfers, newest first", "account_id", page=True)
+cli.command("close-account", "close an account with a zero balance", "account_id", write=True)
 
 if __name__ == "__main__":
     sys.exit(cli.main())

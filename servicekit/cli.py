@@ -11,6 +11,7 @@ import binascii
 import codecs
 import inspect
 import json
+import math
 import re
 import signal
 import sys
@@ -25,6 +26,7 @@ from thriftpy2.thrift import TApplicationException, TException, TType
 from servicekit.addresses import called_at, host_port, parse_servers
 from servicekit.base import base_module
 from servicekit.client import (
+    INTEGER_BITS,
     PooledClient,
     RequestTooLarge,
     ServerUnreachable,
@@ -48,7 +50,7 @@ from servicekit.exit_statuses import (
 )
 from servicekit.settings import ClientSettings, SettingsError, load, misspelled
 from servicekit.tls import tls_context
-from servicekit.wire import BINARY, element_type, field_type
+from servicekit.wire import BINARY, TYPE_NAMES, element_type, field_type
 
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
@@ -83,14 +85,39 @@ def _integer(text: str, low: int, high: int) -> int:
 # A command's --help shows each argument's type by the first line of its docstring.
 
 
-def i64(text: str) -> int:
-    """A whole number from -2**63 to 2**63-1 (Thrift i64)."""
-    return _integer(text, *INT64)
+def byte(text: str) -> int:
+    """A whole number from -128 to 127 (Thrift byte)."""
+    return _integer(text, -(2**7), 2**7 - 1)
+
+
+def i16(text: str) -> int:
+    """A whole number from -32768 to 32767 (Thrift i16)."""
+    return _integer(text, -(2**15), 2**15 - 1)
 
 
 def i32(text: str) -> int:
     """A whole number from -2**31 to 2**31-1 (Thrift i32)."""
     return _integer(text, *INT32)
+
+
+def i64(text: str) -> int:
+    """A whole number from -2**63 to 2**63-1 (Thrift i64)."""
+    return _integer(text, *INT64)
+
+
+def double(text: str) -> float:
+    """A number, such as 2.5 or -1e3 (Thrift double)."""
+    # ASCII, as whole numbers are: float() also takes "1_0", other scripts' digits, "nan" and "inf".
+    if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", text) or math.isinf(float(text)):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return float(text)
+
+
+def boolean(text: str) -> bool:
+    """true or false (Thrift bool)."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
+    return text == "true"
 
 
 def string(text: str) -> str:
@@ -102,19 +129,74 @@ def string(text: str) -> str:
     return text
 
 
+def binary(text: str) -> bytes:
+    """Bytes written as base64 text (Thrift binary)."""
+    try:
+        return _from_json(BINARY, None, text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def enum_of(enum: type) -> Callable[[str], int]:
+    """The type of an argument that is an enum of the IDL: one of its names, or a number (a newer server's)."""
+    names = enum._NAMES_TO_VALUES
+
+    def parse(text: str) -> int:
+        if text in names:
+            return names[text]
+        if re.fullmatch(r"-?[0-9]+", text):
+            return _integer(text, *INT32)
+        raise argparse.ArgumentTypeError(f"not a {enum.__name__}: {text!r} (one of {', '.join(names)})")
+
+    parse.__doc__ = f"One of {', '.join(names)} (or its number: {enum.__name__})."
+    return parse
+
+
 def struct_of(struct: type) -> Callable[[str], object]:
     """The type of an argument that is a struct of the IDL, written as a JSON object of its fields:
-    '{"name": "pen", "price": 120, "tags": ["office"]}'; a struct inside it is an object too, binary base64 text."""
+    '{"name": "pen", "price": 120, "tags": ["office"]}'; a struct inside it is an object too, binary base64 text,
+    an enum its name or number."""
+    return _json_of(TType.STRUCT, struct)
+
+
+def idl_type(kind: int, held: object) -> Callable[[str], object]:
+    """The command-line type of a Thrift type (`held` as wire.field_type gives it): what `CommandLine.command`
+    uses for an argument given by name only. A struct, list, set or map is written as JSON."""
+    if _is_enum(held):
+        return enum_of(held)
+    plain = {TType.BYTE: byte, TType.I16: i16, TType.I32: i32, TType.I64: i64, TType.DOUBLE: double}
+    plain |= {TType.BOOL: boolean, TType.STRING: string, BINARY: binary}
+    return plain.get(kind) or _json_of(kind, held)
+
+
+def _is_enum(held: object) -> bool:
+    return hasattr(held, "_NAMES_TO_VALUES")  # thriftpy2's enums are classes of names and values
+
+
+def idl_name(kind: int, held: object) -> str:
+    """A Thrift type as the IDL writes it: i64, list<Tag>, map<string, i64>."""
+    if kind == TType.STRUCT or _is_enum(held):
+        return held.__name__
+    if kind in (TType.LIST, TType.SET):
+        return f"{TYPE_NAMES[kind]}<{idl_name(*element_type(held))}>"
+    if kind == TType.MAP:
+        return f"map<{idl_name(*element_type(held[0]))}, {idl_name(*element_type(held[1]))}>"
+    return TYPE_NAMES[kind]
+
+
+def _json_of(kind: int, held: object) -> Callable[[str], object]:
+    name = idl_name(kind, held)
 
     def parse(text: str) -> object:
         try:
-            value = _struct_from_json(struct, json.loads(text))
-            check_value(struct.__name__, TType.STRUCT, struct, value)
+            value = _from_json(kind, held, json.loads(text))
+            check_value(name, kind, held, value)
         except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
-            raise argparse.ArgumentTypeError(f"not a {struct.__name__} in JSON: {error}") from None
+            raise argparse.ArgumentTypeError(f"not a {name} in JSON: {error}") from None
         return value
 
-    parse.__doc__ = f"A {struct.__name__} as a JSON object of its fields."
+    shape = "object of its fields" if kind == TType.STRUCT else "object" if kind == TType.MAP else "array"
+    parse.__doc__ = f"A {name} as a JSON {shape}."
     return parse
 
 
@@ -128,21 +210,33 @@ def _struct_from_json(struct: type, fields: object) -> object:
 
 
 def _from_json(kind: int, held: object, value: object) -> object:
-    """A JSON value as thriftpy2 takes Thrift type `kind`: structs built, sets made, base64 text decoded for binary;
-    checked afterwards."""
+    """A JSON value as thriftpy2 takes Thrift type `kind`: structs built, sets made, base64 text decoded for binary,
+    enum names and a map's keys (JSON's are text) turned to numbers; checked afterwards."""
     if kind == TType.STRUCT:
         return _struct_from_json(held, value)
     if kind in (TType.LIST, TType.SET) and isinstance(value, list):
         items = [_from_json(*element_type(held), item) for item in value]
         return set(items) if kind == TType.SET else items
     if kind == TType.MAP and isinstance(value, dict):
-        return {key: _from_json(*element_type(held[1]), item) for key, item in value.items()}
+        keys, items = element_type(held[0]), element_type(held[1])
+        return {_key_from_json(*keys, key): _from_json(*items, item) for key, item in value.items()}
     if kind == BINARY and isinstance(value, str):
         try:
             return base64.b64decode(value, validate=True)
         except binascii.Error:
             raise ValueError(f"binary is base64 text, not {value[:20]!r}") from None
+    if _is_enum(held) and isinstance(value, str):
+        if value not in held._NAMES_TO_VALUES:
+            raise ValueError(f"{held.__name__} has no value {value!r} (one of {', '.join(held._NAMES_TO_VALUES)})")
+        return held._NAMES_TO_VALUES[value]
     return value
+
+
+def _key_from_json(kind: int, held: object, key: str) -> object:
+    """A JSON object's key, always text, as a map's key type: "7" for an integer key."""
+    if kind in INTEGER_BITS and re.fullmatch(r"-?[0-9]+", key):
+        return int(key)
+    return _from_json(kind, held, key)
 
 
 def _check_exit_statuses(exit_statuses: dict[type, int], kit_errors: dict[type, int]) -> None:
@@ -331,15 +425,17 @@ class CommandLine:
         self.command("health", "whether the server serves and its database answers (exit 7 if not)")
 
     def command(
-        self, name: str, help: str, *arguments: tuple[str, Callable], write: bool = False, page: bool = False
+        self, name: str, help: str, *arguments: str | tuple[str, Callable], write: bool = False, page: bool = False
     ) -> None:
         """A subcommand calling the client method `name` (dashes for underscores).
 
-        arguments: (name, type) pairs, such as ("item_id", i64); write adds
-        --request-id; page adds --limit, --cursor and --all. TypeError, when
-        client.py starts, unless the client method takes those parameters by
-        name, and needs no other.
+        arguments: each the name of an argument of the IDL's method `name`,
+        whose type it takes (idl_type), or a (name, type) pair, such as
+        ("item_id", i64); write adds --request-id; page adds --limit, --cursor
+        and --all. TypeError, when client.py starts, unless the client method
+        takes those parameters by name, and needs no other.
         """
+        arguments = tuple(self._typed(name, argument) for argument in arguments)
         wanted = [argument for argument, _ in arguments]
         wanted += ["request_id"] * write + ["limit", "cursor"] * page
         method = getattr(self.client_class, name.replace("-", "_"), None)
@@ -360,6 +456,20 @@ class CommandLine:
         if unfilled := [parameter for parameter in needed if parameter not in wanted]:
             raise TypeError(f"command {name}: {self.client_class.__name__}.{method.__name__} needs {unfilled} too")
         self._commands.append((name, help, arguments, write, page))
+
+    def _typed(self, command: str, argument: str | tuple[str, Callable]) -> tuple[str, Callable]:
+        """(name, type) for an argument given by name: the type of the IDL method's argument of that name."""
+        if not isinstance(argument, str):
+            return argument
+        method = command.replace("-", "_")
+        specs = getattr(self.service, method + "_args", None)
+        spec = next((spec for spec in specs.thrift_spec.values() if spec[1] == argument), None) if specs else None
+        if spec is None:
+            raise TypeError(
+                f"command {command}: the IDL's {self.service_name}.{method} has no argument {argument!r} to take"
+                f" its type from: give ({argument!r}, type)"
+            )
+        return argument, idl_type(*field_type(spec))
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
         meanings = dict(KIT_EXIT_STATUSES)
@@ -464,7 +574,8 @@ class CommandLine:
                 to_stderr(f"error: --timeout {timeout:g} s ran out after {read} (--all): raise it to list them all")
                 return EXIT_UNREACHABLE
             return self._report(error, unsure)
-        if not print_result(self._shown(result, as_json)):
+        shown = self._shown(result, as_json)
+        if shown is not None and not print_result(shown):
             return EXIT_INTERNAL
         if method == "health" and not (result.serving and result.database):
             return EXIT_UNAVAILABLE  # lets a container healthcheck use this command
@@ -508,10 +619,11 @@ class CommandLine:
             raise UnexpectedReply(f"{servers} ({error})", set()) from None
         return result
 
-    def _shown(self, result: object, as_json: bool) -> str:
+    def _shown(self, result: object, as_json: bool) -> str | None:
+        """What to print: None (nothing) for a void method's result, as a table; `--json` prints null."""
         if as_json:  # escaped to ASCII where stdout is not UTF-8: still valid JSON
             return json.dumps(as_dict(result), ensure_ascii=not _stdout_is_utf8())
-        return self._human(result)
+        return None if result is None else self._human(result)
 
     def _human(self, result: object) -> str:
         if isinstance(result, self.health):

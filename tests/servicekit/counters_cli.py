@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from counters import CountersClient, counters_thrift
-from servicekit.cli import CommandLine, i64, string
+from servicekit.cli import CommandLine
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # NotFound has no exit status of its own here: it exits 9, as any declared error without one.
 cli = CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", {}, show=str)
-cli.command("get", "one counter", ("name", string))
-cli.command("add", "add to a counter", ("name", string), ("amount", i64), write=True)
+cli.command("get", "one counter", "name")
+cli.command("add", "add to a counter", "name", "amount", write=True)
 cli.command("list-counters", "every counter, a page at a time", page=True)
 
 if __name__ == "__main__":

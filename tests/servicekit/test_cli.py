@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import json
+from typing import ClassVar
 
 import pytest
 import thriftpy2
@@ -13,7 +14,7 @@ from helpers.processes import ROOT
 from helpers.wire import ResettingServer, SilentServer
 from servicekit.base import BASE_THRIFT
 from servicekit.cli import CommandLine, as_dict, i64, string, struct_of
-from servicekit.client import PooledClient, new_request_id
+from servicekit.client import PooledClient, check_arguments, new_request_id
 
 # Another service on the kit, with a write the Counters server does not have.
 ELSEWHERE = """include "{base}"
@@ -234,3 +235,103 @@ def test_a_struct_argument_takes_binary_as_base64_text_as_json_shows_it():
 def test_binary_that_is_not_base64_says_so():
     with pytest.raises(argparse.ArgumentTypeError, match="not a Photo in JSON: binary is base64 text, not 'hi!'"):
         struct_of(CONTAINERS.Photo)('{"data": "hi!"}')
+
+
+# A service taking every other type an argument may have, each given on the command line by name only.
+RICH = """include "{base}"
+enum Shade {{ LIGHT = 1, DARK = 2 }}
+struct Point {{ 1: i32 x, 2: i32 y }}
+service Rich extends base.BaseService {{
+  void give(1: Shade shade, 2: double ratio, 3: bool flag, 4: binary data, 5: i16 small, 6: byte tiny,
+            7: map<i64, Point> points, 8: set<string> tags, 9: list<Shade> shades) throws (1: base.Unavailable u)
+}}
+"""
+GIVE = ["shade", "ratio", "flag", "data", "small", "tiny", "points", "tags", "shades"]
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory):
+    idl = tmp_path_factory.mktemp("rich") / "rich.thrift"
+    idl.write_text(RICH.format(base=BASE_THRIFT))
+    return thriftpy2.load(str(idl), module_name="rich_thrift")
+
+
+@pytest.fixture
+def rich_cli(rich) -> CommandLine:
+    """The Rich service's command line, whose client checks each call as PooledClient does, then keeps it in
+    `client_class.sent` instead of sending it (no server serves Rich)."""
+
+    class RichClient(PooledClient):
+        sent: ClassVar[list[tuple[str, tuple]]] = []
+
+        def __init__(self, servers: str, **options) -> None:
+            super().__init__(rich.Rich, servers, **options)
+
+        def call(self, method: str, *args: object) -> None:
+            check_arguments(method, self._argument_specs[method], args)
+            self.sent.append((method, args))
+
+        def give(self, shade, ratio, flag, data, small, tiny, points, tags, shades) -> None:
+            return self.call("give", shade, ratio, flag, data, small, tiny, points, tags, shades)
+
+    cli = CommandLine(RichClient, rich.Rich, ROOT / "config.env", {}, show=str)
+    cli.command("give", "every type, each argument by its name in the IDL", *GIVE)
+    return cli
+
+
+def test_an_argument_named_only_takes_its_type_from_the_idl(rich, rich_cli, capsys):
+    given = ["DARK", "2.5", "true", "AP8=", "-32768", "127", '{"7": {"x": 1, "y": 2}}', '["a", "b"]', '["LIGHT", 2]']
+    assert rich_cli.main(["--servers", "127.0.0.1:1", "give", *given]) == 0
+    assert rich_cli.client_class.sent == [
+        ("give", (2, 2.5, True, b"\x00\xff", -32768, 127, {7: rich.Point(x=1, y=2)}, {"a", "b"}, [1, 2]))
+    ]
+    assert capsys.readouterr() == ("", "")  # a void method's success prints nothing
+
+
+def test_an_argument_named_only_says_its_idl_type_in_the_help(rich_cli, capsys):
+    with pytest.raises(SystemExit):
+        rich_cli.main(["give", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for help_text in [
+        "shade One of LIGHT, DARK (or its number: Shade).",
+        "ratio A number, such as 2.5 or -1e3 (Thrift double).",
+        "flag true or false (Thrift bool).",
+        "data Bytes written as base64 text (Thrift binary).",
+        "small A whole number from -32768 to 32767 (Thrift i16).",
+        "points A map<i64, Point> as a JSON object.",
+        "tags A set<string> as a JSON array.",
+        "shades A list<Shade> as a JSON array.",
+    ]:
+        assert help_text in shown
+
+
+@pytest.mark.parametrize(
+    ("position", "text", "message"),
+    [
+        (0, "DUSK", "argument shade: not a Shade: 'DUSK' (one of LIGHT, DARK)"),
+        (1, "nan", "argument ratio: not a number: 'nan'"),
+        (1, "1e999", "argument ratio: not a number: '1e999'"),
+        (2, "yes", "argument flag: not true or false: 'yes'"),
+        (3, "hi!", "argument data: binary is base64 text, not 'hi!'"),
+        (4, "40000", "argument small: 40000 is out of range (-32768 to 32767)"),
+        (6, '{"x": {}}', "argument points: not a map<i64, Point> in JSON: map<i64, Point> key must be an int, not str"),
+        (6, '{"1": {"z": 1}}', "argument points: not a map<i64, Point> in JSON: Point has no field 'z'"),
+        (8, '["DUSK"]', "argument shades: not a list<Shade> in JSON: Shade has no value 'DUSK' (one of LIGHT, DARK)"),
+    ],
+)
+def test_an_argument_named_only_refuses_what_its_idl_type_cannot_hold_in_one_line(
+    rich_cli, capsys, position, text, message
+):
+    given = ["DARK", "2.5", "true", "AP8=", "1", "1", "{}", "[]", "[]"]
+    given[position] = text
+    with pytest.raises(SystemExit) as exit_:
+        rich_cli.main(["--servers", "127.0.0.1:1", "give", *given])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: give: {message} (see --help)\n"
+    assert rich_cli.client_class.sent == []
+
+
+def test_an_argument_named_only_that_the_idl_lacks_is_refused_when_declared(rich_cli):
+    refusal = r"command give: the IDL's Rich.give has no argument 'colour' to take its type from: give \('colour'"
+    with pytest.raises(TypeError, match=refusal):
+        rich_cli.command("give", "every type", *GIVE[:-1], "colour")
