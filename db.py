@@ -38,6 +38,7 @@ _deadlock_retries = 0
 _hooks = mysql.PoolHooks()
 _connect_arguments: dict = {}
 _outages = mysql.Outage()
+_switchover = mysql.Switchover()
 # The MySQL connections the pool holds: each joins at its first checkout and
 # leaves when DBUtils drops it (closed, replaced, or its thread ended).
 _pooled_connections: weakref.WeakSet = weakref.WeakSet()
@@ -54,13 +55,16 @@ _connect_failure = _ConnectFailure()
 
 
 def _connect(*args, **kwargs) -> MySQLdb.Connection:
-    """MySQLdb.connect for the pool, keeping in _connect_failure the reason it failed."""
+    """MySQLdb.connect for the pool, keeping in _connect_failure the reason it failed, and stamping the session
+    with the switchover's wave it was opened in (read before connecting: a refusal meanwhile retires it)."""
+    opened_in = _switchover.wave
     try:
         connection = MySQLdb.connect(*args, **kwargs)
     except MySQLdb.Error as error:
         _connect_failure.error = error
         raise
     _connect_failure.error = None
+    connection.opened_in = opened_in
     return connection
 
 
@@ -71,8 +75,11 @@ def _is_lost_connection(error: BaseException) -> bool:
     return mysql.error_code(error) in mysql.LOST_CONNECTION
 
 
-def _ping(connection: MySQLdb.Connection) -> None:
-    """DBUtils' liveness check at checkout; raising means "reconnect".
+def _ping(connection: MySQLdb.Connection) -> bool | None:
+    """DBUtils' liveness check at checkout; False or raising means "reconnect".
+
+    A session opened before a read-only refusal is replaced first, before any statement: it may be on the old
+    primary (mysql.Switchover).
 
     DBUtils' own check calls ping(False), which mysqlclient 2.3 deprecates:
     under `-W error` that warning would make every checkout reconnect silently. And
@@ -81,6 +88,8 @@ def _ping(connection: MySQLdb.Connection) -> None:
     between fails its statement: DBUtils reconnects and repeats a read, and a
     write begins again on a new connection (_begin).
     """
+    if connection.opened_in != _switchover.wave:
+        return False
     now = time.monotonic()
     checked_at = getattr(connection, "checked_at", None)
     if checked_at is None:  # the first checkout of a new connection
@@ -89,6 +98,7 @@ def _ping(connection: MySQLdb.Connection) -> None:
     if now - (checked_at or 0.0) >= PING_INTERVAL_SECONDS:
         connection.ping()
         connection.checked_at = now
+    return None
 
 
 def init_pool(settings: ServerSettings, hooks: mysql.PoolHooks | None = None) -> None:
@@ -169,6 +179,8 @@ def _connection() -> Iterator:
         try:
             yield connection
         except MySQLdb.Error as error:
+            if mysql.error_code(error) in mysql.READ_ONLY:  # the session may be on a demoted primary
+                _switchover.refused(connection.dbapi_connection.opened_in, error)
             if mysql.error_code(error) in mysql.UNAVAILABLE:
                 reconnect = _connect_failure.error  # DBUtils tried a new connection, in vain: say why
                 why = f"; reconnecting: {reconnect.args[-1]}" if reconnect is not None else ""

@@ -24,10 +24,13 @@ LOST_CONNECTION = frozenset({2006, 2013, 2055})
 UNAVAILABLE = LOST_CONNECTION | {1040, 1053, 1927, 2002, 2003, 2005, 2026, 4031}
 # The transaction itself caused these; running it again usually succeeds.
 RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
-# The database answers but refuses this statement for now: read-only while a primary is switched over (1290,
-# 1836; 1036 with innodb_read_only), or an operator's KILL QUERY (1317). Nothing was applied; the client may
-# retry. Not an outage: reads go on. (A statement time limit is not here: a retry would run over it again.)
-REFUSED_FOR_NOW = frozenset({1290, 1836, 1036, 1317})
+# The server is read-only, as a failover leaves the old primary: read_only (MariaDB, MySQL) and super_read_only
+# (MySQL) refuse a write with 1290; innodb_read_only with 1036 ("Table is read only"), or 1836.
+READ_ONLY = frozenset({1290, 1836, 1036})
+# The database answers but refuses this statement for now: read-only while a primary is switched over, or an
+# operator's KILL QUERY (1317). Nothing was applied; the client may retry. Not an outage: reads go on. (A
+# statement time limit is not here: a retry would run over it again.)
+REFUSED_FOR_NOW = READ_ONLY | {1317}
 DUPLICATE_KEY = 1062  # a write duplicated a unique key: the request conflicts with the data
 HEALTH_CHECK_TIMEOUT_SECONDS = 2
 IDLE_SESSION_READ_TIMEOUTS = 6  # a session idle this many MYSQL_READ_TIMEOUTs is closed by the database
@@ -35,6 +38,8 @@ OUTAGE_REPORT_SECONDS = 10.0
 # Each outage's start and end: a database some sessions reach and others cannot (a password rotated while
 # sessions were open) starts and ends one with nearly every call, so the lines are capped as a client's are.
 OUTAGE_CHANGES = {"client_error": "database outages begun or ended"}
+# One line per wave of sessions retired, and any client's write can begin one while the server stays read-only.
+READ_ONLY_WAVES = {"client_error": "read-only refusals that retired the pool's sessions"}
 _NO_GATE = nullcontext()  # reusable: it keeps no state
 
 logger = logging.getLogger(__name__)
@@ -184,3 +189,33 @@ class Outage:
                     self._failures,
                     extra=OUTAGE_CHANGES,
                 )
+
+
+class Switchover:
+    """Which pooled sessions a read-only refusal retires: every one opened before it.
+
+    A server that refuses a write as read-only has stopped being the primary (a failover demoted it, or set it
+    read-only while MYSQL_HOST is moved to the new one). Every session it holds would go on refusing writes,
+    and reading its data as it goes stale, for as long as it keeps the session; a new one goes wherever
+    MYSQL_HOST leads now. So each session is stamped with the `wave` in which it was opened, and the pool
+    replaces one of an older wave at its next checkout (db.py's pinger: an attribute compare). A refusal on a
+    session of the current wave begins a new wave, with one WARNING; one on a session already retired (other
+    workers refused at once, before their next checkout) says nothing new. Each session is thus replaced at
+    most once per refusal, and one opened after a refusal is kept unless it is refused in turn.
+    """
+
+    def __init__(self) -> None:
+        self.wave = 0
+        self._lock = threading.Lock()
+
+    def refused(self, opened_in: int, error: MySQLdb.Error) -> None:
+        """A session opened in wave `opened_in` was refused with `error` (one of READ_ONLY)."""
+        with self._lock:
+            if opened_in != self.wave:
+                return
+            self.wave += 1
+        logger.warning(
+            "the database is read-only (error %s): replacing each pooled session opened before, at its next use",
+            error_code(error),
+            extra=READ_ONLY_WAVES,
+        )

@@ -122,7 +122,17 @@ def start_throwaway(directory) -> ThrowawayDatabase:
 @pytest.fixture
 def own_database(tmp_path) -> ThrowawayDatabase:
     """A database server for one test, which may stop, restart or reconfigure it."""
-    own = start_throwaway(tmp_path / "own-database")
+    yield from _own_throwaway(tmp_path / "own-database")
+
+
+@pytest.fixture
+def another_database(tmp_path) -> ThrowawayDatabase:
+    """A second database server of one test's own (a failover's new primary)."""
+    yield from _own_throwaway(tmp_path / "another-database")
+
+
+def _own_throwaway(directory) -> Iterator[ThrowawayDatabase]:
+    own = start_throwaway(directory)
     yield own
     if own.process.poll() is None:
         own.stop()

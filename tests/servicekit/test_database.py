@@ -18,6 +18,7 @@ from counters import counters_thrift
 from counters_testing import assert_consistent, run_adds
 from helpers.mysql import connect_kwargs, sql, statement_waits
 from helpers.processes import PROJECT_ENV, ROOT, run_python
+from helpers.proxy import Forwarder
 from servicekit import migrate, mysql
 from servicekit.client import ServerUnreachable
 from servicekit.errors import DatabaseUnavailable, RequestIdReused
@@ -44,11 +45,18 @@ def test_a_database_outage_is_unavailable_then_recovers(start_server, own_databa
         assert retrying.get("outage").total == 101
 
 
+SERVICE_USER = {"MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"}
+
+
 def _as_the_services_own_user(start_server, own_database):
     """A server that connects as a user of its own, not root: read_only and a password rotation bind it."""
-    sql(own_database.env, "CREATE USER 'service'@'%' IDENTIFIED BY 'service-pw'")
-    sql(own_database.env, f"GRANT ALL ON `{own_database.env['MYSQL_DATABASE']}`.* TO 'service'@'%'")
-    return start_server(**{**own_database.env, "MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"})
+    _add_the_services_own_user(own_database.env)
+    return start_server(**{**own_database.env, **SERVICE_USER})
+
+
+def _add_the_services_own_user(database: dict[str, str]) -> None:
+    sql(database, "CREATE USER 'service'@'%' IDENTIFIED BY 'service-pw'")
+    sql(database, f"GRANT ALL ON `{database['MYSQL_DATABASE']}`.* TO 'service'@'%'")
 
 
 def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_again(start_server, own_database):
@@ -67,6 +75,53 @@ def test_a_read_only_database_is_unavailable_for_writes_until_it_takes_them_agai
         assert client.add("read-only", 1, "during-switch-over").total == 2
     assert "Traceback" not in server.log()
     assert re.search(r" WARNING \S+ \[\d+\] the database refused a statement: error 1290: ", server.log())
+
+
+@pytest.mark.parametrize("pool", ["persistent", "pooled"])
+def test_after_a_failover_writes_and_every_workers_reads_go_to_the_new_primary(
+    start_server, own_database, another_database, pool
+):
+    # The old primary is made read-only and MYSQL_HOST (a VIP, a DNS name: here a forwarder) moves to the new
+    # one, a replica of it; the sessions the service holds to the old one stay open, as that server keeps them.
+    old, new = own_database.env, another_database.env
+    for database in (old, new):
+        _add_the_services_own_user(database)
+    migrate.apply(connect_arguments(new), ROOT / "tests/servicekit/migrations", 5)
+    vip = Forwarder(own_database.port)
+    try:
+        through_the_vip = {**old, **SERVICE_USER, "MYSQL_PORT": str(vip.port)}
+        server = start_server(**through_the_vip, THRIFT_WORKERS="2", DB_POOL=pool)
+        with server.client(deadline=4, pool_size=2) as client:
+            assert client.add("failed over", 1).total == 1
+            for row in sql(old, "SELECT id, name, total FROM counters"):  # replicated
+                sql(new, "INSERT INTO counters (id, name, total) VALUES (%s, %s, %s)", row)
+            _every_worker_reads(client)
+            wait_for(lambda: _service_sessions(old) == 2, 5, "a session of each worker on the old primary")
+            sql(old, "SET GLOBAL read_only = 1")
+            vip.target_port = another_database.port
+            assert client.add("failed over", 1).total == 2  # refused by the old primary, then retried
+            assert sql(new, "SELECT total FROM counters WHERE name = 'failed over'") == [(2,)]
+            _every_worker_reads(client)
+            wait_for(lambda: _service_sessions(old) == 0, 5, "every session to leave the old primary")
+            for _ in range(6):
+                assert client.get("failed over").total == 2  # not the old primary's 1
+    finally:
+        vip.close()
+    assert len(re.findall(r" WARNING \S+ \[\d+\] the database is read-only \(error 1290\): ", server.log())) == 1
+    assert "Traceback" not in server.log()
+
+
+def _every_worker_reads(client) -> None:
+    """A read on each of the two workers: the first holds its worker while the second is served."""
+    readers = [threading.Thread(target=client.call, args=("hold", 0.3)) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+
+
+def _service_sessions(database: dict[str, str]) -> int:
+    return sql(database, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'service'")[0][0]
 
 
 def test_credentials_refused_after_a_restart_are_logged_as_the_reason(start_server, own_database):
