@@ -98,6 +98,7 @@ def test_after_a_failover_writes_and_every_workers_reads_go_to_the_new_primary(
             _every_worker_reads(client)
             wait_for(lambda: _service_sessions(old) == 2, 5, "a session of each worker on the old primary")
             sql(old, "SET GLOBAL read_only = 1")
+            assert client.health().database is True  # it answers: reads go on, and the switch takes seconds
             vip.target_port = another_database.port
             assert client.add("failed over", 1).total == 2  # refused by the old primary, then retried
             assert sql(new, "SELECT total FROM counters WHERE name = 'failed over'") == [(2,)]
