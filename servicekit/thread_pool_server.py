@@ -28,6 +28,8 @@ from servicekit.wire import EMPTY_FRAME, FRAME_HEADER, FRAMED_BINARY, Codec, Mes
 
 logger = logging.getLogger(__name__)
 RECV_SIZE = 65536
+# After refusing a call over THRIFT_MAX_MESSAGE_BYTES, what of its rest the server reads and drops before closing.
+LINGER_BYTES = 1 << 20
 HOUSEKEEPING_SECONDS = 1.0
 WARNING_INTERVAL_SECONDS = 10.0  # rate limit of the refusal and accept-failure warnings
 # Lines any client can cause, one per connection: marked so that logging (observability.py) caps each kind.
@@ -98,6 +100,7 @@ class _Connection:
         self.watching_writes = False  # epoll also reports it when writable
         self.staying = False  # out of the epoll set: a worker waits in recv() for its next request (_stay)
         self.hung_up = False  # epoll reported the client's end of file (or an error)
+        self.discarding = 0  # refused, answered no more: the bytes still read and dropped before closing (_linger)
         self.last_active = time.monotonic()
         self.handshaking = handshaking
         self.closed = False
@@ -498,6 +501,9 @@ class TThreadPoolServer(TServer):
             if connection.handshaking:
                 self._continue_handshake(connection, worker)
                 return False
+            if connection.discarding:
+                self._discard(connection)
+                return False
             if connection.unsent:
                 self._send_unsent(connection)
                 if connection.unsent:
@@ -543,7 +549,7 @@ class TThreadPoolServer(TServer):
         elif isinstance(error, wire.TooLong):  # well formed, only longer than this server takes: not "malformed"
             logger.warning("closing %s: %s", connection.peer, error, extra=TOO_LONG)
             self._say_before_closing(connection, self._refusal(connection.codec, error))
-            self._forget(connection, because="over_max_message_bytes")
+            self._linger(connection)
         else:
             logger.warning(
                 "closing %s: malformed message (%s: %s)",
@@ -557,6 +563,46 @@ class TThreadPoolServer(TServer):
             elif isinstance(error, wire.OffContract):  # told why, in its own codec, rather than cut off
                 self._say_before_closing(connection, self._refusal(connection.codec, error))
             self._forget(connection, because="malformed_message")
+
+    def _linger(self, connection: _Connection) -> None:
+        """Close a connection whose call was refused as too long once its client has sent the rest of it.
+
+        Closed with bytes unread, or with its client still writing, a socket
+        is reset: a client that writes a call in pieces (Java's TSocket
+        writes a long string apart from the fields after it) fails on its
+        next write and never reads the refusal. So the server only ends its
+        side (the refusal, then the end of file), and reads and drops up to
+        LINGER_BYTES more (_discard) until the client closes, for at most
+        the read timeout (_close_if_stalled). Over TLS it closes at once.
+        """
+        if self.tls:
+            self._forget(connection, because="over_max_message_bytes")
+            return
+        with suppress(OSError):  # the client reset it already: read next, then closed
+            connection.sock.shutdown(socket.SHUT_WR)
+        with self._counts_lock:
+            self._buffered -= connection.counted
+            connection.counted = 0
+            self._closed["over_max_message_bytes"] += 1
+        connection.received, connection.walking = bytearray(), None  # a new one: a walk's view may hold the old
+        connection.discarding = LINGER_BYTES
+        connection.last_active = time.monotonic()
+        connection.pending = True  # bytes already waiting are read without another event
+
+    def _discard(self, connection: _Connection) -> None:
+        """Read and drop what a lingering connection's client sent; close at its end of file, or reset it once
+        it has sent LINGER_BYTES."""
+        while True:
+            try:
+                data = connection.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except ConnectionError:
+                data = b""
+            connection.discarding -= len(data)
+            if not data or connection.discarding <= 0:
+                self._forget(connection, reset=bool(data))
+                return
 
     def _receive(self, connection: _Connection) -> bytes | None:
         """What has arrived (maybe nothing); None once the client has closed.
@@ -890,6 +936,10 @@ class TThreadPoolServer(TServer):
 
     def _close_if_stalled(self, connection: _Connection, now: float) -> None:
         """Close a connection past its read or idle timeout; the caller holds its lock."""
+        if connection.discarding:  # refused: the client had the read timeout to send the rest
+            if connection.last_active < now - self.read_timeout:
+                self._forget(connection, reset=True)
+            return
         stalled = connection.unsent or connection.received or connection.handshaking
         if connection.last_active >= now - (self.read_timeout if stalled else self.idle_timeout):
             return
