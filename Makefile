@@ -35,12 +35,15 @@ $(VENV)/runtime: requirements.txt requirements-client.txt
 	touch $@
 
 # What the tests need besides: they start throwaway MariaDB servers from
-# mariadb-server's programs, generate a stock Apache Thrift client with
-# thrift-compiler, and run the image's command under its init, tini.
+# mariadb-server's programs, generate stock Apache Thrift clients with
+# thrift-compiler (Python, and Java compiled against libthrift-java with a
+# JDK), and run the image's command under its init, tini.
 # `make run` never installs these.
 $(VENV)/installed: $(VENV)/runtime requirements-dev.txt
 	PATH="$$PATH:/usr/sbin" command -v mariadbd >/dev/null || ($(APT_INSTALL) mariadb-server)
 	command -v thrift >/dev/null || ($(APT_INSTALL) thrift-compiler)
+	command -v javac >/dev/null || ($(APT_INSTALL) default-jdk-headless)
+	test -f /usr/share/java/thrift.jar || ($(APT_INSTALL) libthrift-java)
 	command -v tini >/dev/null || ($(APT_INSTALL) tini)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@

@@ -1,9 +1,9 @@
 """Stock Thrift clients, as their users write them, against the kit's server: no framing or protocol to choose.
 
 Each calls ping, a write, a read and a call that raises a declared error on
-one connection: thriftpy2's make_client (its default is buffered binary) and
-Apache Thrift's Python library with code from the Apache compiler, plain and
-through TMultiplexedProtocol.
+one connection: thriftpy2's make_client (its default is buffered binary), and
+Apache Thrift's Python and Java libraries with code from the Apache compiler,
+plain and through TMultiplexedProtocol.
 """
 
 import json
@@ -28,6 +28,9 @@ from helpers.wire import application_error, call_bytes, exchange, framed, messag
 from servicekit.wire import Codec
 
 HERE = ROOT / "tests" / "servicekit"
+LIBTHRIFT_JAR = "/usr/share/java/thrift.jar"  # Debian's libthrift-java; its manifest names the jars it needs
+# For a JVM that runs a few seconds: the quick compiler alone, the simplest collector (javac twice as fast).
+QUICK_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +84,66 @@ def test_an_apache_thrift_client_is_served(server, apache_code, transport, proto
     assert result.returncode == 0, result.stderr
     missing = f"no counter named '{name}-missing'"
     assert json.loads(result.stdout) == {"ping": "pong", "add": 2, "get": 2, "error": missing}
+
+
+@pytest.fixture(scope="module")
+def apache_java_client(tmp_path_factory):
+    """ApacheJavaClient.java compiled with the Apache compiler's Java code for counters.thrift: once, as it takes
+    seconds."""
+    out = tmp_path_factory.mktemp("apache-gen-java")
+    subprocess.run(["thrift", "-r", "--gen", "java", "-out", str(out), str(HERE / "counters.thrift")], check=True)
+    sources = [*map(str, out.glob("*.java")), str(HERE / "ApacheJavaClient.java")]
+    javac_options = [f"-J{option}" for option in QUICK_JVM]
+    subprocess.run(["javac", *javac_options, "-nowarn", "-cp", LIBTHRIFT_JAR, "-d", str(out), *sources], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def apache_java_results(server, apache_java_client):
+    """What the Java client's calls returned in each combination (one JVM runs them all), and the server's log."""
+    log_start = len(server.log())
+    name = f"java-{uuid.uuid4().hex[:16]}"  # with the combination, within 64 characters
+    classpath = f"{apache_java_client}:{LIBTHRIFT_JAR}"
+    result = subprocess.run(
+        ["java", *QUICK_JVM, "-cp", classpath, "ApacheJavaClient", str(server.port), name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return name, json.loads(result.stdout), server.log()[log_start:]
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+@pytest.mark.parametrize("transport", ["plain", "framed"])  # TSocket as it is, or under TFramedTransport
+@pytest.mark.parametrize("multiplexed", ["", " multiplexed"], ids=["direct", "multiplexed"])
+def test_an_apache_thrift_java_client_is_served(apache_java_results, transport, protocol, multiplexed):
+    name, results, _ = apache_java_results
+    combination = f"{transport} {protocol}{multiplexed}"
+    missing = f"no counter named '{name}-{combination.replace(' ', '-')}-missing'"
+    answers = {key: value for key, value in results[combination].items() if key != "too long"}
+    assert answers == {"ping": "pong", "add": 2, "get": 2, "error": missing}
+
+
+def test_the_apache_thrift_java_client_is_warned_of_only_its_calls_over_the_maximum(apache_java_results):
+    _, _, log = apache_java_results
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 8, log  # one each of the combinations' last calls (below)
+    assert all("(THRIFT_MAX_MESSAGE_BYTES)" in line for line in warnings), log
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+@pytest.mark.parametrize("transport", ["plain", "framed"])
+@pytest.mark.parametrize("multiplexed", ["", " multiplexed"], ids=["direct", "multiplexed"])
+def test_an_apache_thrift_java_clients_call_over_the_maximum_is_told_so_not_reset(
+    apache_java_results, transport, protocol, multiplexed
+):
+    # Java's TSocket writes the call's long string and the fields after it apart: the server refuses the call
+    # before the last ones come. Had it closed at once, the client's last write would be reset (Broken pipe),
+    # and the refusal never read.
+    _, results, _ = apache_java_results
+    refusal = results[f"{transport} {protocol}{multiplexed}"]["too long"]
+    assert re.match(r"a request (of \d+ bytes, over|longer than) the server's maximum of 65536", refusal), refusal
 
 
 @pytest.mark.parametrize("protocol", [TBinaryProtocolFactory, TCompactProtocolFactory], ids=["binary", "compact"])
