@@ -39,7 +39,7 @@ $(VENV)/runtime: requirements.txt requirements-client.txt
 # thrift-compiler (Python, and Java compiled against libthrift-java with a
 # JDK), and run the image's command under its init, tini.
 # `make run` never installs these.
-$(VENV)/installed: $(VENV)/runtime requirements-dev.txt
+$(VENV)/installed: $(VENV)/runtime requirements-dev.txt Makefile
 	PATH="$$PATH:/usr/sbin" command -v mariadbd >/dev/null || ($(APT_INSTALL) mariadb-server)
 	command -v thrift >/dev/null || ($(APT_INSTALL) thrift-compiler)
 	command -v javac >/dev/null || ($(APT_INSTALL) default-jdk-headless)
