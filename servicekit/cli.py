@@ -70,6 +70,8 @@ KIT_EXIT_STATUSES = {
     EXIT_TERMINATED: "terminated",
 }
 LAST_SERVICE_EXIT_STATUS = 125
+UNSIGNED = r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?"  # a double's digits, in ASCII
+NUMBER = re.compile(f"-?{UNSIGNED}")
 
 
 def _integer(text: str, low: int, high: int) -> int:
@@ -108,8 +110,16 @@ def i64(text: str) -> int:
 def double(text: str) -> float:
     """A number, such as 2.5 or -1e3 (Thrift double)."""
     # ASCII, as whole numbers are: float() also takes "1_0", other scripts' digits, "nan" and "inf".
-    if not re.fullmatch(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", text) or math.isinf(float(text)):
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    try:
+        return _finite(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _finite(text: str) -> float:
+    """A double's text as a finite float, or ValueError: json.loads also reads NaN, Infinity, and 1e999 as inf."""
+    if not NUMBER.fullmatch(text) or math.isinf(float(text)):
+        raise ValueError(f"not a number: {text!r}")
     return float(text)
 
 
@@ -189,10 +199,12 @@ def _json_of(kind: int, held: object) -> Callable[[str], object]:
 
     def parse(text: str) -> object:
         try:
-            value = _from_json(kind, held, json.loads(text))
+            value = _from_json(kind, held, json.loads(text, parse_float=_finite, parse_constant=_finite))
             check_value(name, kind, held, value)
         except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
             raise argparse.ArgumentTypeError(f"not a {name} in JSON: {error}") from None
+        except RecursionError:  # json.loads recurses once per bracket: a word on the command line holds 128 kB
+            raise argparse.ArgumentTypeError(f"not a {name} in JSON: nested too deeply") from None
         return value
 
     shape = "object of its fields" if kind == TType.STRUCT else "object" if kind == TType.MAP else "array"
@@ -233,9 +245,14 @@ def _from_json(kind: int, held: object, value: object) -> object:
 
 
 def _key_from_json(kind: int, held: object, key: str) -> object:
-    """A JSON object's key, always text, as a map's key type: "7" for an integer key."""
+    """A JSON object's key, always text, as a map's key type, as json.dumps writes one: "7" for an integer key,
+    "2.5" for a double, "true" for a bool."""
     if kind in INTEGER_BITS and re.fullmatch(r"-?[0-9]+", key):
         return int(key)
+    if kind == TType.DOUBLE and NUMBER.fullmatch(key):
+        return _finite(key)
+    if kind == TType.BOOL and key in ("true", "false"):
+        return key == "true"
     return _from_json(kind, held, key)
 
 
@@ -303,6 +320,12 @@ class _OneLineParser(OneLineParser):
 
     given: Sequence[str] = ()  # the words this parser was given
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every negative number a double takes is a value, as in Python 3.14's argparse: older ones read only -5
+        # and -2.5 so, and -1e3 (a double's help shows it) or -1. as an option, shifting the values after it.
+        self._negative_number_matcher = re.compile(f"-{UNSIGNED}$")
+
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         self.given = sys.argv[1:] if args is None else args  # as argparse reads them (a command's: from its name)
         return super().parse_known_args(args, namespace)
@@ -358,8 +381,8 @@ def as_dict(value: object) -> object:
     (as struct_of reads it, and as Thrift's JSON protocol writes it)."""
     if isinstance(value, (list, set, frozenset)):
         return [as_dict(item) for item in value]
-    if isinstance(value, dict):
-        return {key: as_dict(item) for key, item in value.items()}
+    if isinstance(value, dict):  # a binary key too: json.dumps takes only text, numbers and bools for keys
+        return {as_dict(key): as_dict(item) for key, item in value.items()}
     if isinstance(value, bytes):  # _fitting refused a string that is not UTF-8: bytes left are binary
         return base64.b64encode(value).decode("ascii")
     if hasattr(value, "thrift_spec"):

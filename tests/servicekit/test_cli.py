@@ -7,14 +7,16 @@ from typing import ClassVar
 
 import pytest
 import thriftpy2
+from thriftpy2.thrift import TType
 
 import counters_cli as counters_cli_module
 from counters import CountersClient, counters_thrift
 from helpers.processes import ROOT
 from helpers.wire import ResettingServer, SilentServer
 from servicekit.base import BASE_THRIFT
-from servicekit.cli import CommandLine, as_dict, i64, string, struct_of
+from servicekit.cli import CommandLine, as_dict, i64, idl_type, string, struct_of
 from servicekit.client import PooledClient, check_arguments, new_request_id
+from servicekit.wire import BINARY
 
 # Another service on the kit, with a write the Counters server does not have.
 ELSEWHERE = """include "{base}"
@@ -335,3 +337,39 @@ def test_an_argument_named_only_that_the_idl_lacks_is_refused_when_declared(rich
     refusal = r"command give: the IDL's Rich.give has no argument 'colour' to take its type from: give \('colour'"
     with pytest.raises(TypeError, match=refusal):
         rich_cli.command("give", "every type", *GIVE[:-1], "colour")
+
+
+@pytest.mark.parametrize(("text", "ratio"), [("-1e3", -1000.0), ("-2.5E-1", -0.25), ("-1.", -1.0)])
+def test_a_negative_number_with_an_exponent_is_a_value_not_an_option(rich_cli, text, ratio):
+    # As --help's own example, -1e3: argparse took it for an unknown option and shifted the values after it.
+    given = ["DARK", text, "true", "AP8=", "1", "1", "{}", "[]", "[]"]
+    assert rich_cli.main(["--servers", "127.0.0.1:1", "give", *given]) == 0
+    assert rich_cli.client_class.sent[-1][1][1] == ratio
+
+
+def test_json_nested_too_deeply_is_one_line_not_a_traceback(rich_cli, capsys):
+    # 100,000 brackets fit in one command-line word (128 kB); json.loads raised RecursionError.
+    given = ["DARK", "2.5", "true", "AP8=", "1", "1", "[" * 100_000, "[]", "[]"]
+    with pytest.raises(SystemExit) as exit_:
+        rich_cli.main(["--servers", "127.0.0.1:1", "give", *given])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: give: argument points: not a map<i64, Point> in JSON: nested too deeply (see --help)\n"
+    )
+
+
+@pytest.mark.parametrize("text", ["[NaN]", "[-Infinity]", "[1e999]"])
+def test_a_double_in_json_is_a_number_as_on_the_command_line(text):
+    # The command line's double refuses nan and inf; json.loads took NaN, Infinity, and 1e999 as inf.
+    with pytest.raises(argparse.ArgumentTypeError, match="not a list<double> in JSON: not a number: "):
+        idl_type(TType.LIST, TType.DOUBLE)(text)
+
+
+@pytest.mark.parametrize(
+    ("keys", "value"),
+    [(BINARY, {b"\x00\xff": 1, b"": 2}), (TType.BOOL, {True: 1, False: 2}), (TType.DOUBLE, {2.5: 1, -1e-3: 2})],
+)
+def test_a_map_that_json_shows_is_an_argument_that_gives_it_back(keys, value):
+    # --json raised TypeError (a traceback) on binary keys; bool and double keys, text in JSON, were refused.
+    shown = json.dumps(as_dict(value))
+    assert idl_type(TType.MAP, (keys, TType.I32))(shown) == value
