@@ -373,3 +373,10 @@ def test_a_map_that_json_shows_is_an_argument_that_gives_it_back(keys, value):
     # --json raised TypeError (a traceback) on binary keys; bool and double keys, text in JSON, were refused.
     shown = json.dumps(as_dict(value))
     assert idl_type(TType.MAP, (keys, TType.I32))(shown) == value
+
+
+def test_binary_wrapped_as_the_base64_tool_writes_it_is_taken():
+    # `base64 photo.jpg` breaks its output every 76 characters: "$(base64 photo.jpg)" was "not base64 text".
+    wrapped = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4\neHh4eA==\n"
+    assert idl_type(BINARY, None)(wrapped) == b"x" * 61
+    assert struct_of(CONTAINERS.Photo)(json.dumps({"data": wrapped})).data == b"x" * 61
