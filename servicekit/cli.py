@@ -512,9 +512,9 @@ class CommandLine:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
         for name, help, arguments, write, page in self._commands:
-            sub = subcommands.add_parser(name, help=help)
+            sub = subcommands.add_parser(name, help=help.replace("%", "%%"))  # argparse formats each help with %
             for argument, kind in arguments:
-                shown = (kind.__doc__ or "").partition("\n")[0].replace("%", "%%")  # argparse formats help with %
+                shown = (kind.__doc__ or "").partition("\n")[0].replace("%", "%%")
                 sub.add_argument(argument, type=kind, help=shown or None)
             if write:
                 sub.add_argument("--request-id", type=request_id, help="repeat a write safely (default: a new id)")

@@ -380,3 +380,12 @@ def test_binary_wrapped_as_the_base64_tool_writes_it_is_taken():
     wrapped = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4\neHh4eA==\n"
     assert idl_type(BINARY, None)(wrapped) == b"x" * 61
     assert struct_of(CONTAINERS.Photo)(json.dumps({"data": wrapped})).data == b"x" * 61
+
+
+def test_a_commands_help_may_say_percent(capsys):
+    # argparse formats each help with %: "100% fresh" made --help a traceback (TypeError), as an argument's would.
+    cli = CommandLine(CountersClient, counters_thrift.Counters, ROOT / "config.env", {}, show=str)
+    cli.command("get", "one counter, 100% fresh", "name")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "one counter, 100% fresh" in capsys.readouterr().out
