@@ -6,6 +6,7 @@ health check's query, the outage's log, and one call at a time trying a database
 """
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +26,13 @@ UNAVAILABLE = LOST_CONNECTION | {1040, 1053, 1927, 2002, 2003, 2005, 2026, 4031}
 # The transaction itself caused these; running it again usually succeeds.
 RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
 # The server is read-only, as a failover leaves the old primary: read_only (MariaDB, MySQL) and super_read_only
-# (MySQL) refuse a write with 1290; innodb_read_only with 1036 ("Table is read only"), or 1836.
+# (MySQL) refuse a write with 1290; innodb_read_only with 1036 ("Table is read only"), or 1836. Their message says
+# so: 1290 is also --secure-file-priv's, which no failover explains.
 READ_ONLY = frozenset({1290, 1836, 1036})
+READ_ONLY_MESSAGE = re.compile(r"read[- ]only", re.IGNORECASE)
+# While the server stays read-only (maintenance, a slow failover), each refused write would retire every session:
+# at most one wave a second, so that each session reconnects once a second at most, not at every call.
+READ_ONLY_WAVE_SECONDS = 1.0
 # The database answers but refuses this statement for now: read-only while a primary is switched over, or an
 # operator's KILL QUERY (1317). Nothing was applied; the client may retry. Not an outage: reads go on. (A
 # statement time limit is not here: a retry would run over it again.)
@@ -199,21 +205,27 @@ class Switchover:
     and reading its data as it goes stale, for as long as it keeps the session; a new one goes wherever
     MYSQL_HOST leads now. So each session is stamped with the `wave` in which it was opened, and the pool
     replaces one of an older wave at its next checkout (db.py's pinger: an attribute compare). A refusal on a
-    session of the current wave begins a new wave, with one WARNING; one on a session already retired (other
-    workers refused at once, before their next checkout) says nothing new. Each session is thus replaced at
-    most once per refusal, and one opened after a refusal is kept unless it is refused in turn.
+    session of the current wave begins a new wave, with one WARNING, unless one began within the last
+    READ_ONLY_WAVE_SECONDS; one on a session already retired (other workers refused at once, before their next
+    checkout) says nothing new. Each session is thus replaced at most once a second, and one opened after a
+    refusal is kept unless it is refused in turn.
     """
 
     def __init__(self) -> None:
         self.wave = 0
         self._lock = threading.Lock()
+        self._next_wave = 0.0  # time.monotonic(): no wave begins before it
 
     def refused(self, opened_in: int, error: MySQLdb.Error) -> None:
         """A session opened in wave `opened_in` was refused with `error` (one of READ_ONLY)."""
+        if not READ_ONLY_MESSAGE.search(str(error.args[-1])):
+            return
+        now = time.monotonic()
         with self._lock:
-            if opened_in != self.wave:
+            if opened_in != self.wave or now < self._next_wave:
                 return
             self.wave += 1
+            self._next_wave = now + READ_ONLY_WAVE_SECONDS
         logger.warning(
             "the database is read-only (error %s): replacing each pooled session opened before, at its next use",
             error_code(error),

@@ -16,7 +16,7 @@ import pytest
 import db
 from counters import counters_thrift
 from counters_testing import assert_consistent, run_adds
-from helpers.mysql import connect_kwargs, sql, statement_waits
+from helpers.mysql import connect_kwargs, connections_opened, sql, statement_waits
 from helpers.processes import PROJECT_ENV, ROOT, run_python
 from helpers.proxy import Forwarder
 from servicekit import migrate, mysql
@@ -110,6 +110,36 @@ def test_after_a_failover_writes_and_every_workers_reads_go_to_the_new_primary(
         vip.close()
     assert len(re.findall(r" WARNING \S+ \[\d+\] the database is read-only \(error 1290\): ", server.log())) == 1
     assert "Traceback" not in server.log()
+
+
+def test_while_the_database_stays_read_only_sessions_are_replaced_once_a_second_not_at_every_write(
+    start_server, own_database
+):
+    # Maintenance, or a failover whose DNS name is slow to move: every write is refused, on the same server.
+    server = _as_the_services_own_user(start_server, own_database)
+    with server.client(retries=0) as client:
+        client.add("stays read-only", 1)
+        sql(own_database.env, "SET GLOBAL read_only = 1")
+        try:
+            opened_before, started = connections_opened(own_database.env), time.monotonic()
+            for attempt in range(30):
+                with pytest.raises(Unavailable, match="database error 1290"):
+                    client.add("stays read-only", 1, f"refused-{attempt}")
+            seconds = time.monotonic() - started
+            opened = connections_opened(own_database.env) - opened_before - 1  # this query's own connection
+        finally:
+            sql(own_database.env, "SET GLOBAL read_only = 0")
+    # Each of the 2 workers' sessions replaced at most once a second (30 without the limit: one per write).
+    assert opened <= 2 * (int(seconds) + 2), f"{opened} sessions opened in {seconds:.1f} s"
+
+
+def test_a_refusal_that_is_not_read_only_retires_no_session():
+    switchover = mysql.Switchover()
+    file_privilege = "The MariaDB server is running with the --secure-file-priv option so it cannot execute this"
+    switchover.refused(0, MySQLdb.OperationalError(1290, file_privilege))
+    assert switchover.wave == 0
+    switchover.refused(0, MySQLdb.OperationalError(1290, file_privilege.replace("secure-file-priv", "read-only")))
+    assert switchover.wave == 1
 
 
 def _every_worker_reads(client) -> None:
