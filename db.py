@@ -56,7 +56,8 @@ _connect_failure = _ConnectFailure()
 
 def _connect(*args, **kwargs) -> MySQLdb.Connection:
     """MySQLdb.connect for the pool, keeping in _connect_failure the reason it failed, and stamping the session
-    with the switchover's wave it was opened in (read before connecting: a refusal meanwhile retires it)."""
+    with the switchover's wave it was opened in (read before connecting: a wave begun meanwhile retires it) and
+    the time, from which its first check is due (_ping)."""
     opened_in = _switchover.wave
     try:
         connection = MySQLdb.connect(*args, **kwargs)
@@ -64,7 +65,7 @@ def _connect(*args, **kwargs) -> MySQLdb.Connection:
         _connect_failure.error = error
         raise
     _connect_failure.error = None
-    connection.opened_in = opened_in
+    connection.opened_in, connection.opened_at = opened_in, time.monotonic()
     return connection
 
 
@@ -78,25 +79,30 @@ def _is_lost_connection(error: BaseException) -> bool:
 def _ping(connection: MySQLdb.Connection) -> bool | None:
     """DBUtils' liveness check at checkout; False or raising means "reconnect".
 
-    A session opened before a read-only refusal is replaced first, before any statement: it may be on the old
-    primary (mysql.Switchover).
+    A session opened before its server was found read-only is replaced first, before any statement: it may be on
+    the old primary (mysql.Switchover). And the check itself reads whether the server is read-only, at the round
+    trip that proves the session alive: a session on a demoted primary that only reads, or one reopened there
+    before MYSQL_HOST moved, is replaced within a second too, with no write refused to tell.
 
-    DBUtils' own check calls ping(False), which mysqlclient 2.3 deprecates:
-    under `-W error` that warning would make every checkout reconnect silently. And
-    a round trip per checkout doubles the database work of a read, so a
-    connection is checked at most once per PING_INTERVAL_SECONDS. One lost in
-    between fails its statement: DBUtils reconnects and repeats a read, and a
-    write begins again on a new connection (_begin).
+    DBUtils' own check calls ping(False), which mysqlclient 2.3 deprecates: under `-W error` that warning would
+    make every checkout reconnect silently. And a round trip per checkout doubles the database work of a read, so
+    a connection is checked at most once per PING_INTERVAL_SECONDS, counted from when it was opened: one reopened
+    on a server still read-only is not checked, and replaced, again at its next checkout. One lost in between
+    fails its statement: DBUtils reconnects and repeats a read, and a write begins again on a new connection
+    (_begin).
     """
     if connection.opened_in != _switchover.wave:
         return False
-    now = time.monotonic()
     checked_at = getattr(connection, "checked_at", None)
     if checked_at is None:  # the first checkout of a new connection
         _pooled_connections.add(connection)
         _hooks.connection_opened()
-    if now - (checked_at or 0.0) >= PING_INTERVAL_SECONDS:
-        connection.ping()
+        checked_at = connection.checked_at = connection.opened_at  # connecting proved it alive
+    now = time.monotonic()
+    if now - checked_at >= PING_INTERVAL_SECONDS:
+        if mysql.read_only(connection):
+            _switchover.found(connection.opened_in, "found by a session's check")
+            return False
         connection.checked_at = now
     return None
 

@@ -30,8 +30,13 @@ RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
 # so: 1290 is also --secure-file-priv's, which no failover explains.
 READ_ONLY = frozenset({1290, 1836, 1036})
 READ_ONLY_MESSAGE = re.compile(r"read[- ]only", re.IGNORECASE)
-# While the server stays read-only (maintenance, a slow failover), each refused write would retire every session:
-# at most one wave a second, so that each session reconnects once a second at most, not at every call.
+# A pooled session's liveness check, which also tells whether its server is read-only at the same round trip:
+# read_only (super_read_only sets it on MySQL), and innodb_read_only, by which Aurora marks its readers (the writer
+# a failover demotes is restarted as one). Both are global and need no privilege.
+READ_ONLY_CHECK = "SELECT @@global.read_only, @@global.innodb_read_only"
+# While the server stays read-only (maintenance, a slow failover), each refused write, and each session's check,
+# would retire every session: at most one wave a second, so that each session reconnects once a second at most,
+# not at every call.
 READ_ONLY_WAVE_SECONDS = 1.0
 # The database answers but refuses this statement for now: read-only while a primary is switched over, or an
 # operator's KILL QUERY (1317). Nothing was applied; the client may retry. Not an outage: reads go on. (A
@@ -44,8 +49,8 @@ OUTAGE_REPORT_SECONDS = 10.0
 # Each outage's start and end: a database some sessions reach and others cannot (a password rotated while
 # sessions were open) starts and ends one with nearly every call, so the lines are capped as a client's are.
 OUTAGE_CHANGES = {"client_error": "database outages begun or ended"}
-# One line per wave of sessions retired, and any client's write can begin one while the server stays read-only.
-READ_ONLY_WAVES = {"client_error": "read-only refusals that retired the pool's sessions"}
+# One line per wave of sessions retired, and any client's call can begin one while the server stays read-only.
+READ_ONLY_WAVES = {"client_error": "read-only refusals or checks that retired the pool's sessions"}
 _NO_GATE = nullcontext()  # reusable: it keeps no state
 
 logger = logging.getLogger(__name__)
@@ -103,6 +108,17 @@ def _session_bounds(read_timeout: int, retries: int) -> str:
     seconds = max(1, read_timeout // (2 * (retries + 1)))  # integers from settings: nothing to escape
     idle = IDLE_SESSION_READ_TIMEOUTS * read_timeout
     return f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}, wait_timeout = {idle}"
+
+
+def read_only(connection: MySQLdb.Connection) -> bool:
+    """Whether the session's server is read-only (READ_ONLY_CHECK); raises if the session is lost."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(READ_ONLY_CHECK)
+        # 0 or 1; newer MariaDB (MDEV-36425) makes read_only an enum, which reads OFF, ON, NO_LOCK or NO_LOCK_NO_ADMIN.
+        return any(value not in (0, "OFF") for value in cursor.fetchone())
+    finally:
+        cursor.close()
 
 
 def answers(arguments: dict) -> bool:
@@ -198,17 +214,17 @@ class Outage:
 
 
 class Switchover:
-    """Which pooled sessions a read-only refusal retires: every one opened before it.
+    """Which pooled sessions a read-only server retires: every one opened before it was found.
 
-    A server that refuses a write as read-only has stopped being the primary (a failover demoted it, or set it
-    read-only while MYSQL_HOST is moved to the new one). Every session it holds would go on refusing writes,
-    and reading its data as it goes stale, for as long as it keeps the session; a new one goes wherever
-    MYSQL_HOST leads now. So each session is stamped with the `wave` in which it was opened, and the pool
-    replaces one of an older wave at its next checkout (db.py's pinger: an attribute compare). A refusal on a
-    session of the current wave begins a new wave, with one WARNING, unless one began within the last
-    READ_ONLY_WAVE_SECONDS; one on a session already retired (other workers refused at once, before their next
-    checkout) says nothing new. Each session is thus replaced at most once a second, and one opened after a
-    refusal is kept unless it is refused in turn.
+    A server that refuses a write as read-only, or that a session's liveness check finds read-only, has stopped
+    being the primary (a failover demoted it, or set it read-only while MYSQL_HOST is moved to the new one).
+    Every session it holds would go on refusing writes, and reading its data as it goes stale, for as long as it
+    keeps the session; a new one goes wherever MYSQL_HOST leads now. So each session is stamped with the
+    `wave` in which it was opened, and the pool replaces one of an older wave at its next checkout (db.py's
+    pinger: an attribute compare). A session of the current wave found read-only begins a new wave, with one
+    WARNING, unless one began within the last READ_ONLY_WAVE_SECONDS; one found on a session already retired
+    (other workers refused at once, before their next checkout) says nothing new. Each session is thus replaced
+    at most once a second, and one opened after a wave is kept unless it is found read-only in turn.
     """
 
     def __init__(self) -> None:
@@ -218,8 +234,11 @@ class Switchover:
 
     def refused(self, opened_in: int, error: MySQLdb.Error) -> None:
         """A session opened in wave `opened_in` was refused with `error` (one of READ_ONLY)."""
-        if not READ_ONLY_MESSAGE.search(str(error.args[-1])):
-            return
+        if READ_ONLY_MESSAGE.search(str(error.args[-1])):
+            self.found(opened_in, f"error {error_code(error)}")
+
+    def found(self, opened_in: int, how: str) -> None:
+        """A session opened in wave `opened_in` found its server read-only (`how`, for the log)."""
         now = time.monotonic()
         with self._lock:
             if opened_in != self.wave or now < self._next_wave:
@@ -227,7 +246,7 @@ class Switchover:
             self.wave += 1
             self._next_wave = now + READ_ONLY_WAVE_SECONDS
         logger.warning(
-            "the database is read-only (error %s): replacing each pooled session opened before, at its next use",
-            error_code(error),
+            "the database is read-only (%s): replacing each pooled session opened before, at its next use",
+            how,
             extra=READ_ONLY_WAVES,
         )

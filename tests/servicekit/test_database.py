@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import MySQLdb
@@ -108,8 +109,64 @@ def test_after_a_failover_writes_and_every_workers_reads_go_to_the_new_primary(
                 assert client.get("failed over").total == 2  # not the old primary's 1
     finally:
         vip.close()
-    assert len(re.findall(r" WARNING \S+ \[\d+\] the database is read-only \(error 1290\): ", server.log())) == 1
+    # Refused, or found at a session's check if more than a second passed since the last one
+    read_only = r" WARNING \S+ \[\d+\] the database is read-only \((error 1290|found by a session's check)\): "
+    assert len(re.findall(read_only, server.log())) == 1
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("pool", ["persistent", "pooled"])
+def test_after_a_failover_with_no_write_every_workers_reads_go_to_the_new_primary(
+    start_server, own_database, another_database, pool
+):
+    # A server whose traffic is reads: no write is refused to tell it of the failover, yet its reads must not go
+    # on returning the old primary's stale rows.
+    with _reading_through_a_vip(start_server, own_database, another_database, DB_POOL=pool) as (server, client, vip):
+        sql(own_database.env, "SET GLOBAL read_only = 1")
+        vip.target_port = another_database.port
+        wait_for(lambda: _none_left_after_every_worker_reads(client, own_database.env), 5, "every session to leave")
+        for _ in range(6):
+            assert client.get("only read").total == 2  # the new primary's, not the old one's stale 1
+    assert len(re.findall(r" WARNING \S+ \[\d+\] the database is read-only \(found ", server.log())) == 1
+    assert "Traceback" not in server.log()
+
+
+def test_sessions_reopened_on_the_old_primary_before_the_vip_moved_leave_it_with_no_further_write(
+    start_server, own_database, another_database
+):
+    # A write is refused before the DNS name moves: the sessions it retires reopen on the old primary, stamped
+    # after the refusal, and no write follows to be refused on them.
+    with _reading_through_a_vip(start_server, own_database, another_database) as (server, client, vip):
+        sql(own_database.env, "SET GLOBAL read_only = 1")
+        with pytest.raises(Unavailable, match="database error 1290"):
+            client.add("only read", 1, "refused")
+        _every_worker_reads(client)  # each worker's session is replaced, by one on the old primary again
+        vip.target_port = another_database.port
+        wait_for(lambda: _none_left_after_every_worker_reads(client, own_database.env), 5, "every session to leave")
+        for _ in range(6):
+            assert client.get("only read").total == 2
+    assert "Traceback" not in server.log()
+
+
+@contextlib.contextmanager
+def _reading_through_a_vip(start_server, own_database, another_database, **env: str) -> Iterator:
+    """A server of 2 workers, as the service's own user, whose session on each is on the old primary through a
+    forwarder (a VIP); the counter 'only read' is 1 there and 2 on the new primary. Yields server, client, vip."""
+    old, new = own_database.env, another_database.env
+    for database, total in ((old, 1), (new, 2)):
+        _add_the_services_own_user(database)
+        migrate.apply(connect_arguments(database), ROOT / "tests/servicekit/migrations", 5)
+        sql(database, "INSERT INTO counters (name, total) VALUES ('only read', %s)", (total,))
+    vip = Forwarder(own_database.port)
+    try:
+        server = start_server(**{**old, **SERVICE_USER, "MYSQL_PORT": str(vip.port)}, THRIFT_WORKERS="2", **env)
+        with server.client(deadline=4, retries=0, pool_size=2) as client:
+            assert client.get("only read").total == 1
+            _every_worker_reads(client)
+            wait_for(lambda: _service_sessions(old) == 2, 5, "a session of each worker on the old primary")
+            yield server, client, vip
+    finally:
+        vip.close()
 
 
 def test_while_the_database_stays_read_only_sessions_are_replaced_once_a_second_not_at_every_write(
@@ -133,6 +190,26 @@ def test_while_the_database_stays_read_only_sessions_are_replaced_once_a_second_
     assert opened <= 2 * (int(seconds) + 2), f"{opened} sessions opened in {seconds:.1f} s"
 
 
+def test_while_the_database_stays_read_only_reads_replace_each_session_once_a_second_not_at_every_read(
+    start_server, own_database
+):
+    # The check finds the server read-only again on each session reopened there: it must not be checked, and
+    # replaced, again at its next checkout, but a second after it was opened.
+    server = _as_the_services_own_user(start_server, own_database)
+    with server.client(retries=0) as client:
+        client.add("stays read-only", 1)
+        sql(own_database.env, "SET GLOBAL read_only = 1")
+        try:
+            opened_before, started = connections_opened(own_database.env), time.monotonic()
+            while time.monotonic() - started < 3:  # reads as fast as they are answered, for a few checks' time
+                assert client.get("stays read-only").total == 1
+            seconds = time.monotonic() - started
+            opened = connections_opened(own_database.env) - opened_before - 1  # this query's own connection
+        finally:
+            sql(own_database.env, "SET GLOBAL read_only = 0")
+    assert opened <= 2 * (int(seconds) + 2), f"{opened} sessions opened in {seconds:.1f} s"
+
+
 def test_a_refusal_that_is_not_read_only_retires_no_session():
     switchover = mysql.Switchover()
     file_privilege = "The MariaDB server is running with the --secure-file-priv option so it cannot execute this"
@@ -149,6 +226,12 @@ def _every_worker_reads(client) -> None:
         reader.start()
     for reader in readers:
         reader.join()
+
+
+def _none_left_after_every_worker_reads(client, database: dict[str, str]) -> bool:
+    """A read on each worker (each checks its session out), then whether no session of the service's is on it."""
+    _every_worker_reads(client)
+    return _service_sessions(database) == 0
 
 
 def _service_sessions(database: dict[str, str]) -> int:
