@@ -199,7 +199,8 @@ def _json_of(kind: int, held: object) -> Callable[[str], object]:
 
     def parse(text: str) -> object:
         try:
-            value = _from_json(kind, held, json.loads(text, parse_float=_finite, parse_constant=_finite))
+            # strict=False: a line break inside a JSON string, as "$(base64 photo.jpg)" puts into a binary field.
+            value = _from_json(kind, held, json.loads(text, strict=False, parse_float=_finite, parse_constant=_finite))
             check_value(name, kind, held, value)
         except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
             raise argparse.ArgumentTypeError(f"not a {name} in JSON: {error}") from None
@@ -378,7 +379,10 @@ def _character_columns(character: str) -> int:
 
 def as_dict(value: object) -> object:
     """A Thrift value as plain data for JSON: structs as objects, in lists and maps too; binary as base64 text
-    (as struct_of reads it, and as Thrift's JSON protocol writes it)."""
+    (as struct_of reads it), and a double that is no number as the text "NaN", "Infinity" or "-Infinity", both as
+    Thrift's JSON protocol writes them (json.dumps writes NaN bare, which is not JSON: jq and JSON.parse refuse it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (list, set, frozenset)):
         return [as_dict(item) for item in value]
     if isinstance(value, dict):  # a binary key too: json.dumps takes only text, numbers and bools for keys
@@ -597,7 +601,7 @@ class CommandLine:
                 to_stderr(f"error: --timeout {timeout:g} s ran out after {read} (--all): raise it to list them all")
                 return EXIT_UNREACHABLE
             return self._report(error, unsure)
-        shown = self._shown(result, as_json)
+        shown = self._shown(method, result, as_json)
         if shown is not None and not print_result(shown):
             return EXIT_INTERNAL
         if method == "health" and not (result.serving and result.database):
@@ -642,13 +646,17 @@ class CommandLine:
             raise UnexpectedReply(f"{servers} ({error})", set()) from None
         return result
 
-    def _shown(self, result: object, as_json: bool) -> str | None:
+    def _shown(self, method: str, result: object, as_json: bool) -> str | None:
         """What to print: None (nothing) for a void method's result, as a table; `--json` prints null."""
         if as_json:  # escaped to ASCII where stdout is not UTF-8: still valid JSON
             return json.dumps(as_dict(result), ensure_ascii=not _stdout_is_utf8())
-        return None if result is None else self._human(result)
+        return None if result is None else self._human(method, result)
 
-    def _human(self, result: object) -> str:
+    def _human(self, method: str, result: object) -> str:
         if isinstance(result, self.health):
             return f"serving: {result.serving}\ndatabase: {result.database}\nversion: {result.version}"
+        # An enum arrives as its number, which show() cannot tell from an integer's: its name, as arguments take it.
+        enum = field_type(getattr(self.service, method + "_result").thrift_spec[0])[1]
+        if _is_enum(enum):
+            return enum._VALUES_TO_NAMES.get(result, str(result))  # a newer server's value: its number
         return result if isinstance(result, str) else self.show(result)

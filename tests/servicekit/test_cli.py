@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import json
+from collections.abc import Callable
 from typing import ClassVar
 
 import pytest
@@ -389,3 +390,77 @@ def test_a_commands_help_may_say_percent(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "one counter, 100% fresh" in capsys.readouterr().out
+
+
+def test_a_struct_argument_takes_binary_broken_into_lines_inside_its_json():
+    # '{"data": "'"$(base64 photo.jpg)"'"}' puts the base64 tool's line breaks into the JSON string itself, which
+    # json.loads refused: "Invalid control character at: line 1 column 78".
+    wrapped = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4\neHh4eA==\n"
+    assert struct_of(CONTAINERS.Photo)('{"data": "' + wrapped + '"}').data == b"x" * 61
+
+
+# A service whose results are a double and an enum, for what client.py prints of them.
+ANSWERS = """include "{base}"
+enum Shade {{ LIGHT = 1, DARK = 2 }}
+service Answers extends base.BaseService {{
+  double ratio() throws (1: base.Unavailable u),
+  Shade shade() throws (1: base.Unavailable u),
+  list<double> ratios() throws (1: base.Unavailable u),
+}}
+"""
+
+
+@pytest.fixture
+def answers_cli(tmp_path) -> Callable[[object], CommandLine]:
+    """answers_cli(result): the Answers service's command line, whose client returns `result` to every call
+    (checked as a reply is) instead of calling a server."""
+    idl = tmp_path / "answers.thrift"
+    idl.write_text(ANSWERS.format(base=BASE_THRIFT))
+    answers = thriftpy2.load(str(idl), module_name="answers_thrift")
+
+    def make(result: object) -> CommandLine:
+        class AnswersClient(PooledClient):
+            def __init__(self, servers: str, **options) -> None:
+                super().__init__(answers.Answers, servers, **options)
+
+            def call(self, method: str, *args: object) -> object:
+                return result
+
+            def ratio(self) -> float:
+                return self.call("ratio")
+
+            def shade(self) -> int:
+                return self.call("shade")
+
+            def ratios(self) -> list:
+                return self.call("ratios")
+
+        cli = CommandLine(AnswersClient, answers.Answers, ROOT / "config.env", {}, show=repr)
+        for command in ("ratio", "shade", "ratios"):
+            cli.command(command, f"the {command}")
+        return cli
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("command", "result", "shown"),
+    [
+        ("ratio", float("nan"), '"NaN"'),
+        ("ratio", float("-inf"), '"-Infinity"'),
+        ("ratios", [1.5, float("inf")], '[1.5, "Infinity"]'),
+    ],
+)
+def test_json_of_a_double_that_is_no_number_is_json(answers_cli, capsys, command, result, shown):
+    # json.dumps wrote NaN and -Infinity bare: no JSON, which jq and JSON.parse refuse.
+    assert answers_cli(result).main(["--servers", "127.0.0.1:1", "--json", command]) == 0
+    assert capsys.readouterr().out == shown + "\n"
+
+
+@pytest.mark.parametrize(("result", "shown"), [(2, "DARK"), (7, "7")])
+def test_a_table_shows_an_enum_result_by_its_name(answers_cli, capsys, result, shown):
+    # show() got the bare number, which it cannot tell from an integer result: client.py printed 2 for DARK.
+    assert answers_cli(result).main(["--servers", "127.0.0.1:1", "shade"]) == 0
+    assert capsys.readouterr().out == shown + "\n"
+    assert answers_cli(result).main(["--servers", "127.0.0.1:1", "--json", "shade"]) == 0
+    assert capsys.readouterr().out == f"{result}\n"  # for scripts: the number, as in every struct
