@@ -128,7 +128,7 @@ def init_pool(settings: ServerSettings, hooks: mysql.PoolHooks | None = None) ->
     }
     if settings.db_pool == "persistent":
         # threading.local (in C) over DBUtils' pure-Python default, which
-        # makes every checkout cost more (docs/performance.md). DBUtils avoids it only
+        # makes every checkout cost more. DBUtils avoids it only
         # for mod_wsgi, which clears it between requests; our workers do not.
         _pool = PersistentDB(closeable=False, threadlocal=threading.local, **common)
     else:

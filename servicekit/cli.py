@@ -156,7 +156,7 @@ def enum_of(enum: type) -> Callable[[str], int]:
             return names[text]
         if re.fullmatch(r"-?[0-9]+", text):
             return _integer(text, *INT32)
-        raise argparse.ArgumentTypeError(f"not a {enum.__name__}: {text!r} (one of {', '.join(names)})")
+        raise argparse.ArgumentTypeError(f"not {_a(enum.__name__)}: {text!r} (one of {', '.join(names)})")
 
     parse.__doc__ = f"One of {', '.join(names)} (or its number: {enum.__name__})."
     return parse
@@ -203,14 +203,20 @@ def _json_of(kind: int, held: object) -> Callable[[str], object]:
             value = _from_json(kind, held, json.loads(text, strict=False, parse_float=_finite, parse_constant=_finite))
             check_value(name, kind, held, value)
         except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
-            raise argparse.ArgumentTypeError(f"not a {name} in JSON: {error}") from None
+            raise argparse.ArgumentTypeError(f"not {_a(name)} in JSON: {error}") from None
         except RecursionError:  # json.loads recurses once per bracket: a word on the command line holds 128 kB
-            raise argparse.ArgumentTypeError(f"not a {name} in JSON: nested too deeply") from None
+            raise argparse.ArgumentTypeError(f"not {_a(name)} in JSON: nested too deeply") from None
         return value
 
     shape = "object of its fields" if kind == TType.STRUCT else "object" if kind == TType.MAP else "array"
-    parse.__doc__ = f"A {name} as a JSON {shape}."
+    article = _a(name)
+    parse.__doc__ = f"{article[0].upper()}{article[1:]} as a JSON {shape}."
     return parse
+
+
+def _a(name: str) -> str:
+    """A type's name with its article: "a Point", "an Item", "a list<Item>"."""
+    return f"{'an' if name[0] in 'AEIOUaeiou' else 'a'} {name}"
 
 
 def _struct_from_json(struct: type, fields: object) -> object:
