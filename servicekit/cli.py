@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import re
+import shlex
 import signal
 import sys
 import time
@@ -263,6 +264,32 @@ def _key_from_json(kind: int, held: object, key: str) -> object:
     return _from_json(kind, held, key)
 
 
+def _as_typed(kind: int, held: object, value: object) -> str:
+    """A value of Thrift type `kind` as the command line takes it (its idl_type reads it back): false, 5, -1.5, an
+    enum's name, binary as base64, a struct, list, set or map as JSON."""
+    plain = _plain(kind, held, value)
+    return plain if isinstance(plain, str) else json.dumps(plain, ensure_ascii=False)
+
+
+def _plain(kind: int, held: object, value: object) -> object:
+    """`value` as JSON holds it, as _from_json reads it. thriftpy2 leaves an IDL default's structs inside a
+    container as dicts, and its binary as text: both are taken."""
+    if kind == TType.STRUCT:
+        specs = {spec[1]: spec for spec in held.thrift_spec.values()}
+        fields = value if isinstance(value, dict) else {name: getattr(value, name) for name in specs}
+        return {name: _plain(*field_type(specs[name]), item) for name, item in fields.items() if item is not None}
+    if kind in (TType.LIST, TType.SET):
+        return [_plain(*element_type(held), item) for item in value]
+    if kind == TType.MAP:  # json.dumps writes a number's or a bool's key as _key_from_json reads it
+        keys, items = element_type(held[0]), element_type(held[1])
+        return {_plain(*keys, key): _plain(*items, item) for key, item in value.items()}
+    if kind == BINARY:
+        return base64.b64encode(value.encode() if isinstance(value, str) else value).decode("ascii")
+    if _is_enum(held):
+        return held._VALUES_TO_NAMES.get(value, value)
+    return value
+
+
 def _check_exit_statuses(exit_statuses: dict[type, int], kit_errors: dict[type, int]) -> None:
     """ValueError, when client.py starts, for a status a script would read as the kit's (7 as "retry") or 0."""
     for error, status in exit_statuses.items():
@@ -309,6 +336,13 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _trailing_defaults(arguments: list[tuple[str, Callable, str | None]]) -> list[tuple[str, Callable, str | None]]:
+    """`arguments` with a default kept only from the last one that has none on: values fill arguments in order, so
+    only the last ones can be left out."""
+    required = max((i + 1 for i, (_, _, default) in enumerate(arguments) if default is None), default=0)
+    return [(name, kind, default if i >= required else None) for i, (name, kind, default) in enumerate(arguments)]
+
+
 def _retry_hint(command: str, request_id: str | None) -> str:
     """What to add to the error of a write whose outcome is unknown: how to repeat it safely."""
     if request_id is None:
@@ -335,7 +369,21 @@ class _OneLineParser(OneLineParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         self.given = sys.argv[1:] if args is None else args  # as argparse reads them (a command's: from its name)
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        # `note 5 -bob`, whose text may be left out: the top parser would say only that -bob is unrecognized.
+        if self._stray(extras) and any(action.nargs == "?" for action in self._get_positional_actions()):
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def _match_arguments_partial(self, actions: list, arg_strings_pattern: str) -> list[int]:
+        # `tally DARK --request-id r1 true`: argparse before gh-59317's fix (2024) gave include_archived nothing
+        # (its default) from the values before the option, then refused `true`. As since: an argument that may be
+        # left out and matched nothing just before an option waits for the values after it.
+        counts = super()._match_arguments_partial(actions, arg_strings_pattern)
+        if arg_strings_pattern[sum(counts) : sum(counts) + 1] == "O":
+            while counts and not counts[-1]:
+                counts.pop()
+        return counts
 
     def explained(self, message: str) -> str:
         # The commonest slip, `client.py get-account 1 --json`: the command's parser leaves --json to the top one,
@@ -345,13 +393,26 @@ class _OneLineParser(OneLineParser):
         ):
             message += f" ({', '.join(GLOBAL_OPTIONS)} go before the command)"
         # `create-account -bob`: argparse takes -bob for an option, and says only that the owner is missing.
-        words = list(self.given)
-        before_values = words[: words.index("--")] if "--" in words else words  # after --, every word is a value
-        unknown = [word for word in before_values if self._unknown_option(word)]
+        # `note 5 -bob`, whose text may be left out, is not missing it: -bob is left over.
+        left_over = message.startswith("unrecognized arguments:")
+        unknown = self._stray(message.split()) if left_over else self._read_as_options()
+        missing = message.startswith("the following arguments are required")
         # Not the top parser's: what it lacks is the command, which is no value.
-        if message.startswith("the following arguments are required") and unknown and self._subparsers is None:
+        if (missing or left_over) and unknown and self._subparsers is None:
             message += f" ({unknown[0]} was read as an option: a value that starts with - goes after --)"
         return message
+
+    def _read_as_options(self) -> list[str]:
+        """The words given that argparse read as options this parser lacks."""
+        words = list(self.given)
+        before_values = words[: words.index("--")] if "--" in words else words  # after --, every word is a value
+        return [word for word in before_values if self._unknown_option(word)]
+
+    def _stray(self, extras: Sequence[str]) -> list[str]:
+        """Those of the words argparse left over that it read as options this parser lacks, but the global options
+        (told where they go)."""
+        options = self._read_as_options()
+        return [word for word in options if word in extras and word.partition("=")[0] not in GLOBAL_OPTIONS]
 
     def _unknown_option(self, word: str) -> bool:
         """Whether argparse read `word` as an option this parser lacks. As argparse, it reads '-', a negative
@@ -453,7 +514,8 @@ class CommandLine:
         self.service_exit_statuses = exit_statuses
         self.exit_statuses = {**kit_errors, **exit_statuses}
         self.show = show
-        self._commands: list[tuple[str, str, Sequence[tuple[str, Callable]], bool, bool]] = []
+        # Each argument as (name, type, its default as typed, or None when it is required).
+        self._commands: list[tuple[str, str, Sequence[tuple[str, Callable, str | None]], bool, bool]] = []
         self.command("ping", "check that the server answers")
         self.command("health", "whether the server serves and its database answers (exit 7 if not)")
 
@@ -465,11 +527,13 @@ class CommandLine:
         arguments: each the name of an argument of the IDL's method `name`,
         whose type it takes (idl_type), or a (name, type) pair, such as
         ("item_id", i64); write adds --request-id; page adds --limit, --cursor
-        and --all. TypeError, when client.py starts, unless the client method
-        takes those parameters by name, and needs no other.
+        and --all. An argument named only may be left out when it and every
+        one after it have a default in the IDL: the call gets that default.
+        TypeError, when client.py starts, unless the client method takes those
+        parameters by name, and needs no other.
         """
-        arguments = tuple(self._typed(name, argument) for argument in arguments)
-        wanted = [argument for argument, _ in arguments]
+        arguments = _trailing_defaults([self._typed(name, argument) for argument in arguments])
+        wanted = [argument for argument, _, _ in arguments]
         wanted += ["request_id"] * write + ["limit", "cursor"] * page
         method = getattr(self.client_class, name.replace("-", "_"), None)
         if method is None:
@@ -490,10 +554,11 @@ class CommandLine:
             raise TypeError(f"command {name}: {self.client_class.__name__}.{method.__name__} needs {unfilled} too")
         self._commands.append((name, help, arguments, write, page))
 
-    def _typed(self, command: str, argument: str | tuple[str, Callable]) -> tuple[str, Callable]:
-        """(name, type) for an argument given by name: the type of the IDL method's argument of that name."""
+    def _typed(self, command: str, argument: str | tuple[str, Callable]) -> tuple[str, Callable, str | None]:
+        """(name, type, default) for an argument: given by name, the type of the IDL method's argument of that name
+        and its IDL default as typed (None if it has none, or for a (name, type) pair)."""
         if not isinstance(argument, str):
-            return argument
+            return (*argument, None)
         method = command.replace("-", "_")
         specs = getattr(self.service, method + "_args", None)
         spec = next((spec for spec in specs.thrift_spec.values() if spec[1] == argument), None) if specs else None
@@ -502,7 +567,16 @@ class CommandLine:
                 f"command {command}: the IDL's {self.service_name}.{method} has no argument {argument!r} to take"
                 f" its type from: give ({argument!r}, type)"
             )
-        return argument, idl_type(*field_type(spec))
+        kind = idl_type(*field_type(spec))
+        default = dict(specs.default_spec)[argument]  # None: no default (an IDL cannot write null)
+        if default is None:
+            return argument, kind, None
+        text = _as_typed(*field_type(spec), default)
+        try:  # thriftpy2 takes `byte b = 300`: refused here, not when a command leaves it out
+            kind(text)
+        except argparse.ArgumentTypeError as error:
+            raise TypeError(f"command {command}: the IDL's default of {argument!r} does not fit: {error}") from None
+        return argument, kind, text
 
     def parser(self, settings: ClientSettings) -> argparse.ArgumentParser:
         meanings = dict(KIT_EXIT_STATUSES)
@@ -523,9 +597,13 @@ class CommandLine:
         subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
         for name, help, arguments, write, page in self._commands:
             sub = subcommands.add_parser(name, help=help.replace("%", "%%"))  # argparse formats each help with %
-            for argument, kind in arguments:
-                shown = (kind.__doc__ or "").partition("\n")[0].replace("%", "%%")
-                sub.add_argument(argument, type=kind, help=shown or None)
+            for argument, kind, default in arguments:
+                shown = (kind.__doc__ or "").partition("\n")[0]
+                if default is None:
+                    sub.add_argument(argument, type=kind, help=shown.replace("%", "%%") or None)
+                else:  # argparse parses a text default with `type` on each call: no value shared between calls
+                    shown += f" (default: {shlex.quote(default)})"
+                    sub.add_argument(argument, nargs="?", type=kind, default=default, help=shown.replace("%", "%%"))
             if write:
                 sub.add_argument("--request-id", type=request_id, help="repeat a write safely (default: a new id)")
             if page:

@@ -246,7 +246,12 @@ enum Shade {{ LIGHT = 1, DARK = 2 }}
 struct Point {{ 1: i32 x, 2: i32 y }}
 service Rich extends base.BaseService {{
   void give(1: Shade shade, 2: double ratio, 3: bool flag, 4: binary data, 5: i16 small, 6: byte tiny,
-            7: map<i64, Point> points, 8: set<string> tags, 9: list<Shade> shades) throws (1: base.Unavailable u)
+            7: map<i64, Point> points, 8: set<string> tags, 9: list<Shade> shades) throws (1: base.Unavailable u),
+  void tally(1: Shade shade, 2: bool include_archived = false, 3: string request_id) throws (1: base.Unavailable u),
+  void rank(1: set<string> tags, 2: i32 top = 5, 3: Shade shade = Shade.DARK, 4: double ratio = -1.5,
+            5: list<Point> corners = [{{"x": 1, "y": -2}}], 6: map<i64, binary> seeds = {{7: "hi"}},
+            7: string note = "") throws (1: base.Unavailable u),
+  void skewed(1: i32 first = 1, 2: string second, 3: i32 third = 3) throws (1: base.Unavailable u),
 }}
 """
 GIVE = ["shade", "ratio", "flag", "data", "small", "tiny", "points", "tags", "shades"]
@@ -277,8 +282,21 @@ def rich_cli(rich) -> CommandLine:
         def give(self, shade, ratio, flag, data, small, tiny, points, tags, shades) -> None:
             return self.call("give", shade, ratio, flag, data, small, tiny, points, tags, shades)
 
+        def tally(self, shade, include_archived, request_id=None) -> None:
+            return self.call("tally", shade, include_archived, request_id or new_request_id())
+
+        def rank(self, tags, top=5, shade=2, ratio=-1.5, corners=None, seeds=None, note="") -> None:
+            # Python defaults of its own, as a library's caller may want them: the command passes every argument.
+            return self.call("rank", tags, top, shade, ratio, corners, seeds, note)
+
+        def skewed(self, first, second, third) -> None:
+            return self.call("skewed", first, second, third)
+
     cli = CommandLine(RichClient, rich.Rich, ROOT / "config.env", {}, show=str)
     cli.command("give", "every type, each argument by its name in the IDL", *GIVE)
+    cli.command("tally", "a bool with a default", "shade", "include_archived", write=True)
+    cli.command("rank", "defaults of every kind", "tags", "top", "shade", "ratio", "corners", "seeds", "note")
+    cli.command("skewed", "a default before an argument without one", "first", "second", "third")
     return cli
 
 
@@ -464,3 +482,93 @@ def test_a_table_shows_an_enum_result_by_its_name(answers_cli, capsys, result, s
     assert capsys.readouterr().out == shown + "\n"
     assert answers_cli(result).main(["--servers", "127.0.0.1:1", "--json", "shade"]) == 0
     assert capsys.readouterr().out == f"{result}\n"  # for scripts: the number, as in every struct
+
+
+def sent_by(cli: CommandLine, *args: str) -> tuple:
+    """The arguments `client.py ARGS` gave the typed client's call."""
+    assert cli.main(["--servers", "127.0.0.1:1", *args]) == 0
+    return cli.client_class.sent[-1][1]
+
+
+def test_an_argument_with_an_idl_default_may_be_left_out_and_the_call_gets_that_default(rich, rich_cli):
+    # The command demanded each one: `tally DARK` was "the following arguments are required: include_archived".
+    assert sent_by(rich_cli, "tally", "DARK")[:2] == (2, False)
+    assert sent_by(rich_cli, "rank", '["a"]') == ({"a"}, 5, 2, -1.5, [rich.Point(x=1, y=-2)], {7: b"hi"}, "")
+
+
+def test_an_argument_with_an_idl_default_takes_the_value_given(rich, rich_cli):
+    assert sent_by(rich_cli, "tally", "DARK", "true")[:2] == (2, True)
+    given = ["-7", "LIGHT", "-1e3", '[{"x": 3, "y": 4}]', '{"1": "AP8="}', "--", "-bob"]
+    sent = sent_by(rich_cli, "rank", '["a"]', *given)
+    assert sent == ({"a"}, -7, 1, -1000.0, [rich.Point(x=3, y=4)], {1: b"\0\xff"}, "-bob")
+    assert sent_by(rich_cli, "rank", '["a"]', "9") == ({"a"}, 9, 2, -1.5, [rich.Point(x=1, y=-2)], {7: b"hi"}, "")
+
+
+def test_a_value_after_an_option_fills_an_argument_with_an_idl_default(rich_cli):
+    # argparse gave include_archived its default from the values before --request-id, then refused `true`.
+    assert sent_by(rich_cli, "tally", "DARK", "--request-id", "r1", "true") == (2, True, "r1")
+    assert sent_by(rich_cli, "tally", "DARK", "--request-id", "r2") == (2, False, "r2")
+
+
+def test_a_struct_or_container_default_is_not_shared_between_calls(rich, rich_cli):
+    # thriftpy2 gives every rank_args one and the same list as its default: a call that changed it would change
+    # what the next call left out sends.
+    sent_by(rich_cli, "rank", '["a"]')[4].append(rich.Point(x=9, y=9))
+    assert sent_by(rich_cli, "rank", '["a"]')[4] == [rich.Point(x=1, y=-2)]
+
+
+def test_the_help_shows_each_idl_default_as_it_is_typed(rich_cli, capsys):
+    with pytest.raises(SystemExit):
+        rich_cli.main(["rank", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "rank [-h] tags [top] [shade] [ratio] [corners] [seeds] [note]" in shown
+    for help_text in [
+        "top A whole number from -2**31 to 2**31-1 (Thrift i32). (default: 5)",
+        "shade One of LIGHT, DARK (or its number: Shade). (default: DARK)",
+        "ratio A number, such as 2.5 or -1e3 (Thrift double). (default: -1.5)",
+        """corners A list<Point> as a JSON array. (default: '[{"x": 1, "y": -2}]')""",
+        """seeds A map<i64, binary> as a JSON object. (default: '{"7": "aGk="}')""",
+        "note Text (Thrift string: valid UTF-8). (default: '')",
+    ]:
+        assert help_text in shown
+    with pytest.raises(SystemExit):
+        rich_cli.main(["tally", "--help"])
+    assert "include_archived true or false (Thrift bool). (default: false)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_argument_with_an_idl_default_before_one_without_stays_required(rich_cli, capsys):
+    # Values fill arguments in order: first cannot be left out while second, after it, is required.
+    assert sent_by(rich_cli, "skewed", "4", "x") == (4, "x", 3)
+    with pytest.raises(SystemExit) as exit_:
+        rich_cli.main(["--servers", "127.0.0.1:1", "skewed", "4"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: skewed: the following arguments are required: second (see --help)\n"
+
+
+def test_a_value_that_starts_with_a_dash_for_an_argument_with_an_idl_default_is_told_how_to_give_it(rich_cli, capsys):
+    # argparse read -bob as an option and left it over: nothing said it was meant as the note.
+    with pytest.raises(SystemExit) as exit_:
+        rich_cli.main(["--servers", "127.0.0.1:1", "rank", '["a"]', "5", "LIGHT", "1", "[]", "{}", "-bob"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: rank: unrecognized arguments: -bob"
+        " (-bob was read as an option: a value that starts with - goes after --) (see --help)\n"
+    )
+    assert rich_cli.client_class.sent == []
+
+
+def test_an_idl_default_its_type_cannot_hold_is_refused_when_declared(tmp_path):
+    # thriftpy2 takes `byte b = 300`: a command leaving it out would send what the server cannot read.
+    idl = tmp_path / "wide.thrift"
+    idl.write_text(
+        f'include "{BASE_THRIFT}"\nservice Wide extends base.BaseService {{ void store(1: byte b = 300) }}\n'
+    )
+    wide = thriftpy2.load(str(idl), module_name="wide_thrift")
+
+    class WideClient(PooledClient):
+        def store(self, b) -> None:
+            return self.call("store", b)
+
+    cli = CommandLine(WideClient, wide.Wide, ROOT / "config.env", {}, show=str)
+    with pytest.raises(TypeError, match=r"command store: the IDL's default of 'b' does not fit: 300 is out of range"):
+        cli.command("store", "a byte", "b")
