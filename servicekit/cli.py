@@ -722,9 +722,9 @@ class CommandLine:
     def _fitting(self, method: str, servers: str, result: object) -> object:
         """`result`, unless it does not fit the IDL: UnexpectedReply. thriftpy2 hands over a string that is not
         UTF-8 as bytes, which neither a table nor JSON can show (a server of another service, or not on the kit)."""
-        success = getattr(self.service, method + "_result").thrift_spec.get(0)
+        success = self._result_spec(method)
         try:
-            if success:  # None for a void method
+            if success:
                 check_value(f"{method}()'s reply", *field_type(success), result)
         except (TypeError, ValueError) as error:
             raise UnexpectedReply(f"{servers} ({error})", set()) from None
@@ -740,7 +740,14 @@ class CommandLine:
         if isinstance(result, self.health):
             return f"serving: {result.serving}\ndatabase: {result.database}\nversion: {result.version}"
         # An enum arrives as its number, which show() cannot tell from an integer's: its name, as arguments take it.
-        enum = field_type(getattr(self.service, method + "_result").thrift_spec[0])[1]
+        success = self._result_spec(method)
+        enum = field_type(success)[1] if success else None
         if _is_enum(enum):
             return enum._VALUES_TO_NAMES.get(result, str(result))  # a newer server's value: its number
         return result if isinstance(result, str) else self.show(result)
+
+    def _result_spec(self, method: str) -> tuple | None:
+        """The IDL's type of `method`'s result (thrift_spec), None for a void method, or for a typed client's
+        method the IDL lacks (one named otherwise, which composes its own result from its calls)."""
+        result = getattr(self.service, method + "_result", None)
+        return result.thrift_spec.get(0) if result else None

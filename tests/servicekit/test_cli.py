@@ -453,8 +453,11 @@ def answers_cli(tmp_path) -> Callable[[object], CommandLine]:
             def ratios(self) -> list:
                 return self.call("ratios")
 
+            def dark(self) -> bool:  # a method the IDL lacks, which composes its own result
+                return self.call("shade") == answers.Shade.DARK
+
         cli = CommandLine(AnswersClient, answers.Answers, ROOT / "config.env", {}, show=repr)
-        for command in ("ratio", "shade", "ratios"):
+        for command in ("ratio", "shade", "ratios", "dark"):
             cli.command(command, f"the {command}")
         return cli
 
@@ -572,3 +575,11 @@ def test_an_idl_default_its_type_cannot_hold_is_refused_when_declared(tmp_path):
     cli = CommandLine(WideClient, wide.Wide, ROOT / "config.env", {}, show=str)
     with pytest.raises(TypeError, match=r"command store: the IDL's default of 'b' does not fit: 300 is out of range"):
         cli.command("store", "a byte", "b")
+
+
+@pytest.mark.parametrize(("as_json", "shown"), [([], "True"), (["--json"], "true")])
+def test_a_command_on_a_client_method_the_idl_lacks_shows_its_result(answers_cli, capsys, as_json, shown):
+    # A method of the typed client named otherwise, as cli.command allows: client.py looked its result type up in
+    # the IDL after the call (a write's already applied) and ended in a traceback (AttributeError: no dark_result).
+    assert answers_cli(2).main(["--servers", "127.0.0.1:1", *as_json, "dark"]) == 0
+    assert capsys.readouterr().out == shown + "\n"
