@@ -254,13 +254,15 @@ def _from_json(kind: int, held: object, value: object) -> object:
 
 def _key_from_json(kind: int, held: object, key: str) -> object:
     """A JSON object's key, always text, as a map's key type, as json.dumps writes one: "7" for an integer key,
-    "2.5" for a double, "true" for a bool."""
+    "2.5" for a double, "true" for a bool; and as --json writes a struct's: '{"x": 1, "y": 2}'."""
     if kind in INTEGER_BITS and re.fullmatch(r"-?[0-9]+", key):
         return int(key)
     if kind == TType.DOUBLE and NUMBER.fullmatch(key):
         return _finite(key)
     if kind == TType.BOOL and key in ("true", "false"):
         return key == "true"
+    if kind == TType.STRUCT:  # its object as JSON text
+        return _from_json(kind, held, json.loads(key, strict=False, parse_float=_finite, parse_constant=_finite))
     return _from_json(kind, held, key)
 
 
@@ -453,12 +455,17 @@ def as_dict(value: object) -> object:
     if isinstance(value, (list, set, frozenset)):
         return [as_dict(item) for item in value]
     if isinstance(value, dict):  # a binary key too: json.dumps takes only text, numbers and bools for keys
-        return {as_dict(key): as_dict(item) for key, item in value.items()}
+        return {_json_key(as_dict(key)): as_dict(item) for key, item in value.items()}
     if isinstance(value, bytes):  # _fitting refused a string that is not UTF-8: bytes left are binary
         return base64.b64encode(value).decode("ascii")
     if hasattr(value, "thrift_spec"):
         return {name: as_dict(getattr(value, name)) for _, name, *_ in value.thrift_spec.values()}
     return value
+
+
+def _json_key(key: object) -> object:
+    """A map's key as JSON takes it: a struct's object as its JSON text (a dict cannot be a key: TypeError)."""
+    return json.dumps(key) if isinstance(key, dict) else key
 
 
 def _items_field(page: object) -> str:

@@ -420,10 +420,12 @@ def test_a_struct_argument_takes_binary_broken_into_lines_inside_its_json():
 # A service whose results are a double and an enum, for what client.py prints of them.
 ANSWERS = """include "{base}"
 enum Shade {{ LIGHT = 1, DARK = 2 }}
+struct Spot {{ 1: i32 x, 2: i32 y }}
 service Answers extends base.BaseService {{
   double ratio() throws (1: base.Unavailable u),
   Shade shade() throws (1: base.Unavailable u),
   list<double> ratios() throws (1: base.Unavailable u),
+  map<Spot, i64> tally() throws (1: base.Unavailable u),
 }}
 """
 
@@ -453,11 +455,14 @@ def answers_cli(tmp_path) -> Callable[[object], CommandLine]:
             def ratios(self) -> list:
                 return self.call("ratios")
 
+            def tally(self) -> dict:
+                return self.call("tally")
+
             def dark(self) -> bool:  # a method the IDL lacks, which composes its own result
                 return self.call("shade") == answers.Shade.DARK
 
         cli = CommandLine(AnswersClient, answers.Answers, ROOT / "config.env", {}, show=repr)
-        for command in ("ratio", "shade", "ratios", "dark"):
+        for command in ("ratio", "shade", "ratios", "tally", "dark"):
             cli.command(command, f"the {command}")
         return cli
 
@@ -583,3 +588,14 @@ def test_a_command_on_a_client_method_the_idl_lacks_shows_its_result(answers_cli
     # the IDL after the call (a write's already applied) and ended in a traceback (AttributeError: no dark_result).
     assert answers_cli(2).main(["--servers", "127.0.0.1:1", *as_json, "dark"]) == 0
     assert capsys.readouterr().out == shown + "\n"
+
+
+def test_json_of_a_map_whose_keys_are_structs_is_json_that_reads_back_as_an_argument(answers_cli, capsys):
+    # A struct key became an object, which no JSON object's key can be: a traceback (unhashable type: 'dict').
+    cli = answers_cli({})
+    spot = cli.service.tally_result.thrift_spec[0][2][0][1]
+    tally = {spot(x=1, y=2): 3, spot(x=-1, y=0): 4}
+    assert answers_cli(tally).main(["--servers", "127.0.0.1:1", "--json", "tally"]) == 0
+    shown = capsys.readouterr().out
+    assert json.loads(shown) == {'{"x": 1, "y": 2}': 3, '{"x": -1, "y": 0}': 4}
+    assert idl_type(TType.MAP, cli.service.tally_result.thrift_spec[0][2])(shown) == tally
