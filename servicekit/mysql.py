@@ -111,14 +111,24 @@ def _session_bounds(read_timeout: int, retries: int) -> str:
 
 
 def read_only(connection: MySQLdb.Connection) -> bool:
-    """Whether the session's server is read-only (READ_ONLY_CHECK); raises if the session is lost."""
+    """Whether the session's server is read-only (READ_ONLY_CHECK); raises if the session is lost.
+
+    Any answer proves the session alive: a server that refuses the query (one without innodb_read_only: TiDB,
+    Vitess) is taken as not read-only, rather than every session replaced at each check.
+    """
     cursor = connection.cursor()
     try:
         cursor.execute(READ_ONLY_CHECK)
-        # 0 or 1; newer MariaDB (MDEV-36425) makes read_only an enum, which reads OFF, ON, NO_LOCK or NO_LOCK_NO_ADMIN.
-        return any(value not in (0, "OFF") for value in cursor.fetchone())
+        values = cursor.fetchone()
+    except MySQLdb.Error as error:
+        if error_code(error) is None or error_code(error) in UNAVAILABLE:
+            raise
+        return False
     finally:
         cursor.close()
+    # 0 or 1; newer MariaDB (MDEV-36425) makes read_only an enum, which reads OFF, ON, NO_LOCK or NO_LOCK_NO_ADMIN;
+    # a proxy may send either as text.
+    return any(str(value).upper() not in ("0", "OFF") for value in values)
 
 
 def answers(arguments: dict) -> bool:

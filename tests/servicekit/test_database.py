@@ -212,6 +212,35 @@ def test_a_refusal_that_is_not_read_only_retires_no_session():
     assert switchover.wave == 1
 
 
+class _Answering:
+    """A session whose server answers the read-only check with `error` (a MySQLdb error), or with `values`."""
+
+    def __init__(self, error: MySQLdb.Error | None = None, values: tuple = ()) -> None:
+        self.error, self.values = error, values
+
+    def cursor(self):
+        return self
+
+    def execute(self, query: str) -> None:
+        if self.error:
+            raise self.error
+
+    def fetchone(self) -> tuple:
+        return self.values
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_read_only_check_takes_a_refusal_as_an_answer_and_a_lost_session_as_lost():
+    # TiDB and Vitess lack innodb_read_only: replacing every session at each check would say nothing of why.
+    assert mysql.read_only(_Answering(MySQLdb.OperationalError(1193, "Unknown system variable"))) is False
+    with pytest.raises(MySQLdb.OperationalError):
+        mysql.read_only(_Answering(MySQLdb.OperationalError(2013, "Lost connection to server during query")))
+    assert mysql.read_only(_Answering(values=("0", "OFF"))) is False  # as text, through a proxy
+    assert mysql.read_only(_Answering(values=("0", "ON"))) is True
+
+
 def _every_worker_reads(client) -> None:
     """A read on each of the two workers: the first holds its worker while the second is served."""
     readers = [threading.Thread(target=client.call, args=("hold", 0.3)) for _ in range(2)]
