@@ -50,10 +50,10 @@ def test_a_database_outage_is_unavailable_then_recovers(start_server, own_databa
 SERVICE_USER = {"MYSQL_USER": "service", "MYSQL_PASSWORD": "service-pw"}
 
 
-def _as_the_services_own_user(start_server, own_database):
+def _as_the_services_own_user(start_server, own_database, **env: str):
     """A server that connects as a user of its own, not root: read_only and a password rotation bind it."""
     _add_the_services_own_user(own_database.env)
-    return start_server(**{**own_database.env, **SERVICE_USER})
+    return start_server(**{**own_database.env, **SERVICE_USER, **env})
 
 
 def _add_the_services_own_user(database: dict[str, str]) -> None:
@@ -186,7 +186,7 @@ def test_while_the_database_stays_read_only_each_session_is_replaced_once_a_seco
     # Maintenance, or a failover whose DNS name is slow to move: every write is refused, on the same server, and
     # each session reopened there is found read-only again by its check, which must come a second after it was
     # opened, not at its next checkout.
-    server = _as_the_services_own_user(start_server, own_database)
+    server = _as_the_services_own_user(start_server, own_database, THRIFT_WORKERS="2")
     with server.client(retries=0) as client:
         client.add("stays read-only", 1)
         sql(own_database.env, "SET GLOBAL read_only = 1")
