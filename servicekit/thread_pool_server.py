@@ -548,8 +548,10 @@ class TThreadPoolServer(TServer):
             self._forget(connection, because="connection_error")
         elif isinstance(error, wire.TooLong):  # well formed, only longer than this server takes: not "malformed"
             logger.warning("closing %s: %s", connection.peer, error, extra=TOO_LONG)
-            self._say_before_closing(connection, self._refusal(connection.codec, error))
-            self._linger(connection)
+            if self._say_before_closing(connection, self._refusal(connection.codec, error)):
+                self._linger(connection)
+            else:  # taken in part, it would end short of the refusal (over TLS, mid-record): closed at once
+                self._forget(connection, because="over_max_message_bytes")
         else:
             logger.warning(
                 "closing %s: malformed message (%s: %s)",
@@ -573,13 +575,12 @@ class TThreadPoolServer(TServer):
         next write and never reads the refusal. So the server only ends its
         side (the refusal, then the end of file), and reads and drops up to
         LINGER_BYTES more (_discard) until the client closes, for at most
-        the read timeout (_close_if_stalled). Over TLS it closes at once.
+        the read timeout (_close_if_stalled). Over TLS the session is never
+        used again: the end is TCP's, without a close_notify (the refusal's
+        record has all been sent), and the rest is dropped unread by TLS.
         """
-        if self.tls:
-            self._forget(connection, because="over_max_message_bytes")
-            return
         with suppress(OSError):  # the client reset it already: read next, then closed
-            connection.sock.shutdown(socket.SHUT_WR)
+            connection.sock.shutdown(socket.SHUT_WR)  # an SSLSocket's drops its TLS session: no close_notify
         with self._counts_lock:
             self._buffered -= connection.counted
             connection.counted = 0
@@ -594,7 +595,7 @@ class TThreadPoolServer(TServer):
         it has sent LINGER_BYTES."""
         while True:
             try:
-                data = connection.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                data = socket.socket.recv(connection.sock, RECV_SIZE, socket.MSG_DONTWAIT)  # TLS's raw bytes
             except BlockingIOError:
                 return
             except ConnectionError:
@@ -866,10 +867,13 @@ class TThreadPoolServer(TServer):
         self._connections[connection.fd] = connection
         return True
 
-    def _say_before_closing(self, connection: _Connection, data: bytes) -> None:
-        """Send what the client should read before the connection closes, if its socket takes it now."""
-        with suppress(OSError):
-            connection.sock.send(data, self._dontwait)
+    def _say_before_closing(self, connection: _Connection, data: bytes) -> bool:
+        """Send what the client should read before the connection closes, if its socket takes it now: True if
+        it took all of it (over TLS, a whole record: OpenSSL keeps none of it to send later)."""
+        try:
+            return connection.sock.send(data, self._dontwait) == len(data)
+        except OSError:  # the client left; over TLS also SSLWantWriteError: the socket took nothing, or part
+            return False
 
     def _error_reply(self, codec: Codec, call: wire.Call, error: TApplicationException) -> bytes:
         """`error` as the reply to `call`, in `codec`, under the name its client matches replies by."""
