@@ -2,6 +2,7 @@
 
 import errno
 import fcntl
+import select
 import socket
 import struct
 import termios
@@ -112,6 +113,25 @@ def send_and_hang_up(port: int, data: bytes) -> None:
     """Send `data` and close the socket without reading any reply."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(data)
+
+
+def refusal_of_a_call_ended_late(sock: socket.socket, service: type, compact: bool) -> TApplicationException:
+    """Send an unframed call of 300 kB but its last bytes, which go only once the server has ended its side (its
+    refusal of the call as too long sent); what the server answered, read to the end of file.
+
+    As Java's TSocket writes a call (its long string, then the fields after it), but later: closed with the call
+    unread, the server would reset the connection, and the refusal would never be read.
+    """
+    whole = call_bytes(service, "add", "x" * 300_000, 1, "pieces-1", compact=compact)
+    sock.sendall(whole[:-16])
+    ended = select.poll()
+    ended.register(sock, select.POLLRDHUP)
+    assert ended.poll(10_000)  # the server ended its side (or reset the connection)
+    sock.sendall(whole[-16:])
+    received = bytearray()
+    while chunk := sock.recv(65536):  # over TLS its end comes without a close_notify: read as the end of file
+        received += chunk
+    return application_error(bytes(received), Codec(framed=False, compact=compact))
 
 
 def reply_names(received: bytes) -> list[str]:

@@ -8,7 +8,6 @@ plain and through TMultiplexedProtocol.
 
 import json
 import re
-import select
 import socket
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from thriftpy2.transport import TBufferedTransportFactory, TCyMemoryBuffer, TFra
 
 from counters import counters_thrift
 from helpers.processes import ROOT
-from helpers.wire import application_error, call_bytes, exchange, framed, message_header
-from servicekit.wire import Codec
+from helpers.wire import exchange, framed, message_header, refusal_of_a_call_ended_late
 
 HERE = ROOT / "tests" / "servicekit"
 LIBTHRIFT_JAR = "/usr/share/java/thrift.jar"  # Debian's libthrift-java; its manifest names the jars it needs
@@ -261,17 +259,6 @@ def test_an_unframed_call_over_the_maximum_is_told_so_not_reset(server, protocol
 
 @pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
 def test_an_unframed_call_over_the_maximum_whose_end_comes_after_the_refusal_is_told_so_not_reset(server, compact):
-    # As Java's TSocket writes a call (its long string, then the fields after it), but later: once refused.
-    whole = call_bytes(counters_thrift.Counters, "add", "x" * 300_000, 1, "pieces-1", compact=compact)
-    start, end = whole[:-16], whole[-16:]
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(start)  # refused before it is all read: closed so, the server would reset the connection
-        ended = select.poll()
-        ended.register(sock, select.POLLRDHUP)
-        assert ended.poll(10_000)  # the server ended its side (or reset the connection)
-        sock.sendall(end)
-        received = bytearray()
-        while chunk := sock.recv(65536):
-            received += chunk
-    error = application_error(bytes(received), Codec(framed=False, compact=compact))
+        error = refusal_of_a_call_ended_late(sock, counters_thrift.Counters, compact)
     assert error.message.startswith("a request longer than the server's maximum of 65536 bytes")

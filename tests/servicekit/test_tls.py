@@ -1,7 +1,6 @@
 """TLS between clients and the server, and between the server and MySQL."""
 
 import re
-import select
 import socket
 import ssl
 import struct
@@ -17,11 +16,10 @@ from counters_testing import counters_process
 from helpers.mysql import sql
 from helpers.pki import make_pki
 from helpers.processes import run_python
-from helpers.wire import application_error, call_bytes, framed
+from helpers.wire import call_bytes, framed, refusal_of_a_call_ended_late
 from servicekit.binary_protocol import UNSUPPORTED_CLIENT_TYPE
 from servicekit.client import ServerUnreachable, TLSRefused, new_request_id
 from servicekit.tls import tls_context
-from servicekit.wire import Codec
 from tools.throwaway_db import wait_for
 
 
@@ -164,23 +162,12 @@ def test_a_stock_client_speaking_unframed_compact_is_served_over_tls(tls_server,
 def test_an_unframed_call_over_the_maximum_whose_end_comes_after_the_refusal_is_told_so_not_reset_over_tls(
     tls_server, pki, compact
 ):
-    # As Java's TSocket writes a call (its long string, then the fields after it), but later: once refused.
-    whole = call_bytes(counters_thrift.Counters, "add", "x" * 300_000, 1, "pieces-1", compact=compact)
-    start, end = whole[:-16], whole[-16:]
     context = tls_context(pki["ca"], pki["client"], pki["client_key"])
     with (
         socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as plain,
         context.wrap_socket(plain, server_hostname="localhost") as sock,
     ):
-        sock.sendall(start)  # refused before it is all read: closed so, the server would reset the connection
-        ended = select.poll()
-        ended.register(sock, select.POLLRDHUP)
-        assert ended.poll(10_000)  # the server ended its side (or reset the connection)
-        sock.sendall(end)
-        received = bytearray()
-        while chunk := sock.recv(65536):  # its end comes without a TLS close_notify: read as the end of file
-            received += chunk
-    error = application_error(bytes(received), Codec(framed=False, compact=compact))
+        error = refusal_of_a_call_ended_late(sock, counters_thrift.Counters, compact)
     assert error.message.startswith("a request longer than the server's maximum of 65536 bytes")
 
 
