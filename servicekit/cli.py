@@ -200,8 +200,7 @@ def _json_of(kind: int, held: object) -> Callable[[str], object]:
 
     def parse(text: str) -> object:
         try:
-            # strict=False: a line break inside a JSON string, as "$(base64 photo.jpg)" puts into a binary field.
-            value = _from_json(kind, held, json.loads(text, strict=False, parse_float=_finite, parse_constant=_finite))
+            value = _from_json(kind, held, _json_loads(text))
             check_value(name, kind, held, value)
         except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
             raise argparse.ArgumentTypeError(f"not {_a(name)} in JSON: {error}") from None
@@ -213,6 +212,12 @@ def _json_of(kind: int, held: object) -> Callable[[str], object]:
     article = _a(name)
     parse.__doc__ = f"{article[0].upper()}{article[1:]} as a JSON {shape}."
     return parse
+
+
+def _json_loads(text: str) -> object:
+    """JSON as the command line takes it: a line break inside a string ("$(base64 photo.jpg)" in a binary field),
+    and no NaN, Infinity or 1e999 (json.loads reads them as floats)."""
+    return json.loads(text, strict=False, parse_float=_finite, parse_constant=_finite)
 
 
 def _a(name: str) -> str:
@@ -262,7 +267,7 @@ def _key_from_json(kind: int, held: object, key: str) -> object:
     if kind == TType.BOOL and key in ("true", "false"):
         return key == "true"
     if kind == TType.STRUCT:  # its object as JSON text
-        return _from_json(kind, held, json.loads(key, strict=False, parse_float=_finite, parse_constant=_finite))
+        return _from_json(kind, held, _json_loads(key))
     return _from_json(kind, held, key)
 
 
